@@ -1,0 +1,1 @@
+"""Networks: the VAE (encoder + decoder), the PatchGAN critic and the perceptual loss."""

@@ -1,0 +1,29 @@
+"""The VAE: encoder, reparameterised sample, decoder."""
+
+import torch
+from torch import nn
+
+from model.components import init_weights
+from model.decoder import Decoder
+from model.encoder import Encoder
+from utils.config import ModelConfig
+
+
+class VAE(nn.Module):
+    """Input (N, C, H, W) in [0, 1]; returns (reconstruction, mu, logvar).
+
+    In training mode the decoder sees z = mu + eps * exp(0.5 * logvar); in eval mode it sees mu,
+    so validation and inference are deterministic.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.latent_dim = config.latent_dim
+        self.encoder = Encoder(config.image_shape, config.latent_dim, config.encoder_config)
+        self.decoder = Decoder(config.image_shape, config.latent_dim, config.decoder_config)
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mu, logvar = self.encoder(x)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
+        return self.decoder(z), mu, logvar

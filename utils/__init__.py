@@ -1,0 +1,1 @@
+"""Configs, data, losses, checkpoints and small helpers shared by the entry scripts."""

@@ -1,0 +1,92 @@
+"""Checkpoint files: written atomically, read with `weights_only=True`, matched to a model clearly.
+
+File keys follow the reference code (`model_state_dict`, `encoder_state_dict`, ...), so its
+checkpoints load here and ours load there.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from utils.errors import CheckpointError, UserError
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Call write(file_object) on a temporary file beside `path`, then rename it into place,
+    so a crash at any instant leaves either the old file or the complete new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
+    try:
+        atomic_write(path, lambda f: torch.save(payload, f))
+    except OSError as e:
+        raise UserError(f"{path}: cannot write checkpoint ({e.strerror}); "
+                        "free disk space or choose another --save_dir") from None
+
+
+def write_text(path: Path, text: str) -> None:
+    try:
+        atomic_write(path, lambda f: f.write(text.encode()))
+    except OSError as e:
+        raise UserError(f"{path}: cannot write ({e.strerror}); choose another --save_dir") from None
+
+
+def load_checkpoint(path: str | Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:
+    """Read a checkpoint safely (tensors and plain containers only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file; check --ckpt_path")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, pickle with code, foreign format: all unreadable
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint "
+                              f"({type(e).__name__}); is the file complete?") from None
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path}: holds a {type(payload).__name__}, not a checkpoint dict")
+    return payload
+
+
+def vae_state_from(payload: dict[str, Any], path: str | Path) -> dict[str, torch.Tensor]:
+    """The VAE weights in a checkpoint: `model_state_dict`, or the encoder and decoder dicts,
+    or the payload itself when it is a bare state dict."""
+    if "model_state_dict" in payload:
+        return payload["model_state_dict"]
+    if "encoder_state_dict" in payload and "decoder_state_dict" in payload:
+        return {**{f"encoder.{k}": v for k, v in payload["encoder_state_dict"].items()},
+                **{f"decoder.{k}": v for k, v in payload["decoder_state_dict"].items()}}
+    if payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        return payload
+    raise CheckpointError(f"{path}: has no model_state_dict (keys: {', '.join(sorted(payload))}); "
+                          "pass a checkpoint written by train.py")
+
+
+def load_state(module: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Load `state` into `module`, naming the first tensor that is missing, extra or misshapen."""
+    own = module.state_dict()
+    fix = "use the --model_config the checkpoint was trained with"
+    for name, tensor in own.items():
+        if name not in state:
+            raise CheckpointError(f"{path}: lacks tensor '{name}' that the model needs; {fix}")
+        if tuple(state[name].shape) != tuple(tensor.shape):
+            raise CheckpointError(
+                f"{path}: tensor '{name}' has shape {list(state[name].shape)} but the model "
+                f"expects {list(tensor.shape)}; {fix}")
+    extra = [name for name in state if name not in own]
+    if extra:
+        raise CheckpointError(f"{path}: has tensor '{extra[0]}' that the model lacks; {fix}")
+    module.load_state_dict(state)

@@ -1,0 +1,17 @@
+"""User-facing errors: raised deep in the code, printed as one line by the entry scripts."""
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad config, missing file, bad flag); its message is one line."""
+
+
+class ConfigError(UserError):
+    """A JSON config that is malformed, has an unknown key, a wrong type or a value out of range."""
+
+
+class DataError(UserError):
+    """MNIST files that are missing or not valid IDX files."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint that is missing, unreadable, or does not fit the model."""
