@@ -29,9 +29,13 @@ GRID_LIMIT = 3.0
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model_config", required=True, help="the JSON model config the run used")
-    p.add_argument("--ckpt_path", required=True, help="final_model.pth, best_model.pth or a checkpoint")
+    p.add_argument(
+        "--ckpt_path", required=True, help="final_model.pth, best_model.pth or a checkpoint"
+    )
     p.add_argument("--grid_size", type=int, default=8, help="cells per side (default 8)")
     p.add_argument("--title", help="figure title (default: names the checkpoint)")
     p.add_argument("--save_path", help="PNG to write (default samples/<run>_<checkpoint>_grid.png)")
@@ -60,8 +64,11 @@ def decode_grid(vae: VAE, grid_size: int, device: torch.device) -> torch.Tensor:
     """One decoder pass for the whole grid; returns the tiled image (C, g*H, g*W) in [0, 1]."""
     images = vae.decoder(latent_grid(vae.latent_dim, grid_size).to(device)).float().cpu()
     c, h, w = images.shape[1:]
-    return images.view(grid_size, grid_size, c, h, w).permute(2, 0, 3, 1, 4).reshape(
-        c, grid_size * h, grid_size * w)
+    return (
+        images.view(grid_size, grid_size, c, h, w)
+        .permute(2, 0, 3, 1, 4)
+        .reshape(c, grid_size * h, grid_size * w)
+    )
 
 
 def save_grid_figure(canvas: torch.Tensor, grid_size: int, title: str, path: Path) -> None:
@@ -70,8 +77,14 @@ def save_grid_figure(canvas: torch.Tensor, grid_size: int, title: str, path: Pat
     edge = GRID_LIMIT + step / 2
     fig, ax = plt.subplots(figsize=(7, 7.4))
     image = canvas[0] if canvas.shape[0] == 1 else canvas.permute(1, 2, 0)
-    ax.imshow(image.numpy(), cmap="gray", vmin=0, vmax=1, extent=(-edge, edge, -edge, edge),
-              interpolation="nearest")
+    ax.imshow(
+        image.numpy(),
+        cmap="gray",
+        vmin=0,
+        vmax=1,
+        extent=(-edge, edge, -edge, edge),
+        interpolation="nearest",
+    )
     ax.set_xlabel("z[0]  (latent dimension 1)")
     ax.set_ylabel("z[1]  (latent dimension 2)")
     ax.set_title(title, fontsize=11)
@@ -88,7 +101,9 @@ def main() -> None:
     device = pick_device(args.device)
     vae = load_vae(args.model_config, args.ckpt_path, device)
     if vae.latent_dim < 2:
-        raise UserError(f"{args.model_config}: latent_dim is {vae.latent_dim}; the 2-D grid needs >= 2")
+        raise UserError(
+            f"{args.model_config}: latent_dim is {vae.latent_dim}; the 2-D grid needs >= 2"
+        )
     ckpt = Path(args.ckpt_path)
     title = args.title or f"Latent traversal: {ckpt.parent.name}/{ckpt.name}"
     if vae.latent_dim > 2:

@@ -30,37 +30,51 @@ from utils.dataset import MNISTSplit, epoch_order, eval_batches, train_batches
 from utils.errors import UserError
 from utils.loss import BetaVAELoss, CompositeLoss
 from utils.metrics import MetricsLog
-from utils.misc import seed_everything, warmup_cosine
+from utils.misc import warmup_cosine
 
 SCHEMES = ("simple", "composite")
 LIVE_LOSS_EVERY = 25  # steps between progress-bar loss updates (each one syncs the device)
 
 
-def check_scheme(scheme: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
-                 model_path: str, train_path: str) -> None:
+def check_scheme(
+    scheme: str, model_cfg: ModelConfig, train_cfg: TrainConfig, model_path: str, train_path: str
+) -> None:
     """The composite scheme needs the critic, the perceptual loss and a critic optimiser."""
     if scheme != "composite":
         return
     for name in ("discriminator_config", "pips_config"):
         if getattr(model_cfg, name) is None:
-            raise UserError(f"{model_path}: the composite scheme needs '{name}'; "
-                            "see configs/model_composite_config.json")
+            raise UserError(
+                f"{model_path}: the composite scheme needs '{name}'; "
+                "see configs/model_composite_config.json"
+            )
     if train_cfg.optimizer.params_d is None:
-        raise UserError(f"{train_path}: the composite scheme needs 'optimizer.params_d'; "
-                        "see configs/train_composite_config.json")
+        raise UserError(
+            f"{train_path}: the composite scheme needs 'optimizer.params_d'; "
+            "see configs/train_composite_config.json"
+        )
 
 
-def build_loss(scheme: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
-               steps_per_epoch: int, total_steps: int) -> BetaVAELoss:
+def build_loss(
+    scheme: str,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    steps_per_epoch: int,
+    total_steps: int,
+) -> BetaVAELoss:
     if scheme == "simple":
         return BetaVAELoss(train_cfg.loss, steps_per_epoch)
-    critic = PatchDiscriminator(model_cfg.discriminator_config, in_channels=model_cfg.image_shape[0])
-    return CompositeLoss(train_cfg.loss, steps_per_epoch, total_steps, critic,
-                         PIPS(model_cfg.pips_config))
+    critic = PatchDiscriminator(
+        model_cfg.discriminator_config, in_channels=model_cfg.image_shape[0]
+    )
+    return CompositeLoss(
+        train_cfg.loss, steps_per_epoch, total_steps, critic, PIPS(model_cfg.pips_config)
+    )
 
 
-def adam_with_schedule(params, settings: OptimizerParams,
-                       total_steps: int) -> tuple[torch.optim.Adam, LambdaLR]:
+def adam_with_schedule(
+    params, settings: OptimizerParams, total_steps: int
+) -> tuple[torch.optim.Adam, LambdaLR]:
     """Adam, with linear warm-up then cosine decay to 0, stepped once per optimisation step."""
     optimizer = torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
     warmup = math.floor(settings.warmup_ratio * total_steps)
@@ -81,8 +95,10 @@ class TermAverager:
 
     def means(self, names: tuple[str, ...]) -> dict[str, float]:
         """NaN for a term never reported (the adversarial terms before the critic is on)."""
-        return {n: (self.sums[n] / self.weights[n]).item() if n in self.sums else math.nan
-                for n in names}
+        return {
+            n: (self.sums[n] / self.weights[n]).item() if n in self.sums else math.nan
+            for n in names
+        }
 
 
 class EarlyStopping:
@@ -104,8 +120,9 @@ class EarlyStopping:
 
 
 @torch.inference_mode()
-def validate(vae: VAE, loss_fn: BetaVAELoss, val_set: MNISTSplit, batch_size: int,
-             step: int) -> dict[str, float]:
+def validate(
+    vae: VAE, loss_fn: BetaVAELoss, val_set: MNISTSplit, batch_size: int, step: int
+) -> dict[str, float]:
     """Generator loss terms over the whole validation split, eval mode (decodes mu)."""
     vae.eval()
     loss_fn.eval()
@@ -125,10 +142,17 @@ class RunSummary:
     last_row: dict[str, float]
 
 
-def train(scheme: str, model_cfg: ModelConfig, train_cfg: TrainConfig, train_set: MNISTSplit,
-          val_set: MNISTSplit, device: torch.device, save_dir: Path) -> RunSummary:
+def train(
+    scheme: str,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    train_set: MNISTSplit,
+    val_set: MNISTSplit,
+    device: torch.device,
+    save_dir: Path,
+) -> RunSummary:
     """Train one run into `save_dir` (metrics.csv, checkpoints, final_model.pth)."""
-    seed_everything(train_cfg.seed)
+    torch.manual_seed(train_cfg.seed)
     vae = VAE(model_cfg).to(device)
     steps_per_epoch = len(train_set) // train_cfg.train_bs
     total_steps = train_cfg.num_epochs * steps_per_epoch
@@ -136,16 +160,27 @@ def train(scheme: str, model_cfg: ModelConfig, train_cfg: TrainConfig, train_set
     opt_g, sched_g = adam_with_schedule(vae.parameters(), train_cfg.optimizer.params_g, total_steps)
     critic = loss_fn.discriminator if isinstance(loss_fn, CompositeLoss) else None
     if critic is not None:
-        opt_d, sched_d = adam_with_schedule(critic.parameters(), train_cfg.optimizer.params_d,
-                                            total_steps)
+        opt_d, sched_d = adam_with_schedule(
+            critic.parameters(), train_cfg.optimizer.params_d, total_steps
+        )
 
     train_terms = loss_fn.term_names + loss_fn.critic_term_names
-    columns = ["epoch", "step", *(f"train_{t}" for t in train_terms),
-               *(f"val_{t}" for t in loss_fn.term_names), "beta", "lr_g",
-               *(["lr_d"] if critic is not None else []), "seconds"]
+    columns = [
+        "epoch",
+        "step",
+        *(f"train_{t}" for t in train_terms),
+        *(f"val_{t}" for t in loss_fn.term_names),
+        "beta",
+        "lr_g",
+        *(["lr_d"] if critic is not None else []),
+        "seconds",
+    ]
     metrics = MetricsLog(save_dir / "metrics.csv", columns)
-    stopper = (EarlyStopping(train_cfg.early_stopping.patience, train_cfg.early_stopping.tol)
-               if train_cfg.early_stopping else None)
+    stopper = (
+        EarlyStopping(train_cfg.early_stopping.patience, train_cfg.early_stopping.tol)
+        if train_cfg.early_stopping
+        else None
+    )
     show_bar = sys.stderr.isatty()
     step, epoch, stopped_early = 0, 0, False
 
@@ -155,8 +190,13 @@ def train(scheme: str, model_cfg: ModelConfig, train_cfg: TrainConfig, train_set
         loss_fn.train()
         averager = TermAverager()
         order = epoch_order(len(train_set), train_cfg.seed, epoch, device)
-        bar = tqdm(train_batches(train_set.images, train_cfg.train_bs, order), total=steps_per_epoch,
-                   desc=f"epoch {epoch}/{train_cfg.num_epochs}", leave=False, disable=not show_bar)
+        bar = tqdm(
+            train_batches(train_set.images, train_cfg.train_bs, order),
+            total=steps_per_epoch,
+            desc=f"epoch {epoch}/{train_cfg.num_epochs}",
+            leave=False,
+            disable=not show_bar,
+        )
         for x in bar:
             x_hat, mu, logvar = vae(x)
             loss, terms = loss_fn.generator_loss(x_hat, x, mu, logvar, step)
@@ -180,11 +220,17 @@ def train(scheme: str, model_cfg: ModelConfig, train_cfg: TrainConfig, train_set
             if show_bar and step % LIVE_LOSS_EVERY == 0:
                 bar.set_postfix(loss=f"{terms['loss'].item():.3f}")
 
-        row = {"epoch": epoch, "step": step,
-               **{f"train_{k}": v for k, v in averager.means(train_terms).items()},
-               **{f"val_{k}": v for k, v in validate(vae, loss_fn, val_set, train_cfg.val_bs,
-                                                     step).items()},
-               "beta": loss_fn.beta(step), "lr_g": sched_g.get_last_lr()[0]}
+        row = {
+            "epoch": epoch,
+            "step": step,
+            **{f"train_{k}": v for k, v in averager.means(train_terms).items()},
+            **{
+                f"val_{k}": v
+                for k, v in validate(vae, loss_fn, val_set, train_cfg.val_bs, step).items()
+            },
+            "beta": loss_fn.beta(step),
+            "lr_g": sched_g.get_last_lr()[0],
+        }
         if critic is not None:
             row["lr_d"] = sched_d.get_last_lr()[0]
         row["seconds"] = time.perf_counter() - started
@@ -193,7 +239,10 @@ def train(scheme: str, model_cfg: ModelConfig, train_cfg: TrainConfig, train_set
 
         if epoch % train_cfg.save_every == 0:
             payload = {
-                "epoch": epoch, "step": step, "scheme": scheme, "loss": row["train_loss"],
+                "epoch": epoch,
+                "step": step,
+                "scheme": scheme,
+                "loss": row["train_loss"],
                 "beta": row["beta"],
                 "model_state_dict": vae.state_dict(),
                 "encoder_state_dict": vae.encoder.state_dict(),
@@ -203,32 +252,57 @@ def train(scheme: str, model_cfg: ModelConfig, train_cfg: TrainConfig, train_set
                 "rng_state": torch.get_rng_state(),
             }
             if critic is not None:
-                payload.update(discriminator_state_dict=critic.state_dict(),
-                               optimizer_d_state_dict=opt_d.state_dict(),
-                               scheduler_d_state_dict=sched_d.state_dict())
+                payload.update(
+                    discriminator_state_dict=critic.state_dict(),
+                    optimizer_d_state_dict=opt_d.state_dict(),
+                    scheduler_d_state_dict=sched_d.state_dict(),
+                )
             save_checkpoint(payload, save_dir / f"checkpoint_epoch_{epoch:03d}.pth")
 
         if stopper is not None and stopper.should_stop(epoch, row["train_loss"], vae):
-            save_checkpoint({"model_state_dict": stopper.best_state, "epoch": stopper.best_epoch,
-                             "loss": stopper.best_loss}, save_dir / "best_model.pth")
-            print(f"early stop after epoch {epoch}: train loss has not improved by more than "
-                  f"{stopper.tol} for {stopper.patience} epochs; best epoch {stopper.best_epoch} "
-                  f"-> {save_dir / 'best_model.pth'}", flush=True)
+            save_checkpoint(
+                {
+                    "model_state_dict": stopper.best_state,
+                    "epoch": stopper.best_epoch,
+                    "loss": stopper.best_loss,
+                },
+                save_dir / "best_model.pth",
+            )
+            print(
+                f"early stop after epoch {epoch}: train loss has not improved by more than "
+                f"{stopper.tol} for {stopper.patience} epochs; best epoch {stopper.best_epoch} "
+                f"-> {save_dir / 'best_model.pth'}",
+                flush=True,
+            )
             stopped_early = True
             break
 
     final_path = save_dir / "final_model.pth"
-    save_checkpoint({"model_state_dict": vae.state_dict(), "epoch": epoch, "step": step,
-                     "scheme": scheme}, final_path)
-    return RunSummary(epochs_run=epoch, steps=step, stopped_early=stopped_early,
-                      final_path=final_path, last_row=row)
+    save_checkpoint(
+        {"model_state_dict": vae.state_dict(), "epoch": epoch, "step": step, "scheme": scheme},
+        final_path,
+    )
+    return RunSummary(
+        epochs_run=epoch,
+        steps=step,
+        stopped_early=stopped_early,
+        final_path=final_path,
+        last_row=row,
+    )
 
 
 def epoch_summary(row: dict[str, float], num_epochs: int) -> str:
     """One line per epoch: the main terms of train and validation, beta, LR and time."""
+
     def terms(prefix: str) -> str:
-        return " ".join(f"{k[len(prefix):]} {v:.4g}" for k, v in row.items()
-                        if k.startswith(prefix) and not math.isnan(v))
-    return (f"epoch {row['epoch']}/{num_epochs} step {row['step']} | train {terms('train_')} | "
-            f"val {terms('val_')} | beta {row['beta']:.3g} lr_g {row['lr_g']:.3g} | "
-            f"{row['seconds']:.1f} s")
+        return " ".join(
+            f"{k[len(prefix) :]} {v:.4g}"
+            for k, v in row.items()
+            if k.startswith(prefix) and not math.isnan(v)
+        )
+
+    return (
+        f"epoch {row['epoch']}/{num_epochs} step {row['step']} | train {terms('train_')} | "
+        f"val {terms('val_')} | beta {row['beta']:.3g} lr_g {row['lr_g']:.3g} | "
+        f"{row['seconds']:.1f} s"
+    )

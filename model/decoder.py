@@ -18,7 +18,10 @@ class Decoder(nn.Module):
         self.image_shape = tuple(image_shape)
         self.in_layer = nn.Sequential(nn.Linear(latent_dim, widths[0]), nn.LeakyReLU(0.2))
         self.layers = nn.Sequential(
-            *(LinearLayer(a, b, config.dropout) for a, b in zip(widths[:-1], widths[1:], strict=True))
+            *(
+                LinearLayer(a, b, config.dropout)
+                for a, b in zip(widths[:-1], widths[1:], strict=True)
+            )
         )
         self.out_layer = nn.Sequential(nn.Linear(widths[-1], math.prod(image_shape)), nn.Sigmoid())
 

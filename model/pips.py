@@ -63,8 +63,9 @@ class PIPS(nn.Module):
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         x = x.expand(-1, 3, -1, -1)
         if x.shape[-2:] != (self.input_size, self.input_size):
-            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
-                              align_corners=False)
+            x = F.interpolate(
+                x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False
+            )
         return (x - self.mean) / self.std
 
     def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -78,6 +79,7 @@ class PIPS(nn.Module):
         with torch.no_grad():
             target = self._features(x)
         per_image = sum(
-            (a - b).pow(2).mean(dim=(1, 2, 3)) for a, b in zip(self._features(x_hat), target, strict=True)
+            (a - b).pow(2).mean(dim=(1, 2, 3))
+            for a, b in zip(self._features(x_hat), target, strict=True)
         )
         return per_image.mean()

@@ -35,8 +35,10 @@ def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
     try:
         atomic_write(path, lambda f: torch.save(payload, f))
     except OSError as e:
-        raise UserError(f"{path}: cannot write checkpoint ({e.strerror}); "
-                        "free disk space or choose another --save_dir") from None
+        raise UserError(
+            f"{path}: cannot write checkpoint ({e.strerror}); "
+            "free disk space or choose another --save_dir"
+        ) from None
 
 
 def write_text(path: Path, text: str) -> None:
@@ -54,8 +56,9 @@ def load_checkpoint(path: str | Path, map_location: torch.device | str = "cpu") 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, pickle with code, foreign format: all unreadable
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint "
-                              f"({type(e).__name__}); is the file complete?") from None
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}); is the file complete?"
+        ) from None
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path}: holds a {type(payload).__name__}, not a checkpoint dict")
     return payload
@@ -67,12 +70,16 @@ def vae_state_from(payload: dict[str, Any], path: str | Path) -> dict[str, torch
     if "model_state_dict" in payload:
         return payload["model_state_dict"]
     if "encoder_state_dict" in payload and "decoder_state_dict" in payload:
-        return {**{f"encoder.{k}": v for k, v in payload["encoder_state_dict"].items()},
-                **{f"decoder.{k}": v for k, v in payload["decoder_state_dict"].items()}}
+        return {
+            **{f"encoder.{k}": v for k, v in payload["encoder_state_dict"].items()},
+            **{f"decoder.{k}": v for k, v in payload["decoder_state_dict"].items()},
+        }
     if payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
         return payload
-    raise CheckpointError(f"{path}: has no model_state_dict (keys: {', '.join(sorted(payload))}); "
-                          "pass a checkpoint written by train.py")
+    raise CheckpointError(
+        f"{path}: has no model_state_dict (keys: {', '.join(sorted(payload))}); "
+        "pass a checkpoint written by train.py"
+    )
 
 
 def load_state(module: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
@@ -85,7 +92,8 @@ def load_state(module: nn.Module, state: dict[str, torch.Tensor], path: str | Pa
         if tuple(state[name].shape) != tuple(tensor.shape):
             raise CheckpointError(
                 f"{path}: tensor '{name}' has shape {list(state[name].shape)} but the model "
-                f"expects {list(tensor.shape)}; {fix}")
+                f"expects {list(tensor.shape)}; {fix}"
+            )
     extra = [name for name in state if name not in own]
     if extra:
         raise CheckpointError(f"{path}: has tensor '{extra[0]}' that the model lacks; {fix}")

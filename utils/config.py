@@ -47,8 +47,12 @@ class MLPConfig:
     dropout: float = 0.1
 
     def check(self) -> None:
-        _need(len(self.hidden_features) > 0, "hidden_features", self.hidden_features,
-              "must list at least one width, e.g. [784, 512, 256, 128]")
+        _need(
+            len(self.hidden_features) > 0,
+            "hidden_features",
+            self.hidden_features,
+            "must list at least one width, e.g. [784, 512, 256, 128]",
+        )
         for i, width in enumerate(self.hidden_features):
             _need(width > 0, f"hidden_features[{i}]", width, "must be a positive width")
         _need(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "must be in [0, 1), e.g. 0.1")
@@ -64,16 +68,24 @@ class DiscriminatorConfig:
     padding: list[int]
 
     def check(self) -> None:
-        _need(len(self.channels) > 0, "channels", self.channels,
-              "must list at least one width, e.g. [32, 64, 128, 256]")
+        _need(
+            len(self.channels) > 0,
+            "channels",
+            self.channels,
+            "must list at least one width, e.g. [32, 64, 128, 256]",
+        )
         for i, width in enumerate(self.channels):
             _need(width > 0, f"channels[{i}]", width, "must be a positive width")
         layers = len(self.channels) - 1
         for name in ("kernel", "stride", "padding"):
             values = getattr(self, name)
-            _need(len(values) == layers, name, values,
-                  f"needs one entry per ConvLayer: len(channels) - 1 = {layers} entries, "
-                  f"got {len(values)}")
+            _need(
+                len(values) == layers,
+                name,
+                values,
+                f"needs one entry per ConvLayer: len(channels) - 1 = {layers} entries, "
+                f"got {len(values)}",
+            )
             smallest = 0 if name == "padding" else 1
             for i, v in enumerate(values):
                 _need(v >= smallest, f"{name}[{i}]", v, f"must be >= {smallest}")
@@ -88,12 +100,24 @@ class PIPSConfig:
     weights: str = "imagenet"
 
     def check(self) -> None:
-        _need(self.backbone in PIPS_BACKBONES, "backbone", self.backbone,
-              f"must be one of {', '.join(PIPS_BACKBONES)}")
-        _need(self.input_size >= 16, "input_size", self.input_size,
-              "must be >= 16 (VGG16's four pooling stages), e.g. 224")
-        _need(self.weights in PIPS_WEIGHTS, "weights", self.weights,
-              f"must be one of {', '.join(PIPS_WEIGHTS)}")
+        _need(
+            self.backbone in PIPS_BACKBONES,
+            "backbone",
+            self.backbone,
+            f"must be one of {', '.join(PIPS_BACKBONES)}",
+        )
+        _need(
+            self.input_size >= 16,
+            "input_size",
+            self.input_size,
+            "must be >= 16 (VGG16's four pooling stages), e.g. 224",
+        )
+        _need(
+            self.weights in PIPS_WEIGHTS,
+            "weights",
+            self.weights,
+            f"must be one of {', '.join(PIPS_WEIGHTS)}",
+        )
 
 
 @dataclass
@@ -109,8 +133,12 @@ class ModelConfig:
 
     def check(self) -> None:
         _need(self.latent_dim > 0, "latent_dim", self.latent_dim, "must be >= 1, e.g. 2")
-        _need(len(self.image_shape) == 3 and all(s > 0 for s in self.image_shape),
-              "image_shape", self.image_shape, "must be [channels, height, width], e.g. [1, 28, 28]")
+        _need(
+            len(self.image_shape) == 3 and all(s > 0 for s in self.image_shape),
+            "image_shape",
+            self.image_shape,
+            "must be [channels, height, width], e.g. [1, 28, 28]",
+        )
 
 
 @dataclass
@@ -126,11 +154,21 @@ class LossConfig:
     disc_start_ratio: float = 0.05
 
     def check(self) -> None:
-        for name in ("lambda_recon", "beta", "beta_warmup_epochs", "free_bits",
-                     "lambda_pips", "lambda_disc"):
+        for name in (
+            "lambda_recon",
+            "beta",
+            "beta_warmup_epochs",
+            "free_bits",
+            "lambda_pips",
+            "lambda_disc",
+        ):
             _need(getattr(self, name) >= 0, name, getattr(self, name), "must be >= 0")
-        _need(0.0 <= self.disc_start_ratio <= 1.0, "disc_start_ratio", self.disc_start_ratio,
-              "must be in [0, 1], e.g. 0.05")
+        _need(
+            0.0 <= self.disc_start_ratio <= 1.0,
+            "disc_start_ratio",
+            self.disc_start_ratio,
+            "must be in [0, 1], e.g. 0.05",
+        )
 
 
 @dataclass
@@ -144,8 +182,12 @@ class OptimizerParams:
     def check(self) -> None:
         _need(self.lr > 0, "lr", self.lr, "must be > 0, e.g. 0.0005")
         _need(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
-        _need(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio", self.warmup_ratio,
-              "must be in [0, 1), e.g. 0.1")
+        _need(
+            0.0 <= self.warmup_ratio < 1.0,
+            "warmup_ratio",
+            self.warmup_ratio,
+            "must be in [0, 1), e.g. 0.1",
+        )
 
 
 @dataclass
@@ -182,8 +224,12 @@ class TrainConfig:
     early_stopping: EarlyStoppingConfig | None = None
 
     def check(self) -> None:
-        _need(self.save_dir.strip() != "", "save_dir", self.save_dir,
-              "must name a folder, e.g. checkpoints/simple")
+        _need(
+            self.save_dir.strip() != "",
+            "save_dir",
+            self.save_dir,
+            "must name a folder, e.g. checkpoints/simple",
+        )
         for name in ("num_epochs", "train_bs", "val_bs", "save_every"):
             _need(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
 
@@ -211,7 +257,8 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     ok = {
         bool: isinstance(value, bool),
         int: isinstance(value, int) and not isinstance(value, bool),
-        float: isinstance(value, int | float) and not isinstance(value, bool)
+        float: isinstance(value, int | float)
+        and not isinstance(value, bool)
         and math.isfinite(value),
         str: isinstance(value, str),
     }[tp]
@@ -233,7 +280,9 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
         if f.name in data:
             kwargs[f.name] = _convert(data[f.name], hints[f.name], prefix + f.name)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise _FieldProblem(prefix + f.name, None, f"is missing; add it ({_type_name(hints[f.name])})")
+            raise _FieldProblem(
+                prefix + f.name, None, f"is missing; add it ({_type_name(hints[f.name])})"
+            )
     obj = cls(**kwargs)
     try:
         obj.check()

@@ -26,20 +26,24 @@ def mnist_raw_dir(root: str | Path) -> Path:
 
 
 def read_idx(path: Path) -> torch.Tensor:
-    """Read an unsigned-byte IDX file (magic 0x0000 08 ndim, big-endian dims) into a uint8 tensor."""
+    """Read an unsigned-byte IDX file (magic 00 00 08 ndim, big-endian dims) as uint8."""
     data = path.read_bytes()
     if len(data) < 4 or data[0:2] != b"\x00\x00" or data[2] != _IDX_UBYTE or data[3] == 0:
-        raise DataError(f"{path}: not an unsigned-byte IDX file (bad magic number {data[:4].hex()}); "
-                        "replace it with the original MNIST file")
+        raise DataError(
+            f"{path}: not an unsigned-byte IDX file (bad magic number {data[:4].hex()}); "
+            "replace it with the original MNIST file"
+        )
     ndim = data[3]
     header = 4 + 4 * ndim
     if len(data) < header:
         raise DataError(f"{path}: truncated IDX header; replace it with the original MNIST file")
-    shape = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     expected = header + int(torch.tensor(shape).prod())
     if len(data) != expected:
-        raise DataError(f"{path}: {len(data)} bytes but its header {shape} needs {expected}; "
-                        "the file is truncated or corrupt, replace it with the original MNIST file")
+        raise DataError(
+            f"{path}: {len(data)} bytes but its header {shape} needs {expected}; "
+            "the file is truncated or corrupt, replace it with the original MNIST file"
+        )
     return torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8).view(*shape)
 
 
@@ -69,9 +73,10 @@ def _fetch_missing(root: Path, missing: list[str]) -> None:
         ) from None
 
 
-def load_mnist(root: str | Path, split: str, device: torch.device | str = "cpu",
-               download: bool = True) -> MNISTSplit:
-    """Load `split` ("train" or "test") from <root>/MNIST/raw/, downloading only if files are missing."""
+def load_mnist(
+    root: str | Path, split: str, device: torch.device | str = "cpu", download: bool = True
+) -> MNISTSplit:
+    """Load `split` ("train" or "test") from <root>/MNIST/raw/; download only missing files."""
     raw = mnist_raw_dir(root)
     image_file, label_file = MNIST_FILES[split]
     missing = [n for pair in MNIST_FILES.values() for n in pair if not (raw / n).is_file()]
@@ -84,8 +89,10 @@ def load_mnist(root: str | Path, split: str, device: torch.device | str = "cpu",
         )
     images, labels = read_idx(raw / image_file), read_idx(raw / label_file)
     if images.dim() != 3 or labels.dim() != 1 or len(images) != len(labels):
-        raise DataError(f"{raw}: {image_file} holds {list(images.shape)} but {label_file} holds "
-                        f"{list(labels.shape)}; expected (N, H, W) images and N labels")
+        raise DataError(
+            f"{raw}: {image_file} holds {list(images.shape)} but {label_file} holds "
+            f"{list(labels.shape)}; expected (N, H, W) images and N labels"
+        )
     return MNISTSplit(
         images=(images.to(device).unsqueeze(1).float() / 255.0),
         labels=labels.to(device=device, dtype=torch.int64),
@@ -98,13 +105,15 @@ def epoch_order(n: int, seed: int, epoch: int, device: torch.device | str) -> to
     return torch.randperm(n, generator=generator).to(device)
 
 
-def train_batches(images: torch.Tensor, batch_size: int, order: torch.Tensor) -> Iterator[torch.Tensor]:
+def train_batches(
+    images: torch.Tensor, batch_size: int, order: torch.Tensor
+) -> Iterator[torch.Tensor]:
     """Full batches in `order`; the last partial batch is dropped."""
     for start in range(0, len(order) - batch_size + 1, batch_size):
-        yield images[order[start: start + batch_size]]
+        yield images[order[start : start + batch_size]]
 
 
 def eval_batches(split: MNISTSplit, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(images, labels) in file order, the last batch possibly smaller."""
     for start in range(0, len(split), batch_size):
-        yield split.images[start: start + batch_size], split.labels[start: start + batch_size]
+        yield split.images[start : start + batch_size], split.labels[start : start + batch_size]

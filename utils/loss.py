@@ -25,7 +25,7 @@ def reconstruction_error(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def kl_per_sample(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, exp(logvar)) || N(0, I)) per sample, summed over latent dimensions: (N, D) -> (N,)."""
+    """KL(N(mu, exp(logvar)) || N(0, I)) per sample, summed over dimensions: (N, D) -> (N,)."""
     return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)
 
 
@@ -49,15 +49,25 @@ class BetaVAELoss(nn.Module):
             return self.config.beta
         return min(self.config.beta, step * (self.config.beta / self.beta_warmup_steps))
 
-    def generator_loss(self, x_hat: torch.Tensor, x: torch.Tensor, mu: torch.Tensor,
-                       logvar: torch.Tensor, step: int) -> tuple[torch.Tensor, Terms]:
+    def generator_loss(
+        self,
+        x_hat: torch.Tensor,
+        x: torch.Tensor,
+        mu: torch.Tensor,
+        logvar: torch.Tensor,
+        step: int,
+    ) -> tuple[torch.Tensor, Terms]:
         """Images (N, C, H, W) in [0, 1], posterior (N, D). Returns (loss, detached named terms)."""
         recon = reconstruction_error(x_hat, x)
         kl = kl_per_sample(mu, logvar)
         kl_free = kl.clamp(min=self.config.free_bits).mean()
         loss = self.config.lambda_recon * recon + self.beta(step) * kl_free
-        return loss, {"loss": loss.detach(), "recon": recon.detach(), "kl": kl_free.detach(),
-                      "kl_raw": kl.mean().detach()}
+        return loss, {
+            "loss": loss.detach(),
+            "recon": recon.detach(),
+            "kl": kl_free.detach(),
+            "kl_raw": kl.mean().detach(),
+        }
 
 
 class CompositeLoss(BetaVAELoss):
@@ -67,8 +77,14 @@ class CompositeLoss(BetaVAELoss):
     term_names = (*BetaVAELoss.term_names, "pips", "adv")
     critic_term_names = ("disc",)
 
-    def __init__(self, config: LossConfig, steps_per_epoch: int, total_steps: int,
-                 discriminator: PatchDiscriminator, pips: PIPS):
+    def __init__(
+        self,
+        config: LossConfig,
+        steps_per_epoch: int,
+        total_steps: int,
+        discriminator: PatchDiscriminator,
+        pips: PIPS,
+    ):
         super().__init__(config, steps_per_epoch)
         self.discriminator = discriminator
         self.pips = pips
@@ -77,8 +93,14 @@ class CompositeLoss(BetaVAELoss):
     def discriminator_on(self, step: int) -> bool:
         return step >= self.disc_start
 
-    def generator_loss(self, x_hat: torch.Tensor, x: torch.Tensor, mu: torch.Tensor,
-                       logvar: torch.Tensor, step: int) -> tuple[torch.Tensor, Terms]:
+    def generator_loss(
+        self,
+        x_hat: torch.Tensor,
+        x: torch.Tensor,
+        mu: torch.Tensor,
+        logvar: torch.Tensor,
+        step: int,
+    ) -> tuple[torch.Tensor, Terms]:
         loss, terms = super().generator_loss(x_hat, x, mu, logvar, step)
         pips = self.pips(x_hat, x)
         loss = loss + self.config.lambda_pips * pips
@@ -94,10 +116,14 @@ class CompositeLoss(BetaVAELoss):
         terms["loss"] = loss.detach()
         return loss, terms
 
-    def discriminator_loss(self, x_hat: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, Terms]:
+    def discriminator_loss(
+        self, x_hat: torch.Tensor, x: torch.Tensor
+    ) -> tuple[torch.Tensor, Terms]:
         """0.5 * (BCE(D(fake), 0) + BCE(D(real), 1)); `x_hat` must already be detached."""
         fake = self.discriminator(x_hat)
         real = self.discriminator(x)
-        loss = 0.5 * (F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
-                      + F.binary_cross_entropy_with_logits(real, torch.ones_like(real)))
+        loss = 0.5 * (
+            F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
+            + F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
+        )
         return loss, {"disc": loss.detach()}

@@ -1,29 +1,21 @@
-"""Small helpers used by the entry scripts: device choice, seeding, the LR schedule, the CLI edge."""
+"""Small helpers for the entry scripts: device choice, the LR schedule, the CLI boundary."""
 
 import math
-import random
 import sys
 from collections.abc import Callable
 
-import numpy as np
 import torch
 
 from utils.errors import UserError
 
 
 def pick_device(name: str) -> torch.device:
-    """"auto" means CUDA when present, else CPU."""
+    """ "auto" means CUDA when present, else CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is visible; use --device cpu or auto")
     return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
