@@ -238,7 +238,8 @@ def _type_name(tp: Any) -> str:
     if dataclasses.is_dataclass(tp):
         return "an object"
     if typing.get_origin(tp) is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}s"
+        (item,) = typing.get_args(tp)
+        return "a list of " + {int: "integers", float: "numbers", str: "strings"}[item]
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[tp]
 
 
@@ -274,7 +275,7 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
         if key not in known:
             near = difflib.get_close_matches(str(key), known, n=1)
             hint = f"did you mean '{near[0]}'?" if near else f"known keys: {', '.join(known)}"
-            raise _FieldProblem(prefix + str(key), data[key], f"unknown key; {hint}")
+            raise _FieldProblem(prefix + json.dumps(key)[1:-1], data[key], f"unknown key; {hint}")
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name in data:
@@ -301,11 +302,9 @@ def load_config(path: str | Path, cls: type[T]) -> T:
     """Read JSON file `path` into dataclass `cls`; any problem raises one-line ConfigError."""
     path = Path(path)
     try:
-        text = path.read_text()
+        data = json.loads(path.read_text())
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config ({e.strerror}); check the path") from None
-    try:
-        data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ConfigError(
             f"{path}: not valid JSON at line {e.lineno} column {e.colno} ({e.msg}); fix the syntax"

@@ -1,0 +1,67 @@
+"""Shared test fixtures: small MNIST-format IDX files written by the tests themselves."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def write_idx(path: Path, array: torch.Tensor) -> None:
+    """Write a uint8 tensor as an IDX file: magic 00 00 08 ndim, big-endian dims, raw bytes."""
+    header = bytes([0, 0, 0x08, array.dim()]) + b"".join(
+        int(s).to_bytes(4, "big") for s in array.shape
+    )
+    path.write_bytes(header + array.contiguous().numpy().tobytes())
+
+
+def fake_digits(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """n 28x28 uint8 images of blobs whose position depends on the label, and the labels."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 10, (n,), generator=g)
+    yy, xx = torch.meshgrid(torch.arange(28), torch.arange(28), indexing="ij")
+    cy = 8 + (labels % 5).float() * 3
+    cx = 8 + (labels // 5).float() * 10
+    blob = torch.exp(-((yy - cy[:, None, None]) ** 2 + (xx - cx[:, None, None]) ** 2) / 18.0)
+    noise = torch.rand(n, 28, 28, generator=g) * 0.1
+    images = ((blob + noise).clamp(0, 1) * 255).to(torch.uint8)
+    return images, labels.to(torch.uint8)
+
+
+def make_mnist_root(root: Path, n_train: int = 512, n_test: int = 256) -> Path:
+    """A torchvision-layout MNIST folder (<root>/MNIST/raw/) with small synthetic splits."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, n, seed in (("train", n_train, 0), ("t10k", n_test, 1)):
+        images, labels = fake_digits(n, seed)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    return root
+
+
+@pytest.fixture(scope="session")
+def fake_mnist(tmp_path_factory) -> Path:
+    return make_mnist_root(tmp_path_factory.mktemp("mnist"))
+
+
+@pytest.fixture(scope="session")
+def real_mnist() -> Path:
+    """The real MNIST root named by $MNIST_ROOT (.ci/run sets it when ../shared/data exists).
+    Without it the real-data tests are reported as skipped, never as passed."""
+    root = os.environ.get("MNIST_ROOT")
+    if not root:
+        pytest.skip("MNIST_ROOT is not set: point it at a folder holding MNIST/raw/")
+    return Path(root)
+
+
+def run_script(*args: str, cwd: Path = REPO, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run one of the repo's entry scripts in a real subprocess with this interpreter."""
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )

@@ -1,0 +1,148 @@
+"""Loss terms, beta warm-up, free bits, the critic's switch-on and the LR schedule, by hand."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model.discriminator import PatchDiscriminator
+from model.pips import PIPS
+from model.vae import VAE
+from training_schemes import adam_with_schedule
+from utils.config import (
+    LossConfig,
+    OptimizerParams,
+    PIPSConfig,
+    load_model_config,
+)
+from utils.loss import BetaVAELoss, CompositeLoss, kl_per_sample, reconstruction_error
+from utils.misc import warmup_cosine
+
+
+def test_reconstruction_error_sums_pixels_and_averages_images():
+    x = torch.zeros(2, 1, 2, 2)
+    x_hat = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]], [[[1.0, 1.0], [1.0, 0.5]]]])
+    # image 0: 1.0; image 1: 1 + 1 + 1 + 0.25 = 3.25; batch mean 2.125
+    assert reconstruction_error(x_hat, x).item() == pytest.approx(2.125)
+
+
+def test_kl_per_sample_matches_closed_form():
+    mu = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    logvar = torch.tensor([[0.0, math.log(2.0)], [0.0, 0.0]])
+    # sample 0: -0.5 * [(1 + 0 - 1 - 1) + (1 + ln2 - 0 - 2)] = 1 - ln2 / 2; sample 1: 0
+    expected = torch.tensor([1 - math.log(2.0) / 2, 0.0])
+    torch.testing.assert_close(kl_per_sample(mu, logvar), expected)
+
+
+def test_free_bits_clamp_the_per_sample_total_not_each_dimension():
+    loss_fn = BetaVAELoss(LossConfig(free_bits=0.2, beta=1.0, beta_warmup_epochs=0), 10)
+    mu = torch.tensor([[0.5, 0.0], [1.0, 1.0]])  # per-sample KL 0.125 and 1.0
+    logvar = torch.zeros(2, 2)
+    x = torch.zeros(2, 1, 2, 2)
+    _, terms = loss_fn.generator_loss(x, x, mu, logvar, step=0)
+    # per sample: max(0.125, 0.2) = 0.2 and 1.0 -> mean 0.6 (per dimension it would be 0.7)
+    assert terms["kl"].item() == pytest.approx(0.6)
+    assert terms["kl_raw"].item() == pytest.approx((0.125 + 1.0) / 2)
+    assert terms["loss"].item() == pytest.approx(0.6)  # recon 0, beta 1
+
+
+@pytest.mark.parametrize(
+    ("step", "beta"), [(0, 0.0), (1, 0.2), (7, 1.4), (19, 3.8), (20, 4.0), (500, 4.0)]
+)
+def test_beta_rises_by_target_over_warmup_steps_then_caps(step, beta):
+    loss_fn = BetaVAELoss(LossConfig(beta=4.0, beta_warmup_epochs=2), steps_per_epoch=10)
+    assert loss_fn.beta(step) == pytest.approx(beta)
+
+
+def test_beta_default_schedule_after_one_epoch():
+    loss_fn = BetaVAELoss(LossConfig(), steps_per_epoch=468)
+    assert loss_fn.beta(468) == pytest.approx(4.0 / 15)
+    assert loss_fn.beta(15 * 468) == pytest.approx(4.0)
+
+
+def test_generator_loss_combines_recon_and_beta_kl():
+    loss_fn = BetaVAELoss(LossConfig(lambda_recon=2.0, beta=4.0, beta_warmup_epochs=1), 10)
+    x = torch.zeros(1, 1, 2, 2)
+    x_hat = torch.full((1, 1, 2, 2), 0.5)  # recon 4 * 0.25 = 1.0
+    mu, logvar = torch.tensor([[1.0, 1.0]]), torch.zeros(1, 2)  # KL 1.0
+    loss, terms = loss_fn.generator_loss(x_hat, x, mu, logvar, step=5)  # beta 2.0
+    assert loss.item() == pytest.approx(2.0 * 1.0 + 2.0 * 1.0)
+    assert set(terms) == {"loss", "recon", "kl", "kl_raw"}
+    assert not any(t.requires_grad for t in terms.values())
+
+
+@pytest.mark.parametrize(("step", "factor"), [(0, 0.0), (5, 0.5), (10, 1.0), (55, 0.5), (100, 0.0)])
+def test_warmup_cosine_factor(step, factor):
+    assert warmup_cosine(step, warmup=10, total=100) == pytest.approx(factor, abs=1e-12)
+
+
+def test_optimizer_learning_rate_follows_the_schedule_per_step():
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer, scheduler = adam_with_schedule(
+        [param], OptimizerParams(lr=5e-4, weight_decay=1e-5, warmup_ratio=0.1), total_steps=200
+    )
+    seen = []
+    for _ in range(200):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert seen[0] == 0.0  # step 0 of the warm-up
+    assert seen[10] == pytest.approx(2.5e-4)  # half-way through 20 warm-up steps
+    assert seen[20] == pytest.approx(5e-4)  # peak at the end of warm-up
+    assert seen[110] == pytest.approx(2.5e-4)  # cosine half-way: (110 - 20) / 180 = 0.5
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-20)  # after the last
+    assert optimizer.param_groups[0]["weight_decay"] == 1e-5
+
+
+@pytest.fixture(scope="module")
+def composite_parts():
+    torch.manual_seed(0)
+    model_cfg = load_model_config("configs/model_composite_config.json")
+    vae = VAE(model_cfg)
+    critic = PatchDiscriminator(model_cfg.discriminator_config)
+    pips = PIPS(PIPSConfig(weights="random", input_size=32))
+    loss_fn = CompositeLoss(LossConfig(), 468, total_steps=18720, discriminator=critic, pips=pips)
+    return vae, critic, loss_fn
+
+
+def test_critic_switches_on_at_five_percent_of_all_steps(composite_parts):
+    vae, _, loss_fn = composite_parts
+    assert loss_fn.disc_start == math.floor(0.05 * 18720) == 936
+    x = torch.rand(4, 1, 28, 28)
+    x_hat, mu, logvar = vae(x)
+    _, before = loss_fn.generator_loss(x_hat, x, mu, logvar, step=935)
+    _, after = loss_fn.generator_loss(x_hat, x, mu, logvar, step=936)
+    assert "adv" not in before and "adv" in after
+    assert after["loss"].item() == pytest.approx(
+        before["loss"].item()
+        + (loss_fn.beta(936) - loss_fn.beta(935)) * before["kl"].item()
+        + 0.5 * after["adv"].item(),
+        rel=1e-5,
+    )
+
+
+def test_generator_step_leaves_the_critic_without_gradients(composite_parts):
+    vae, critic, loss_fn = composite_parts
+    vae.zero_grad(set_to_none=True)
+    critic.zero_grad(set_to_none=True)
+    x = torch.rand(4, 1, 28, 28)
+    x_hat, mu, logvar = vae(x)
+    loss, _ = loss_fn.generator_loss(x_hat, x, mu, logvar, step=10_000)
+    loss.backward()
+    assert all(p.grad is None for p in critic.parameters())
+    assert all(p.requires_grad for p in critic.parameters())  # restored for its own step
+    assert all(p.grad is None for p in loss_fn.pips.parameters())
+    assert vae.decoder.out_layer[0].weight.grad is not None
+
+
+def test_discriminator_loss_is_half_the_two_bce_terms(composite_parts):
+    vae, critic, loss_fn = composite_parts
+    x = torch.rand(4, 1, 28, 28)
+    fake = torch.rand(4, 1, 28, 28)
+    loss, terms = loss_fn.discriminator_loss(fake, x)
+    # Train-mode BatchNorm normalises each call by its own batch, so recomputing is exact.
+    f_logits, r_logits = critic(fake).detach(), critic(x).detach()
+    expected = 0.5 * (F.softplus(f_logits).mean() + F.softplus(-r_logits).mean())
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert terms["disc"].item() == pytest.approx(loss.item())

@@ -1,0 +1,65 @@
+"""PIPS: zero for identical inputs, positive otherwise, frozen, and clear about missing weights."""
+
+import pytest
+import torch
+
+from model.pips import PIPS, vgg16_weights_file
+from utils.config import PIPSConfig
+from utils.errors import CheckpointError
+
+
+@pytest.fixture(scope="module")
+def pips():
+    torch.manual_seed(0)
+    return PIPS(PIPSConfig(weights="random", input_size=32))
+
+
+def test_identical_images_are_at_distance_zero(pips):
+    x = torch.rand(3, 1, 28, 28)
+    assert pips(x, x.clone()).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_different_images_are_at_positive_distance_symmetric(pips):
+    a, b = torch.rand(3, 1, 28, 28), torch.rand(3, 1, 28, 28)
+    d = pips(a, b).item()
+    assert d > 1e-4
+    assert pips(b, a).item() == pytest.approx(d, rel=1e-5)
+
+
+def test_distance_is_the_batch_mean_of_per_image_distances(pips):
+    a, b = torch.rand(4, 1, 28, 28), torch.rand(4, 1, 28, 28)
+    per_image = torch.stack([pips(a[i : i + 1], b[i : i + 1]) for i in range(4)])
+    assert pips(a, b).item() == pytest.approx(per_image.mean().item(), rel=1e-5)
+
+
+def test_each_layer_term_is_bounded_by_four(pips):
+    # Unit vectors differ by at most 2 in norm, so each of the five terms is <= 4: total <= 20.
+    assert pips(torch.rand(2, 1, 28, 28), torch.zeros(2, 1, 28, 28)).item() <= 20.0
+
+
+def test_gradients_reach_only_the_first_input(pips):
+    x_hat = torch.rand(2, 1, 28, 28, requires_grad=True)
+    x = torch.rand(2, 1, 28, 28, requires_grad=True)
+    pips(x_hat, x).backward()
+    assert x_hat.grad is not None and x_hat.grad.abs().sum() > 0
+    assert x.grad is None
+    assert not any(p.requires_grad for p in pips.parameters())
+
+
+def test_backbone_stays_in_eval_mode(pips):
+    pips.train()
+    assert not pips.training and not any(m.training for m in pips.modules())
+
+
+def test_slices_cover_vgg16_features_up_to_the_last_pool(pips):
+    assert [len(s) for s in pips.slices] == [4, 5, 7, 7, 7]
+
+
+def test_missing_imagenet_weights_name_the_file_and_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(CheckpointError) as err:
+        PIPS(PIPSConfig(weights="imagenet"))
+    message = str(err.value)
+    assert vgg16_weights_file().name in message
+    assert str(tmp_path / "hub" / "checkpoints") in message
+    assert "\n" not in message
