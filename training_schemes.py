@@ -10,6 +10,7 @@ optimisers, then epochs of (train steps, validation, metrics row, checkpoint, ea
 train.py is the entry point; nothing here parses arguments or exits.
 """
 
+import dataclasses
 import math
 import sys
 import time
@@ -24,16 +25,19 @@ from tqdm import tqdm
 from model.discriminator import PatchDiscriminator
 from model.pips import PIPS
 from model.vae import VAE
-from utils.checkpoint import save_checkpoint
+from utils.checkpoint import checkpoint_step, save_checkpoint
 from utils.config import ModelConfig, OptimizerParams, TrainConfig
 from utils.dataset import MNISTSplit, epoch_order, eval_batches, train_batches
 from utils.errors import UserError
 from utils.loss import BetaVAELoss, CompositeLoss
 from utils.metrics import MetricsLog
 from utils.misc import warmup_cosine
+from utils.tracking import EarlyStopping, NonFiniteWatch, TermAverager
 
 SCHEMES = ("simple", "composite")
 LIVE_LOSS_EVERY = 25  # steps between progress-bar loss updates (each one syncs the device)
+CHECK_EVERY = 50  # steps between checks for a non-finite loss (each one syncs the device)
+INTERRUPT_CHECKPOINT = "checkpoint_interrupted.pth"
 
 
 def check_scheme(
@@ -81,44 +85,6 @@ def adam_with_schedule(
     return optimizer, LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total_steps))
 
 
-class TermAverager:
-    """Weighted means of named loss terms, summed on the device and read once."""
-
-    def __init__(self):
-        self.sums: dict[str, torch.Tensor] = {}
-        self.weights: dict[str, int] = {}
-
-    def add(self, terms: dict[str, torch.Tensor], weight: int = 1) -> None:
-        for name, value in terms.items():
-            self.sums[name] = self.sums.get(name, 0) + value * weight
-            self.weights[name] = self.weights.get(name, 0) + weight
-
-    def means(self, names: tuple[str, ...]) -> dict[str, float]:
-        """NaN for a term never reported (the adversarial terms before the critic is on)."""
-        return {
-            n: (self.sums[n] / self.weights[n]).item() if n in self.sums else math.nan
-            for n in names
-        }
-
-
-class EarlyStopping:
-    """Stop once the epoch's train loss has not beaten the best by more than `tol` for
-    `patience` epochs; remembers the best weights."""
-
-    def __init__(self, patience: int, tol: float):
-        self.patience, self.tol = patience, tol
-        self.best_loss, self.best_epoch, self.bad_epochs = math.inf, 0, 0
-        self.best_state: dict[str, torch.Tensor] = {}
-
-    def should_stop(self, epoch: int, loss: float, model: torch.nn.Module) -> bool:
-        if loss < self.best_loss - self.tol:
-            self.best_loss, self.best_epoch, self.bad_epochs = loss, epoch, 0
-            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            self.bad_epochs += 1
-        return self.bad_epochs >= self.patience
-
-
 @torch.inference_mode()
 def validate(
     vae: VAE, loss_fn: BetaVAELoss, val_set: MNISTSplit, batch_size: int, step: int
@@ -131,6 +97,21 @@ def validate(
         x_hat, mu, logvar = vae(x)
         averager.add(loss_fn.generator_loss(x_hat, x, mu, logvar, step)[1], weight=len(x))
     return averager.means(loss_fn.term_names)
+
+
+class StopRequest:
+    """Set by train.py's SIGINT / SIGTERM handlers; the loop checks it after each whole step."""
+
+    def __init__(self):
+        self.signal: int | None = None
+
+
+class Interrupted(Exception):
+    """The run stopped on a signal after writing a resumable checkpoint."""
+
+    def __init__(self, signum: int, checkpoint: Path, epoch: int, step: int):
+        super().__init__(f"signal {signum}")
+        self.signum, self.checkpoint, self.epoch, self.step = signum, checkpoint, epoch, step
 
 
 @dataclass
@@ -150,8 +131,15 @@ def train(
     val_set: MNISTSplit,
     device: torch.device,
     save_dir: Path,
+    resume: dict | None = None,
+    stop: StopRequest | None = None,
 ) -> RunSummary:
-    """Train one run into `save_dir` (metrics.csv, checkpoints, final_model.pth)."""
+    """Train one run into `save_dir`, or continue one from the checkpoint payload `resume`.
+
+    On the CPU a resumed run ends bit-identical to the same run left alone: the checkpoint holds
+    the weights, optimisers, schedulers, RNG state, position in the epoch, the epoch's partial
+    term sums, early-stopping state and the metrics rows so far.
+    """
     torch.manual_seed(train_cfg.seed)
     vae = VAE(model_cfg).to(device)
     steps_per_epoch = len(train_set) // train_cfg.train_bs
@@ -160,44 +148,92 @@ def train(
     opt_g, sched_g = adam_with_schedule(vae.parameters(), train_cfg.optimizer.params_g, total_steps)
     critic = loss_fn.discriminator if isinstance(loss_fn, CompositeLoss) else None
     if critic is not None:
-        opt_d, sched_d = adam_with_schedule(
-            critic.parameters(), train_cfg.optimizer.params_d, total_steps
-        )
+        params_d = train_cfg.optimizer.params_d
+        opt_d, sched_d = adam_with_schedule(critic.parameters(), params_d, total_steps)
 
     train_terms = loss_fn.term_names + loss_fn.critic_term_names
-    columns = [
-        "epoch",
-        "step",
-        *(f"train_{t}" for t in train_terms),
-        *(f"val_{t}" for t in loss_fn.term_names),
-        "beta",
-        "lr_g",
-        *(["lr_d"] if critic is not None else []),
-        "seconds",
-    ]
+    columns = ["epoch", "step", *(f"train_{t}" for t in train_terms),
+               *(f"val_{t}" for t in loss_fn.term_names), "beta", "lr_g",
+               *(["lr_d"] if critic is not None else []), "seconds"]  # fmt: skip
     metrics = MetricsLog(save_dir / "metrics.csv", columns)
-    stopper = (
-        EarlyStopping(train_cfg.early_stopping.patience, train_cfg.early_stopping.tol)
-        if train_cfg.early_stopping
-        else None
-    )
-    show_bar = sys.stderr.isatty()
-    step, epoch, stopped_early = 0, 0, False
+    stopper = EarlyStopping(train_cfg.early_stopping.patience, train_cfg.early_stopping.tol) if (
+        train_cfg.early_stopping) else None  # fmt: skip
+    watch = NonFiniteWatch(train_terms, device)
+    averager = TermAverager()
+    stop = stop or StopRequest()
+    step, next_epoch, next_batch = 0, 1, 0
+    last_good = "none yet"
 
-    for epoch in range(1, train_cfg.num_epochs + 1):
+    if resume is not None:
+        vae.load_state_dict(resume["model_state_dict"])
+        opt_g.load_state_dict(resume["optimizer_g_state_dict"])
+        sched_g.load_state_dict(resume["scheduler_g_state_dict"])
+        if critic is not None:
+            critic.load_state_dict(resume["discriminator_state_dict"])
+            opt_d.load_state_dict(resume["optimizer_d_state_dict"])
+            sched_d.load_state_dict(resume["scheduler_d_state_dict"])
+        if stopper is not None:
+            stopper.load_state_dict(resume["early_stopping"])
+        averager.load_state_dict(resume["epoch_terms"])
+        metrics.rows = list(resume["metrics_rows"])
+        step, next_epoch, next_batch = resume["step"], resume["next_epoch"], resume["next_batch"]
+        torch.set_rng_state(resume["rng_state"])
+        if device.type == "cuda" and "cuda_rng_state" in resume:
+            torch.cuda.set_rng_state(resume["cuda_rng_state"], device)
+
+    def save(path: Path, epoch_done: int, epoch_next: int, batch_next: int) -> None:
+        """Write everything that decides what happens next (after checking it is finite)."""
+        nonlocal last_good
+        watch.check(last_good)
+        payload = {
+            "scheme": scheme, "epoch": epoch_done, "step": step, "loss": metrics.last("train_loss"),
+            "beta": loss_fn.beta(step), "next_epoch": epoch_next, "next_batch": batch_next,
+            "train_size": len(train_set),
+            "model_config": dataclasses.asdict(model_cfg),
+            "train_config": dataclasses.asdict(train_cfg),
+            "model_state_dict": vae.state_dict(),
+            "encoder_state_dict": vae.encoder.state_dict(),
+            "decoder_state_dict": vae.decoder.state_dict(),
+            "optimizer_g_state_dict": opt_g.state_dict(),
+            "scheduler_g_state_dict": sched_g.state_dict(),
+            "epoch_terms": averager.state_dict(),
+            "metrics_rows": list(metrics.rows),
+            "rng_state": torch.get_rng_state(),
+        }  # fmt: skip
+        if device.type == "cuda":
+            payload["cuda_rng_state"] = torch.cuda.get_rng_state(device)
+        if critic is not None:
+            payload.update(
+                discriminator_state_dict=critic.state_dict(),
+                optimizer_d_state_dict=opt_d.state_dict(),
+                scheduler_d_state_dict=sched_d.state_dict(),
+            )
+        if stopper is not None:
+            payload["early_stopping"] = stopper.state_dict()
+        save_checkpoint(payload, path)
+        last_good = str(path)
+
+    def interrupt(epoch_done: int, epoch_next: int, batch_next: int) -> Interrupted:
+        path = save_dir / INTERRUPT_CHECKPOINT
+        save(path, epoch_done, epoch_next, batch_next)
+        return Interrupted(stop.signal, path, epoch_next, step)
+
+    show_bar = sys.stderr.isatty()
+    epoch, stopped_early, row = next_epoch - 1, False, metrics.rows[-1] if metrics.rows else {}
+    for epoch in range(next_epoch, train_cfg.num_epochs + 1):
         started = time.perf_counter()
+        first_batch = next_batch if epoch == next_epoch else 0
+        if first_batch == 0:
+            averager = TermAverager()
         vae.train()
         loss_fn.train()
-        averager = TermAverager()
         order = epoch_order(len(train_set), train_cfg.seed, epoch, device)
-        bar = tqdm(
-            train_batches(train_set.images, train_cfg.train_bs, order),
-            total=steps_per_epoch,
-            desc=f"epoch {epoch}/{train_cfg.num_epochs}",
-            leave=False,
-            disable=not show_bar,
+        batches = train_batches(
+            train_set.images, train_cfg.train_bs, order[first_batch * train_cfg.train_bs :]
         )
-        for x in bar:
+        bar = tqdm(batches, total=steps_per_epoch, initial=first_batch, leave=False,
+                   desc=f"epoch {epoch}/{train_cfg.num_epochs}", disable=not show_bar)  # fmt: skip
+        for batch_index, x in enumerate(bar, start=first_batch):
             x_hat, mu, logvar = vae(x)
             loss, terms = loss_fn.generator_loss(x_hat, x, mu, logvar, step)
             opt_g.zero_grad(set_to_none=True)
@@ -216,79 +252,57 @@ def train(
                     warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler")
                     sched_d.step()
             averager.add(terms)
+            watch.observe(terms, step)
             step += 1
+            if step % CHECK_EVERY == 0:
+                watch.check(last_good)
             if show_bar and step % LIVE_LOSS_EVERY == 0:
                 bar.set_postfix(loss=f"{terms['loss'].item():.3f}")
+            if stop.signal is not None and batch_index + 1 < steps_per_epoch:
+                raise interrupt(epoch - 1, epoch, batch_index + 1)
 
-        row = {
-            "epoch": epoch,
-            "step": step,
-            **{f"train_{k}": v for k, v in averager.means(train_terms).items()},
-            **{
-                f"val_{k}": v
-                for k, v in validate(vae, loss_fn, val_set, train_cfg.val_bs, step).items()
-            },
-            "beta": loss_fn.beta(step),
-            "lr_g": sched_g.get_last_lr()[0],
-        }
+        watch.check(last_good)
+        val_terms = validate(vae, loss_fn, val_set, train_cfg.val_bs, step)
+        row = {"epoch": epoch, "step": step,
+               **{f"train_{k}": v for k, v in averager.means(train_terms).items()},
+               **{f"val_{k}": v for k, v in val_terms.items()},
+               "beta": loss_fn.beta(step), "lr_g": sched_g.get_last_lr()[0]}  # fmt: skip
         if critic is not None:
             row["lr_d"] = sched_d.get_last_lr()[0]
         row["seconds"] = time.perf_counter() - started
         metrics.append(row)
         print(epoch_summary(row, train_cfg.num_epochs), flush=True)
 
-        if epoch % train_cfg.save_every == 0:
-            payload = {
-                "epoch": epoch,
-                "step": step,
-                "scheme": scheme,
-                "loss": row["train_loss"],
-                "beta": row["beta"],
-                "model_state_dict": vae.state_dict(),
-                "encoder_state_dict": vae.encoder.state_dict(),
-                "decoder_state_dict": vae.decoder.state_dict(),
-                "optimizer_g_state_dict": opt_g.state_dict(),
-                "scheduler_g_state_dict": sched_g.state_dict(),
-                "rng_state": torch.get_rng_state(),
-            }
-            if critic is not None:
-                payload.update(
-                    discriminator_state_dict=critic.state_dict(),
-                    optimizer_d_state_dict=opt_d.state_dict(),
-                    scheduler_d_state_dict=sched_d.state_dict(),
-                )
-            save_checkpoint(payload, save_dir / f"checkpoint_epoch_{epoch:03d}.pth")
-
-        if stopper is not None and stopper.should_stop(epoch, row["train_loss"], vae):
-            save_checkpoint(
-                {
-                    "model_state_dict": stopper.best_state,
-                    "epoch": stopper.best_epoch,
-                    "loss": stopper.best_loss,
-                },
-                save_dir / "best_model.pth",
-            )
-            print(
-                f"early stop after epoch {epoch}: train loss has not improved by more than "
-                f"{stopper.tol} for {stopper.patience} epochs; best epoch {stopper.best_epoch} "
-                f"-> {save_dir / 'best_model.pth'}",
-                flush=True,
-            )
-            stopped_early = True
+        stopped_early = stopper is not None and stopper.should_stop(epoch, row["train_loss"], vae)
+        if epoch % train_cfg.save_every == 0 or epoch == train_cfg.num_epochs or stopped_early:
+            save(save_dir / f"checkpoint_epoch_{epoch:03d}.pth", epoch, epoch + 1, 0)
+            prune_checkpoints(save_dir, train_cfg.keep_checkpoints, step)
+        if stopped_early:
+            save_checkpoint({"model_state_dict": stopper.best_state, "epoch": stopper.best_epoch,
+                             "loss": stopper.best_loss}, save_dir / "best_model.pth")  # fmt: skip
+            print(f"early stop after epoch {epoch}: train loss has not improved by more than "
+                  f"{stopper.tol} for {stopper.patience} epochs; best epoch {stopper.best_epoch} "
+                  f"-> {save_dir / 'best_model.pth'}", flush=True)  # fmt: skip
             break
+        if stop.signal is not None and epoch < train_cfg.num_epochs:
+            raise interrupt(epoch, epoch + 1, 0)
 
     final_path = save_dir / "final_model.pth"
     save_checkpoint(
         {"model_state_dict": vae.state_dict(), "epoch": epoch, "step": step, "scheme": scheme},
         final_path,
     )
-    return RunSummary(
-        epochs_run=epoch,
-        steps=step,
-        stopped_early=stopped_early,
-        final_path=final_path,
-        last_row=row,
-    )
+    return RunSummary(epoch, step, stopped_early, final_path, row)
+
+
+def prune_checkpoints(save_dir: Path, keep: int | None, step: int) -> None:
+    """Keep the newest `keep` periodic checkpoints (all when None); drop an older interrupt one."""
+    periodic = sorted(save_dir.glob("checkpoint_epoch_*.pth"))
+    for old in periodic[:-keep] if keep else []:
+        old.unlink()
+    interrupted = save_dir / INTERRUPT_CHECKPOINT
+    if interrupted.exists() and checkpoint_step(interrupted) < step:
+        interrupted.unlink()
 
 
 def epoch_summary(row: dict[str, float], num_epochs: int) -> str:

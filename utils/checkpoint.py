@@ -64,6 +64,15 @@ def load_checkpoint(path: str | Path, map_location: torch.device | str = "cpu") 
     return payload
 
 
+def checkpoint_step(path: Path) -> int:
+    """The step a checkpoint was written at, read lazily; -1 when the file is unreadable."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(payload.get("step", -1))
+    except Exception:  # an unreadable file is simply not a candidate
+        return -1
+
+
 def vae_state_from(payload: dict[str, Any], path: str | Path) -> dict[str, torch.Tensor]:
     """The VAE weights in a checkpoint: `model_state_dict`, or the encoder and decoder dicts,
     or the payload itself when it is a bare state dict."""

@@ -221,6 +221,7 @@ class TrainConfig:
     train_bs: int = 128
     val_bs: int = 128
     save_every: int = 5
+    keep_checkpoints: int | None = 3
     early_stopping: EarlyStoppingConfig | None = None
 
     def check(self) -> None:
@@ -232,6 +233,12 @@ class TrainConfig:
         )
         for name in ("num_epochs", "train_bs", "val_bs", "save_every"):
             _need(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
+        _need(
+            self.keep_checkpoints is None or self.keep_checkpoints >= 1,
+            "keep_checkpoints",
+            self.keep_checkpoints,
+            "must be >= 1, or null to keep every periodic checkpoint",
+        )
 
 
 def _type_name(tp: Any) -> str:

@@ -12,6 +12,10 @@ class MetricsLog:
     def __init__(self, path: Path, columns: list[str]):
         self.path, self.columns, self.rows = path, columns, []
 
+    def last(self, column: str) -> float:
+        """The newest row's value in `column`, NaN before the first row."""
+        return self.rows[-1][column] if self.rows else math.nan
+
     def append(self, row: dict[str, float]) -> None:
         self.rows.append(row)
         out = io.StringIO()

@@ -1,0 +1,258 @@
+"""Never lose a run: exact resume after SIGINT / SIGTERM / kill -9, atomic checkpoint writes,
+non-finite losses, refused resumes and folders."""
+
+import csv
+import fcntl
+import json
+import os
+import pty
+import re
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import REPO, make_mnist_root, run_script
+from training_schemes import train
+from utils.checkpoint import load_checkpoint
+from utils.config import load_model_config, load_train_config
+from utils.dataset import epoch_order, load_mnist
+from utils.tracking import NonFiniteLossError
+
+STEPS_PER_EPOCH = 32  # 4096 synthetic training images, batch 128
+
+
+@pytest.fixture(scope="module")
+def mnist(tmp_path_factory) -> Path:
+    return make_mnist_root(tmp_path_factory.mktemp("mnist"), n_train=4096, n_test=256)
+
+
+@pytest.fixture(scope="module")
+def train_config(tmp_path_factory) -> Path:
+    data = json.loads((REPO / "configs/train_simple_config.json").read_text())
+    data.update(save_every=1, keep_checkpoints=None)
+    path = tmp_path_factory.mktemp("cfg") / "train.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def train_args(mnist: Path, train_config: Path, save_dir: Path, *extra: str) -> list[str]:
+    return ["train.py", "--scheme", "simple", "--model_config", "configs/model_simple_config.json",
+            "--train_config", str(train_config), "--data_root", str(mnist), "--save_dir",
+            str(save_dir), "--epochs", "3", "--device", "cpu", *extra]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, mnist, train_config) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "uninterrupted"
+    result = run_script(*train_args(mnist, train_config, run))
+    assert result.returncode == 0, result.stderr
+    return run
+
+
+def assert_same_run(run: Path, reference: Path) -> None:
+    """Final weights bit-identical; metrics.csv holds each epoch once, with the same values."""
+    a = torch.load(run / "final_model.pth", weights_only=True)["model_state_dict"]
+    b = torch.load(reference / "final_model.pth", weights_only=True)["model_state_dict"]
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+    def rows(path: Path) -> list[dict[str, str]]:
+        with open(path / "metrics.csv") as f:
+            return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
+
+    assert [r["epoch"] for r in rows(run)] == ["1", "2", "3"]
+    assert rows(run) == rows(reference)
+
+
+def run_with_terminal(args: list[str]) -> tuple[subprocess.Popen, list[str]]:
+    """Start train.py with stderr on a pseudo-terminal, so its progress bar shows, as for a
+    person at a terminal; a thread collects what the terminal receives."""
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # rows, columns
+    proc = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=follower)  # fmt: skip
+    os.close(follower)
+    received: list[str] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            received.append(chunk.decode(errors="replace"))
+        os.close(leader)
+
+    threading.Thread(target=drain, daemon=True).start()
+    return proc, received
+
+
+def test_sigint_mid_epoch_then_resume_is_bit_identical(tmp_path, mnist, train_config,
+                                                       uninterrupted):  # fmt: skip
+    run = tmp_path / "run"
+    proc, received = run_with_terminal(train_args(mnist, train_config, run))
+    deadline = time.monotonic() + 120
+    # Press Ctrl-C once the bar shows epoch 2 a few steps in.
+    pattern = re.compile(rf"epoch 2/3:.*?\b([0-9]+)/{STEPS_PER_EPOCH}\b")
+    while time.monotonic() < deadline:
+        seen = [int(n) for n in pattern.findall("".join(received))]
+        if any(2 <= n <= STEPS_PER_EPOCH - 8 for n in seen):
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130
+    time.sleep(0.2)
+    terminal = "".join(received)
+    assert "SIGINT: stopped in epoch 2" in terminal and "--resume auto" in terminal
+
+    interrupted = load_checkpoint(run / "checkpoint_interrupted.pth")
+    assert interrupted["next_epoch"] == 2 and 2 <= interrupted["next_batch"] < STEPS_PER_EPOCH
+    assert not (run / "final_model.pth").exists()
+
+    resumed = run_script(*train_args(mnist, train_config, run, "--resume", "auto"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {run / 'checkpoint_interrupted.pth'}" in resumed.stdout
+    assert_same_run(run, uninterrupted)
+    assert not (run / "checkpoint_interrupted.pth").exists()  # superseded, pruned
+
+
+def test_sigterm_writes_a_checkpoint_and_exits_143(tmp_path, mnist, train_config, uninterrupted):
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, *train_args(mnist, train_config, run)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    while "epoch 1/3" not in proc.stdout.readline():
+        pass
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143
+    assert stderr.startswith("SIGTERM: stopped") and stderr.count("\n") == 1
+    resumed = run_script(*train_args(mnist, train_config, run, "--resume", "auto"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(run, uninterrupted)
+
+
+def test_killed_run_resumes_from_its_last_epoch_checkpoint(tmp_path, mnist, train_config,
+                                                           uninterrupted):  # fmt: skip
+    # What kill -9 after epoch 1 leaves: that epoch's checkpoint (written atomically) and no more.
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(uninterrupted / "checkpoint_epoch_001.pth", run)
+    resumed = run_script(*train_args(mnist, train_config, run, "--resume", "auto"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(run, uninterrupted)
+
+
+def test_resume_may_extend_the_epochs_but_nothing_else(tmp_path, mnist, train_config,
+                                                       uninterrupted):  # fmt: skip
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(uninterrupted / "checkpoint_epoch_003.pth", run)
+    changed = json.loads(train_config.read_text())
+    changed["loss"]["free_bits"] = 0.5
+    changed_path = tmp_path / "changed.json"
+    changed_path.write_text(json.dumps(changed))
+    refused = run_script(*train_args(mnist, changed_path, run, "--resume", "auto"))
+    assert refused.returncode == 2
+    assert refused.stderr == (
+        f"error: {changed_path}: field 'loss.free_bits' is 0.5 but the run used 0.2; "
+        "only the epoch count may change on resume\n"
+    )
+    extended = run_script(
+        *train_args(mnist, train_config, run, "--resume", "auto", "--epochs", "4")
+    )
+    assert extended.returncode == 0, extended.stderr
+    with open(run / "metrics.csv") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2", "3", "4"]
+
+
+def test_resume_refuses_weights_only_and_missing_checkpoints(tmp_path, mnist, train_config,
+                                                             uninterrupted):  # fmt: skip
+    weights_only = run_script(*train_args(mnist, train_config, tmp_path / "a", "--resume",
+                                          str(uninterrupted / "final_model.pth")))  # fmt: skip
+    assert weights_only.returncode == 2
+    assert "holds weights only" in weights_only.stderr and weights_only.stderr.count("\n") == 1
+    nothing = run_script(*train_args(mnist, train_config, tmp_path / "b", "--resume", "auto"))
+    assert nothing.returncode == 2 and "no readable checkpoint_*.pth" in nothing.stderr
+
+
+def test_periodic_checkpoints_are_pruned_to_the_newest_few(tmp_path, mnist):
+    data = json.loads((REPO / "configs/train_simple_config.json").read_text())
+    data.update(save_every=1, keep_checkpoints=2)
+    cfg = tmp_path / "train.json"
+    cfg.write_text(json.dumps(data))
+    result = run_script(*train_args(mnist, cfg, tmp_path / "run", "--subset", "256"))
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint_*.pth")) == [
+        "checkpoint_epoch_002.pth", "checkpoint_epoch_003.pth"]  # fmt: skip
+
+
+def test_a_checkpoint_write_killed_half_way_leaves_the_old_file(tmp_path):
+    path = tmp_path / "checkpoint_epoch_001.pth"
+    writer = (
+        "import sys, time, torch\n"
+        "from pathlib import Path\n"
+        "from utils.checkpoint import atomic_write, save_checkpoint\n"
+        "path = Path(sys.argv[1])\n"
+        "save_checkpoint({'step': 1, 'weights': torch.ones(1000)}, path)\n"
+        "def slow(f):\n"
+        "    torch.save({'step': 2, 'weights': torch.zeros(10**6)}, f)\n"
+        "    f.truncate(f.tell() // 2)\n"
+        "    f.flush()\n"
+        "    print('half written', flush=True)\n"
+        "    time.sleep(60)\n"
+        "atomic_write(path, slow)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", writer, str(path)], cwd=REPO,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout.readline() == "half written\n"
+    proc.kill()
+    proc.wait()
+    payload = load_checkpoint(path)
+    assert payload["step"] == 1 and torch.equal(payload["weights"], torch.ones(1000))
+    leftovers = [p.name for p in tmp_path.iterdir() if p != path]
+    assert len(leftovers) == 1 and leftovers[0].startswith(".checkpoint_epoch_001.pth.")
+    assert not list(tmp_path.glob("checkpoint_*.pth.*"))  # never taken for a checkpoint
+
+
+def test_non_finite_loss_names_the_step_and_keeps_the_last_good_checkpoint(
+    tmp_path, mnist, uninterrupted
+):
+    model_cfg = load_model_config(uninterrupted / "model_config.json")
+    train_cfg = load_train_config(uninterrupted / "train_config.json")
+    train_set = load_mnist(mnist, "train")
+    val_set = load_mnist(mnist, "test")
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(uninterrupted / "checkpoint_epoch_001.pth", run)
+    before = (run / "checkpoint_epoch_001.pth").read_bytes()
+    resume = load_checkpoint(run / "checkpoint_epoch_001.pth")
+    # A corrupt pixel in the first batch of epoch 2 (step 32).
+    first = epoch_order(len(train_set), train_cfg.seed, 2, "cpu")[0]
+    train_set.images[first, 0, 5, 5] = float("nan")
+    with pytest.raises(NonFiniteLossError) as err:
+        train("simple", model_cfg, train_cfg, train_set, val_set, torch.device("cpu"), run,
+              resume=resume)  # fmt: skip
+    assert str(err.value).startswith("step 32: loss term 'recon' is not finite")
+    assert (run / "checkpoint_epoch_001.pth").read_bytes() == before
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint_epoch_001.pth"]
+
+
+def test_unwritable_save_folder_is_one_line(tmp_path, mnist, train_config):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = run_script(*train_args(mnist, train_config, blocker / "run"))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: {blocker / 'run'}: cannot write the run folder")
+    assert result.stderr.count("\n") == 1
