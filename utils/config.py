@@ -231,6 +231,7 @@ class TrainConfig:
             self.save_dir,
             "must name a folder, e.g. checkpoints/simple",
         )
+        _need(self.seed >= 0, "seed", self.seed, "must be >= 0, e.g. 42")
         for name in ("num_epochs", "train_bs", "val_bs", "save_every"):
             _need(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
         _need(
@@ -250,6 +251,21 @@ def _type_name(tp: Any) -> str:
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[tp]
 
 
+def _is_finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond float range
+        return False
+
+
+_IS = {
+    bool: lambda v: isinstance(v, bool),
+    int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+    float: lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    str: lambda v: isinstance(v, str),
+}
+
+
 def _convert(value: Any, tp: Any, where: str) -> Any:
     """Turn a JSON value into `tp`, or raise _FieldProblem at `where`."""
     if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
@@ -262,15 +278,11 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         _need(isinstance(value, list), where, value, f"must be {_type_name(tp)}")
         (item,) = typing.get_args(tp)
         return [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    ok = {
-        bool: isinstance(value, bool),
-        int: isinstance(value, int) and not isinstance(value, bool),
-        float: isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value),
-        str: isinstance(value, str),
-    }[tp]
-    _need(ok, where, value, f"must be {_type_name(tp)}")
+    _need(_IS[tp](value), where, value, f"must be {_type_name(tp)}")
+    if tp is int:
+        _need(abs(value) < 2**63, where, value, "is too large; keep it below 2**63")
+    if tp is float:
+        _need(_is_finite(value), where, value, "must be a finite number")
     return float(value) if tp is float else value
 
 
