@@ -31,9 +31,10 @@ from utils.errors import UserError
 from utils.loss import BetaVAELoss, CompositeLoss
 from utils.metrics import MetricsLog
 from utils.misc import warmup_cosine
+from utils.tensorboard_log import TensorBoardLog
 
 SCHEMES = ("simple", "composite")
-LIVE_LOSS_EVERY = 25  # steps between progress-bar loss updates (each one syncs the device)
+LIVE_LOSS_EVERY = 25  # steps between progress-bar / TensorBoard updates (each syncs the device)
 
 
 def check_scheme(
@@ -176,6 +177,7 @@ def train(
         "seconds",
     ]
     metrics = MetricsLog(save_dir / "metrics.csv", columns)
+    board = TensorBoardLog(save_dir, model_cfg, train_cfg) if train_cfg.tensorboard else None
     stopper = (
         EarlyStopping(train_cfg.early_stopping.patience, train_cfg.early_stopping.tol)
         if train_cfg.early_stopping
@@ -217,8 +219,11 @@ def train(
                     sched_d.step()
             averager.add(terms)
             step += 1
-            if show_bar and step % LIVE_LOSS_EVERY == 0:
-                bar.set_postfix(loss=f"{terms['loss'].item():.3f}")
+            if step % LIVE_LOSS_EVERY == 0 and (show_bar or board is not None):
+                live = dict(zip(terms, torch.stack(list(terms.values())).tolist(), strict=True))
+                bar.set_postfix(loss=f"{live['loss']:.3f}")
+                if board is not None:
+                    board.add_step(step, live, loss_fn.beta(step), sched_g.get_last_lr()[0])
 
         row = {
             "epoch": epoch,
@@ -235,6 +240,8 @@ def train(
             row["lr_d"] = sched_d.get_last_lr()[0]
         row["seconds"] = time.perf_counter() - started
         metrics.append(row)
+        if board is not None:
+            board.add_epoch(row, vae, val_set)
         print(epoch_summary(row, train_cfg.num_epochs), flush=True)
 
         if epoch % train_cfg.save_every == 0:
@@ -277,6 +284,8 @@ def train(
             stopped_early = True
             break
 
+    if board is not None:
+        board.close()
     final_path = save_dir / "final_model.pth"
     save_checkpoint(
         {"model_state_dict": vae.state_dict(), "epoch": epoch, "step": step, "scheme": scheme},

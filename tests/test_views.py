@@ -1,4 +1,4 @@
-"""infer.py's views on a tiny trained checkpoint.
+"""infer.py's views on a tiny trained checkpoint, and TensorBoard logging from train.py.
 
 One session fixture trains the simple scheme in-process for one epoch on the synthetic MNIST
 (512 train / 256 test images), with narrow layers to keep it quick. grid, curves and compare run
@@ -8,12 +8,14 @@ how many items the view drew.
 
 import json
 import struct
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 import infer
+import train as train_script
 from model.vae import VAE
 from tests.conftest import REPO, run_script
 from training_schemes import train
@@ -211,3 +213,28 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_run, fake_mnist, capsys
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err
     assert not (tmp_path / "never.png").exists()
+
+
+def test_tensorboard_logs_scalars_and_images(tmp_path, fake_mnist, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    # Batches of 16: 32 steps, so the every-25-steps scalars appear once.
+    config = json.loads((REPO / "configs/train_simple_config.json").read_text())
+    (tmp_path / "train.json").write_text(json.dumps({**config, "train_bs": 16}))
+    run = tmp_path / "run"
+    model = narrow_model_config(tmp_path / "model.json")
+    argv = ["train.py", "--scheme", "simple", "--model_config", str(model)]
+    argv += ["--train_config", str(tmp_path / "train.json"), "--data_root", str(fake_mnist)]
+    argv += ["--save_dir", str(run), "--epochs", "1", "--device", "cpu", "--tensorboard"]
+    monkeypatch.setattr(sys, "argv", argv)
+    train_script.main()
+
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()
+    assert {"epoch/val_loss", "epoch/train_recon", "epoch/lr_g"} <= set(tags["scalars"])
+    assert [e.step for e in events.Scalars("step/loss")] == [25]
+    assert {"samples", "reconstructions"} <= set(tags["images"])
+    assert [e.step for e in events.Scalars("epoch/val_loss")] == [1]
+    assert json.loads((run / "train_config.json").read_text())["tensorboard"] is True

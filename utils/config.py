@@ -222,6 +222,7 @@ class TrainConfig:
     val_bs: int = 128
     save_every: int = 5
     early_stopping: EarlyStoppingConfig | None = None
+    tensorboard: bool = False
 
     def check(self) -> None:
         _need(
