@@ -17,7 +17,7 @@ import torch
 import infer
 import train as train_script
 from model.vae import VAE
-from tests.conftest import REPO, run_script
+from tests.conftest import REPO, infer_argv, run_script
 from training_schemes import train
 from utils.config import load_model_config, load_train_config
 from utils.dataset import load_mnist
@@ -74,30 +74,12 @@ def tiny_run(tmp_path_factory, fake_mnist) -> Path:
     return run
 
 
-def view(run: Path, mode: str, png: Path, *flags: str) -> list[str]:
-    """infer.py flags for `mode` on the tiny run's final checkpoint."""
-    return [
-        "--mode",
-        mode,
-        "--model_config",
-        str(run / "model_config.json"),
-        "--ckpt_path",
-        str(run / "final_model.pth"),
-        "--save_path",
-        str(png),
-        "--device",
-        "cpu",
-        *flags,
-    ]
-
-
 # Subprocess runs: the CLI as a user runs it.
 
 
 def test_grid_is_the_default_view(tmp_path, tiny_run):
     png = tmp_path / "grid.png"
-    args = view(tiny_run, "grid", png, "--grid_size", "5")[2:]  # no --mode: grid is the default
-    result = run_script("infer.py", *args)
+    result = run_script("infer.py", *infer_argv(tiny_run, png, "--grid_size", "5"))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"grid of 5x5 -> {png}"
     assert png_size(png) == (700, 740)
@@ -123,7 +105,7 @@ def test_compare_two_checkpoints_of_different_latent_sizes(tmp_path, tiny_run, f
     png = tmp_path / "compare.png"
     flags = ["--ckpt_path_b", str(ckpt_b), "--model_config_b", str(config_b)]
     flags += ["--data_root", str(fake_mnist), "--grid_size", "6"]
-    result = run_script("infer.py", *view(tiny_run, "compare", png, *flags))
+    result = run_script("infer.py", *infer_argv(tiny_run, png, "--mode", "compare", *flags))
     assert result.returncode == 0, result.stderr
     assert "A: tiny/final_model.pth vs B: fresh/untrained.pth" in result.stdout
     assert png_size(png) == (1200, 1270)
@@ -134,34 +116,35 @@ def test_compare_two_checkpoints_of_different_latent_sizes(tmp_path, tiny_run, f
 
 def test_traverse_sweeps_every_dimension(tmp_path, tiny_run, fake_mnist):
     png = tmp_path / "traverse.png"
-    assert infer.main(view(tiny_run, "traverse", png, "--grid_size", "7")) == 2 * 7
+    assert infer.main(infer_argv(tiny_run, png, "--mode", "traverse", "--grid_size", "7")) == 2 * 7
     assert png_size(png) == (745, 300)
     flags = ["--data_root", str(fake_mnist), "--image_index", str(TEST_IMAGES - 1)]
-    assert infer.main(view(tiny_run, "traverse", png, *flags)) == 2 * 8
+    assert infer.main(infer_argv(tiny_run, png, "--mode", "traverse", *flags)) == 2 * 8
 
 
 def test_recon_shows_the_chosen_test_images(tmp_path, tiny_run, fake_mnist):
     png = tmp_path / "recon.png"
     flags = ["--data_root", str(fake_mnist), "--grid_size", "6", "--image_index", "3"]
-    assert infer.main(view(tiny_run, "recon", png, *flags)) == 6
+    assert infer.main(infer_argv(tiny_run, png, "--mode", "recon", *flags)) == 6
     assert png_size(png) == (780, 310)
     # Near the end of the split there are fewer images to show.
     flags[-1] = str(TEST_IMAGES - 2)
-    assert infer.main(view(tiny_run, "recon", png, *flags)) == 2
+    assert infer.main(infer_argv(tiny_run, png, "--mode", "recon", *flags)) == 2
 
 
 def test_samples_are_seeded(tmp_path, tiny_run):
     first, again, other = (tmp_path / f"{name}.png" for name in ("a", "b", "c"))
-    assert infer.main(view(tiny_run, "samples", first, "--seed", "3")) == 64
-    infer.main(view(tiny_run, "samples", again, "--seed", "3"))
-    infer.main(view(tiny_run, "samples", other, "--seed", "4"))
+    assert infer.main(infer_argv(tiny_run, first, "--mode", "samples", "--seed", "3")) == 64
+    infer.main(infer_argv(tiny_run, again, "--mode", "samples", "--seed", "3"))
+    infer.main(infer_argv(tiny_run, other, "--mode", "samples", "--seed", "4"))
     assert png_size(first) == (700, 740)
     assert first.read_bytes() == again.read_bytes() != other.read_bytes()
 
 
 def test_scatter_plots_every_test_image_once(tmp_path, tiny_run, fake_mnist):
     png = tmp_path / "scatter.png"
-    assert infer.main(view(tiny_run, "scatter", png, "--data_root", str(fake_mnist))) == 256
+    flags = ["--mode", "scatter", "--data_root", str(fake_mnist)]
+    assert infer.main(infer_argv(tiny_run, png, *flags)) == TEST_IMAGES
     assert png_size(png) == (840, 700)
 
 
