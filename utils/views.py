@@ -347,7 +347,10 @@ def curves(args: argparse.Namespace, device: torch.device, path: Path) -> tuple[
         drawn += len(present)
         if all(math.isnan(v) for column, _ in present for v in columns[column]):
             ax.text(0.5, 0.5, "not computed yet", ha="center", transform=ax.transAxes)
+            ax.set_yticks([])
         ax.set_title(name, fontsize=10)
+        # The same epoch axis on every panel, also where a term starts late or never.
+        ax.set_xlim(epochs[0] - 0.5, epochs[-1] + 0.5)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=8)
