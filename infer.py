@@ -1,116 +1,105 @@
-"""Render a trained VAE's latent-traversal grid as a PNG (headless).
+r"""Look at a trained VAE or a run: one headless PNG per view (--mode).
 
     python infer.py --model_config configs/model_simple_config.json \
         --ckpt_path checkpoints/simple/final_model.pth
     python infer.py --model_config configs/model_composite_config.json \
         --ckpt_path checkpoints/composite/final_model.pth --grid_size 12 --save_path samples/c.png
+    python infer.py --mode traverse --model_config checkpoints/simple/model_config.json \
+        --ckpt_path checkpoints/simple/final_model.pth --image_index 0
+    python infer.py --mode recon --model_config checkpoints/simple/model_config.json \
+        --ckpt_path checkpoints/simple/final_model.pth --grid_size 10
+    python infer.py --mode samples --model_config checkpoints/simple/model_config.json \
+        --ckpt_path checkpoints/simple/final_model.pth --seed 1
+    python infer.py --mode scatter --model_config checkpoints/simple/model_config.json \
+        --ckpt_path checkpoints/simple/final_model.pth
+    python infer.py --mode curves --run_dir checkpoints/simple
+    python infer.py --mode compare --model_config configs/model_simple_config.json \
+        --ckpt_path checkpoints/simple/final_model.pth \
+        --model_config_b configs/model_composite_config.json \
+        --ckpt_path_b checkpoints/composite/final_model.pth
 
-The grid decodes z on a regular grid over [-3, 3]^2 in one batch: columns sweep latent dimension 1
-(left to right), rows sweep latent dimension 2 (bottom to top). Larger latents keep the other
-dimensions at 0, and the title says so.
+grid (default)  z over a regular grid on [-3, 3]^2: columns sweep latent dimension 1 (left to
+                right), rows sweep dimension 2 (bottom to top); larger latents keep the others at 0
+traverse        one row per latent dimension swept over [-3, 3], the others at 0 or at the mean
+                code of test image --image_index
+recon           --grid_size test images (from --image_index on) above their reconstructions
+samples         decodes of z ~ N(0, I) drawn with --seed
+scatter         every test image's latent mean coloured by digit (PCA beyond 2-D)
+curves          metrics.csv of --run_dir: every loss term, train and validation, beta, LR
+compare         --ckpt_path and --ckpt_path_b on the same latent grid and test images
+Test images come from <data_root>/MNIST/raw/; every picture is one batched decoder pass.
 """
 
 import argparse
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from model.vae import VAE  # noqa: E402
-from utils.checkpoint import load_checkpoint, load_state, vae_state_from  # noqa: E402
-from utils.config import load_model_config  # noqa: E402
-from utils.errors import UserError  # noqa: E402
-from utils.misc import pick_device, run_cli  # noqa: E402
-
-GRID_LIMIT = 3.0
+from utils.errors import UserError
+from utils.misc import pick_device, run_cli
+from utils.views import VIEWS
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--model_config", required=True, help="the JSON model config the run used")
+    p.add_argument("--mode", choices=VIEWS, default="grid", help="the view to draw (default grid)")
+    p.add_argument("--model_config", help="the JSON model config the run used")
+    p.add_argument("--ckpt_path", help="final_model.pth, best_model.pth or a checkpoint")
+    p.add_argument("--ckpt_path_b", help="compare: the second checkpoint")
+    p.add_argument("--model_config_b", help="compare: its model config (default --model_config)")
+    p.add_argument("--run_dir", help="curves: a run folder holding metrics.csv")
+    p.add_argument("--data_root", default="data/", help="folder holding MNIST/raw/ (default data/)")
     p.add_argument(
-        "--ckpt_path", required=True, help="final_model.pth, best_model.pth or a checkpoint"
+        "--grid_size",
+        type=int,
+        default=8,
+        help="cells per side of grid and samples; values per row of traverse; test images of "
+        "recon and compare (default 8)",
     )
-    p.add_argument("--grid_size", type=int, default=8, help="cells per side (default 8)")
+    p.add_argument(
+        "--image_index",
+        type=int,
+        help="traverse: hold the other dimensions at this test image's mean code (default 0s); "
+        "recon, compare: the first test image shown (default 0)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="samples: seed of z ~ N(0, I) (default 0)")
     p.add_argument("--title", help="figure title (default: names the checkpoint)")
-    p.add_argument("--save_path", help="PNG to write (default samples/<run>_<checkpoint>_grid.png)")
+    p.add_argument("--save_path", help="PNG to write (default samples/<run>_<ckpt>_<mode>.png)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    return p.parse_args()
+    return p.parse_args(argv)
 
 
-def load_vae(model_config: str, ckpt_path: str, device: torch.device) -> VAE:
-    """The VAE of `model_config` with the weights of `ckpt_path`, in eval mode on `device`."""
-    vae = VAE(load_model_config(model_config))
-    load_state(vae, vae_state_from(load_checkpoint(ckpt_path, device), ckpt_path), ckpt_path)
-    return vae.to(device).eval()
-
-
-def latent_grid(latent_dim: int, grid_size: int) -> torch.Tensor:
-    """(grid_size^2, latent_dim) codes in row-major display order: top row has the largest z[1]."""
-    values = torch.linspace(-GRID_LIMIT, GRID_LIMIT, grid_size)
-    rows, cols = torch.meshgrid(values.flip(0), values, indexing="ij")
-    z = torch.zeros(grid_size * grid_size, latent_dim)
-    z[:, 0], z[:, 1] = cols.flatten(), rows.flatten()
-    return z
-
-
-@torch.inference_mode()
-def decode_grid(vae: VAE, grid_size: int, device: torch.device) -> torch.Tensor:
-    """One decoder pass for the whole grid; returns the tiled image (C, g*H, g*W) in [0, 1]."""
-    images = vae.decoder(latent_grid(vae.latent_dim, grid_size).to(device)).float().cpu()
-    c, h, w = images.shape[1:]
-    return (
-        images.view(grid_size, grid_size, c, h, w)
-        .permute(2, 0, 3, 1, 4)
-        .reshape(c, grid_size * h, grid_size * w)
-    )
-
-
-def save_grid_figure(canvas: torch.Tensor, grid_size: int, title: str, path: Path) -> None:
-    """A titled figure whose axes read in latent units; PNG at `path`."""
-    step = 2 * GRID_LIMIT / max(1, grid_size - 1)
-    edge = GRID_LIMIT + step / 2
-    fig, ax = plt.subplots(figsize=(7, 7.4))
-    image = canvas[0] if canvas.shape[0] == 1 else canvas.permute(1, 2, 0)
-    ax.imshow(
-        image.numpy(),
-        cmap="gray",
-        vmin=0,
-        vmax=1,
-        extent=(-edge, edge, -edge, edge),
-        interpolation="nearest",
-    )
-    ax.set_xlabel("z[0]  (latent dimension 1)")
-    ax.set_ylabel("z[1]  (latent dimension 2)")
-    ax.set_title(title, fontsize=11)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def main() -> None:
-    args = parse_args()
+def check_args(args: argparse.Namespace) -> None:
+    """The flags each view needs; the ranges no view can draw."""
+    needed = ["run_dir"] if args.mode == "curves" else ["model_config", "ckpt_path"]
+    needed += ["ckpt_path_b"] if args.mode == "compare" else []
+    missing = [f"--{name}" for name in needed if getattr(args, name) is None]
+    if missing:
+        raise UserError(f"--mode {args.mode} needs {' and '.join(missing)}; see python infer.py -h")
     if args.grid_size < 1:
         raise UserError(f"--grid_size {args.grid_size}: must be >= 1, e.g. 8")
+    if args.image_index is not None and args.image_index < 0:
+        raise UserError(f"--image_index {args.image_index}: must be >= 0, e.g. 0")
+
+
+def default_save_path(args: argparse.Namespace) -> Path:
+    """samples/<run>_<checkpoint>_<mode>.png; curves name the run, compare both checkpoints."""
+    if args.mode == "curves":
+        return Path(f"samples/{Path(args.run_dir).resolve().name}_curves.png")
+    ckpts = [Path(args.ckpt_path), *([Path(args.ckpt_path_b)] if args.mode == "compare" else [])]
+    names = "_vs_".join(f"{c.parent.name}_{c.stem}" for c in ckpts)
+    return Path(f"samples/{names}_{args.mode}.png")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Draw one view; returns how many items (cells, images, points, curves) it drew."""
+    args = parse_args(argv)
+    check_args(args)
     device = pick_device(args.device)
-    vae = load_vae(args.model_config, args.ckpt_path, device)
-    if vae.latent_dim < 2:
-        raise UserError(
-            f"{args.model_config}: latent_dim is {vae.latent_dim}; the 2-D grid needs >= 2"
-        )
-    ckpt = Path(args.ckpt_path)
-    title = args.title or f"Latent traversal: {ckpt.parent.name}/{ckpt.name}"
-    if vae.latent_dim > 2:
-        title += f"\n(dimensions 3-{vae.latent_dim} held at 0)"
-    save_path = Path(args.save_path or f"samples/{ckpt.parent.name}_{ckpt.stem}_grid.png")
-    save_grid_figure(decode_grid(vae, args.grid_size, device), args.grid_size, title, save_path)
-    print(f"grid of {args.grid_size}x{args.grid_size} -> {save_path}")
+    save_path = Path(args.save_path) if args.save_path else default_save_path(args)
+    drawn, summary = VIEWS[args.mode](args, device, save_path)
+    print(f"{summary} -> {save_path}")
+    return drawn
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Train a beta-VAE on MNIST, alone (simple) or with a PatchGAN critic and PIPS (composite).
+r"""Train a beta-VAE on MNIST, alone (simple) or with a PatchGAN critic and PIPS (composite).
 
     python train.py --scheme simple --model_config configs/model_simple_config.json \
         --train_config configs/train_simple_config.json
@@ -7,10 +7,14 @@
     python train.py --scheme simple --model_config configs/model_simple_config.json \
         --train_config configs/train_simple_config.json --epochs 1 --subset 2048 \
         --save_dir runs/quick
+    python train.py --scheme simple --model_config configs/model_simple_config.json \
+        --train_config configs/train_simple_config.json --tensorboard
+    tensorboard --logdir checkpoints/simple/tensorboard
 
 The run folder (the config's save_dir, or --save_dir) receives the configs as used
 (model_config.json, train_config.json), metrics.csv (one row per epoch),
-checkpoint_epoch_NNN.pth every save_every epochs, and final_model.pth.
+checkpoint_epoch_NNN.pth every save_every epochs, and final_model.pth; with --tensorboard (or
+the config's "tensorboard": true) also live TensorBoard logs in tensorboard/.
 """
 
 import argparse
@@ -34,7 +38,13 @@ from utils.dataset import load_mnist
 from utils.errors import CheckpointError, UserError
 from utils.misc import pick_device, run_cli
 
-RUN_FILES = ("metrics.csv", "final_model.pth", "model_config.json", "train_config.json")
+RUN_FILES = (
+    "metrics.csv",
+    "final_model.pth",
+    "model_config.json",
+    "train_config.json",
+    "tensorboard",
+)
 # Fields that may change on resume: the run's length, and where the continued run is written.
 RESUMABLE_CHANGES = {"num_epochs", "save_dir"}
 
@@ -80,6 +90,11 @@ def parse_args() -> argparse.Namespace:
         "--no_download",
         action="store_true",
         help="never try torchvision's download when MNIST files are missing",
+    )
+    p.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also log to TensorBoard in <save_dir>/tensorboard/ (sets the config's tensorboard)",
     )
     return p.parse_args()
 
@@ -191,7 +206,12 @@ def main() -> None:
     args = parse_args()
     model_cfg = load_model_config(args.model_config)
     train_cfg = load_train_config(args.train_config)
-    overrides = {"num_epochs": args.epochs, "seed": args.seed, "save_dir": args.save_dir}
+    overrides = {
+        "num_epochs": args.epochs,
+        "seed": args.seed,
+        "save_dir": args.save_dir,
+        "tensorboard": args.tensorboard or None,
+    }
     train_cfg = dataclasses.replace(
         train_cfg, **{k: v for k, v in overrides.items() if v is not None}
     )
@@ -234,6 +254,8 @@ def main() -> None:
         f"{train_cfg.num_epochs} epochs, {len(val_set)} validation images -> {save_dir}{start}",
         flush=True,
     )
+    if train_cfg.tensorboard:
+        print(f"TensorBoard: tensorboard --logdir {save_dir / 'tensorboard'}", flush=True)
     stop = stop_on_signals()
     try:
         summary = train(args.scheme, model_cfg, train_cfg, train_set, val_set, device, save_dir,

@@ -32,10 +32,11 @@ from utils.errors import UserError
 from utils.loss import BetaVAELoss, CompositeLoss
 from utils.metrics import MetricsLog
 from utils.misc import warmup_cosine
+from utils.tensorboard_log import TensorBoardLog
 from utils.tracking import EarlyStopping, NonFiniteWatch, TermAverager
 
 SCHEMES = ("simple", "composite")
-LIVE_LOSS_EVERY = 25  # steps between progress-bar loss updates (each one syncs the device)
+LIVE_LOSS_EVERY = 25  # steps between progress-bar / TensorBoard updates (each syncs the device)
 CHECK_EVERY = 50  # steps between checks for a non-finite loss (each one syncs the device)
 INTERRUPT_CHECKPOINT = "checkpoint_interrupted.pth"
 
@@ -158,6 +159,7 @@ def train(
     metrics = MetricsLog(save_dir / "metrics.csv", columns)
     stopper = EarlyStopping(train_cfg.early_stopping.patience, train_cfg.early_stopping.tol) if (
         train_cfg.early_stopping) else None  # fmt: skip
+    board = TensorBoardLog(save_dir, model_cfg, train_cfg) if train_cfg.tensorboard else None
     watch = NonFiniteWatch(train_terms, device)
     averager = TermAverager()
     stop = stop or StopRequest()
@@ -256,8 +258,11 @@ def train(
             step += 1
             if step % CHECK_EVERY == 0:
                 watch.check(last_good)
-            if show_bar and step % LIVE_LOSS_EVERY == 0:
-                bar.set_postfix(loss=f"{terms['loss'].item():.3f}")
+            if step % LIVE_LOSS_EVERY == 0 and (show_bar or board is not None):
+                live = dict(zip(terms, torch.stack(list(terms.values())).tolist(), strict=True))
+                bar.set_postfix(loss=f"{live['loss']:.3f}")
+                if board is not None:
+                    board.add_step(step, live, loss_fn.beta(step), sched_g.get_last_lr()[0])
             if stop.signal is not None and batch_index + 1 < steps_per_epoch:
                 raise interrupt(epoch - 1, epoch, batch_index + 1)
 
@@ -271,6 +276,8 @@ def train(
             row["lr_d"] = sched_d.get_last_lr()[0]
         row["seconds"] = time.perf_counter() - started
         metrics.append(row)
+        if board is not None:
+            board.add_epoch(row, vae, val_set)
         print(epoch_summary(row, train_cfg.num_epochs), flush=True)
 
         stopped_early = stopper is not None and stopper.should_stop(epoch, row["train_loss"], vae)
@@ -287,6 +294,8 @@ def train(
         if stop.signal is not None and epoch < train_cfg.num_epochs:
             raise interrupt(epoch, epoch + 1, 0)
 
+    if board is not None:
+        board.close()
     final_path = save_dir / "final_model.pth"
     save_checkpoint(
         {"model_state_dict": vae.state_dict(), "epoch": epoch, "step": step, "scheme": scheme},

@@ -65,3 +65,18 @@ def run_script(*args: str, cwd: Path = REPO, timeout: int = 600) -> subprocess.C
     return subprocess.run(
         [sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
     )
+
+
+def infer_argv(run: Path, png: Path, *flags: str) -> list[str]:
+    """infer.py flags that draw from a run folder's final checkpoint, on the CPU, into `png`."""
+    return [
+        "--model_config",
+        str(run / "model_config.json"),
+        "--ckpt_path",
+        str(run / "final_model.pth"),
+        "--save_path",
+        str(png),
+        "--device",
+        "cpu",
+        *flags,
+    ]

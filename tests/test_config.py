@@ -84,6 +84,7 @@ def check_train_defaults(cfg: TrainConfig, scheme: str) -> None:
     assert cfg.save_dir == f"checkpoints/{scheme}"
     assert Path(cfg.save_dir).parts[0] == "checkpoints"
     assert cfg.early_stopping is None
+    assert cfg.tensorboard is False
     assert isinstance(cfg.loss, LossConfig)
     assert cfg.loss.lambda_recon == 1.0
     assert cfg.loss.beta == 4.0
@@ -410,6 +411,24 @@ BAD_FIELDS = [
         "false",
         "must be a number",
         id="type-bool-for-float",
+    ),
+    pytest.param(
+        "train",
+        TRAIN_SIMPLE,
+        _set("tensorboard", "yes"),
+        "tensorboard",
+        '"yes"',
+        "must be true or false",
+        id="type-string-for-bool",
+    ),
+    pytest.param(
+        "train",
+        TRAIN_SIMPLE,
+        _set("tensorboard", 1),
+        "tensorboard",
+        "1",
+        "must be true or false",
+        id="type-int-for-bool",
     ),
     # out of range
     pytest.param(

@@ -16,9 +16,9 @@ import pytest
 import torch
 from torch import nn
 
-import infer
 from model.discriminator import PatchDiscriminator
 from model.vae import VAE
+from utils import views
 from utils.checkpoint import load_checkpoint, load_state, vae_state_from
 from utils.config import ModelConfig, load_model_config
 from utils.errors import CheckpointError
@@ -300,7 +300,7 @@ def test_reference_checkpoint_loads_with_identical_outputs(tmp_path):
     with torch.no_grad():
         want = vae(x)[0]
 
-    loaded = infer.load_vae(str(MODEL_SIMPLE), str(path), torch.device("cpu"))
+    loaded = views.load_vae(str(MODEL_SIMPLE), str(path), torch.device("cpu"))
     assert not loaded.training
     with torch.no_grad():
         assert torch.equal(loaded(x)[0], want)
@@ -351,7 +351,7 @@ def test_foreign_latent_size_names_the_tensor_and_both_shapes(tmp_path):
 
 
 def test_latent_grid_layout_for_a_4d_latent():
-    z = infer.latent_grid(4, 8)
+    z = views.latent_grid(4, 8)
     assert z.shape == (64, 4)
     assert torch.equal(z[:, 2:], torch.zeros(64, 2))
     cells = z.view(8, 8, 4)  # (row, column, dim) in display order
@@ -365,16 +365,16 @@ def test_latent_grid_layout_for_a_4d_latent():
     assert cells[0, 0, 0] == -3.0 and cells[0, -1, 0] == 3.0
 
 
-def test_decode_grid_tiles_the_decodes_in_display_order():
+def test_the_grid_tiles_the_decodes_in_display_order():
     vae = make_vae(0).eval()
-    canvas = infer.decode_grid(vae, 3, torch.device("cpu"))
-    assert canvas.shape == (1, 3 * 28, 3 * 28)
+    canvas = views.tile(views.decode(vae, views.latent_grid(2, 3)), 3)
+    assert canvas.shape == (3 * 28, 3 * 28, 3)
     with torch.no_grad():
-        cells = vae.decoder(infer.latent_grid(2, 3))
+        cells = vae.decoder(views.latent_grid(2, 3))
     for r in range(3):
         for c in range(3):
-            tile = canvas[:, r * 28 : (r + 1) * 28, c * 28 : (c + 1) * 28]
-            assert torch.allclose(tile, cells[r * 3 + c], atol=1e-6)
+            tile = canvas[r * 28 : (r + 1) * 28, c * 28 : (c + 1) * 28, 0]
+            assert torch.allclose(tile, cells[r * 3 + c, 0], atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------

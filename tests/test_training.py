@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, run_script
+from tests.conftest import REPO, infer_argv, run_script
 from training_schemes import train
 from utils.config import EarlyStoppingConfig, load_model_config, load_train_config
 from utils.dataset import load_mnist
@@ -93,19 +93,7 @@ def test_simple_scheme_trains_checkpoints_and_renders(tmp_path, fake_mnist):
 
     png = tmp_path / "grid.png"
     result = run_script(
-        "infer.py",
-        "--model_config",
-        str(run / "model_config.json"),
-        "--ckpt_path",
-        str(run / "final_model.pth"),
-        "--save_path",
-        str(png),
-        "--grid_size",
-        "5",
-        "--title",
-        "test grid",
-        "--device",
-        "cpu",
+        "infer.py", *infer_argv(run, png, "--grid_size", "5", "--title", "test grid")
     )
     assert result.returncode == 0, result.stderr
     assert_png(png)

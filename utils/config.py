@@ -223,6 +223,7 @@ class TrainConfig:
     save_every: int = 5
     keep_checkpoints: int | None = 3
     early_stopping: EarlyStoppingConfig | None = None
+    tensorboard: bool = False
 
     def check(self) -> None:
         _need(
