@@ -78,10 +78,17 @@ def build_loss(
 
 
 def adam_with_schedule(
-    params, settings: OptimizerParams, total_steps: int
+    params, settings: OptimizerParams, total_steps: int, fused: bool = True
 ) -> tuple[torch.optim.Adam, LambdaLR]:
-    """Adam, with linear warm-up then cosine decay to 0, stepped once per optimisation step."""
-    optimizer = torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    """Adam, with linear warm-up then cosine decay to 0, stepped once per optimisation step.
+
+    The fused kernel does the same arithmetic as stock Adam in one pass over all parameters; on
+    this project's 2-core CPU it cuts the optimiser's share of a step several-fold; `fused=False`
+    gives stock Adam (the reference path of bench.py and the tests).
+    """
+    optimizer = torch.optim.Adam(
+        params, lr=settings.lr, weight_decay=settings.weight_decay, fused=fused
+    )
     warmup = math.floor(settings.warmup_ratio * total_steps)
     return optimizer, LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total_steps))
 

@@ -1,0 +1,246 @@
+"""Benchmark: the project's training epoch against the usual MNIST pipeline and the compute floor.
+
+    python bench.py --data_root data/
+    python bench.py --data_root data/ --reps 5 --out results/bench.json
+
+Measured in one run on one machine, so the ratios compare like with like:
+1. the simple scheme's epoch (train steps + validation) through training_schemes.train, default
+   configs, real MNIST;
+2. the same model, loss and schedule fed the usual way: torchvision MNIST + ToTensor + DataLoader
+   with 4 workers, stock Adam, a .item() per step (validation likewise);
+3. the compute floor: the float operations of an epoch (torch.utils.flop_counter over real
+   training steps and validation) divided by the best float32 matrix-product rate measured here;
+4. the composite scheme's epoch with the MNIST perceptual backbone against its own floor, when
+   configs/model_composite_mnist_config.json exists;
+5. start-up: from launching `python train.py` to its start line (data loaded, model about to take
+   step 1); and infer.py's grid (load, decode, save PNG) after imports.
+The two epoch measurements alternate, one epoch each, so a load that comes and goes on the machine
+hits both alike. Medians are reported. Nothing here is asserted: it prints figures and writes JSON.
+"""
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from model.vae import VAE
+from training_schemes import adam_with_schedule, train
+from utils.config import load_model_config, load_train_config
+from utils.dataset import load_mnist
+from utils.loss import BetaVAELoss
+from utils.misc import run_cli
+from utils.views import grid
+
+SIMPLE = ("configs/model_simple_config.json", "configs/train_simple_config.json")
+COMPOSITE_MNIST = (
+    "configs/model_composite_mnist_config.json",
+    "configs/train_composite_config.json",
+)
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--data_root", default="data/", help="folder holding MNIST/raw/")
+    p.add_argument("--reps", type=int, default=5, help="epochs measured per pipeline (default 5)")
+    p.add_argument("--out", default="results/bench.json", help="JSON file to write")
+    return p.parse_args()
+
+
+def project_epoch(configs: tuple[str, str], scheme: str, data_root: str, subset: int | None = None,
+                  val_size: int | None = None) -> float:  # fmt: skip
+    """Seconds of one epoch (train steps + validation) through the project's own loop."""
+    model_cfg, train_cfg = load_model_config(configs[0]), load_train_config(configs[1])
+    train_cfg.num_epochs = 1
+    train_set = load_mnist(data_root, "train")
+    val_set = load_mnist(data_root, "test")
+    if subset is not None:
+        train_set.images, train_set.labels = train_set.images[:subset], train_set.labels[:subset]
+    if val_size is not None:
+        val_set.images, val_set.labels = val_set.images[:val_size], val_set.labels[:val_size]
+    with tempfile.TemporaryDirectory() as run, contextlib.redirect_stdout(io.StringIO()):
+        summary = train(scheme, model_cfg, train_cfg, train_set, val_set, torch.device("cpu"),
+                        Path(run))  # fmt: skip
+    return summary.last_row["seconds"]
+
+
+class UsualPipeline:
+    """The reference point: torchvision MNIST + ToTensor + DataLoader(4 workers), stock Adam,
+    a .item() per step; same model, loss and schedule as the simple scheme."""
+
+    def __init__(self, data_root: str):
+        from torch.utils.data import DataLoader
+        from torchvision import datasets, transforms
+
+        model_cfg, train_cfg = load_model_config(SIMPLE[0]), load_train_config(SIMPLE[1])
+        to_tensor = transforms.ToTensor()
+        train_ds = datasets.MNIST(data_root, train=True, transform=to_tensor)
+        val_ds = datasets.MNIST(data_root, train=False, transform=to_tensor)
+        self.train_loader = DataLoader(train_ds, batch_size=128, shuffle=True, drop_last=True,
+                                       num_workers=4, persistent_workers=True)  # fmt: skip
+        self.val_loader = DataLoader(val_ds, batch_size=128, num_workers=4, persistent_workers=True)
+        steps = len(self.train_loader)
+        self.vae = VAE(model_cfg)
+        self.loss_fn = BetaVAELoss(train_cfg.loss, steps)
+        self.optimizer, self.scheduler = adam_with_schedule(
+            self.vae.parameters(),
+            train_cfg.optimizer.params_g,
+            train_cfg.num_epochs * steps,
+            fused=False,
+        )
+        self.step = 0
+
+    def epoch(self) -> float:
+        started = time.perf_counter()
+        self.vae.train()
+        for x, _ in self.train_loader:
+            x_hat, mu, logvar = self.vae(x)
+            loss, _ = self.loss_fn.generator_loss(x_hat, x, mu, logvar, self.step)
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            loss.item()
+            self.step += 1
+        self.vae.eval()
+        with torch.no_grad():
+            for x, _ in self.val_loader:
+                x_hat, mu, logvar = self.vae(x)
+                self.loss_fn.generator_loss(x_hat, x, mu, logvar, self.step)[0].item()
+        return time.perf_counter() - started
+
+
+def epoch_flops(configs: tuple[str, str], scheme: str, data_root: str) -> float:
+    """Float operations of one full epoch: counted over real steps of the project's loop.
+
+    One run of 1 step and one of 3 steps (each validating 128 images) give the cost of a step by
+    difference; what remains of the first is validation, scaled to the whole test split."""
+    train_bs = load_train_config(configs[1]).train_bs
+    counts = []
+    for steps in (1, 3):
+        with FlopCounterMode(display=False) as counter:
+            project_epoch(configs, scheme, data_root, subset=steps * train_bs, val_size=128)
+        counts.append(counter.get_total_flops())
+    per_step = (counts[1] - counts[0]) / 2
+    val_per_image = (counts[0] - per_step) / 128
+    steps_per_epoch = len(load_mnist(data_root, "train")) // train_bs
+    return steps_per_epoch * per_step + len(load_mnist(data_root, "test")) * val_per_image
+
+
+def best_matmul_rate(reps: int = 5) -> float:
+    """Best float32 matrix-product rate (FLOP/s) over a few square sizes, at this thread count."""
+    rates = []
+    for n in (256, 512, 1024, 2048):
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        a @ b
+        times = []
+        for _ in range(reps):
+            started = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - started)
+        rates.append(2 * n**3 / statistics.median(times))
+    return max(rates)
+
+
+def startup_seconds(data_root: str, reps: int = 3) -> float:
+    """Median seconds from launching train.py to its start line, just before the first step."""
+    times = []
+    for _ in range(reps):
+        with tempfile.TemporaryDirectory() as run:
+            started = time.perf_counter()
+            proc = subprocess.Popen(
+                [sys.executable, "train.py", "--scheme", "simple", "--model_config", SIMPLE[0],
+                 "--train_config", SIMPLE[1], "--data_root", data_root, "--save_dir", run + "/r",
+                 "--epochs", "1", "--subset", "128", "--device", "cpu"],
+                stdout=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            while " scheme on " not in proc.stdout.readline():
+                pass
+            times.append(time.perf_counter() - started)
+            proc.communicate()
+    return statistics.median(times)
+
+
+def grid_seconds(reps: int = 5) -> float:
+    """Median seconds of infer.py's grid view after imports: load, decode, draw, save the PNG."""
+    with tempfile.TemporaryDirectory() as folder:
+        ckpt = Path(folder) / "model.pth"
+        torch.save({"model_state_dict": VAE(load_model_config(SIMPLE[0])).state_dict()}, ckpt)
+        args = argparse.Namespace(model_config=SIMPLE[0], ckpt_path=str(ckpt), grid_size=8,
+                                  title=None)  # fmt: skip
+        times = []
+        for _ in range(reps):
+            started = time.perf_counter()
+            grid(args, torch.device("cpu"), Path(folder) / "grid.png")
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def main() -> None:
+    args = parse_args()
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")  # fmt: skip
+    usual = UsualPipeline(args.data_root)
+    project_epoch(SIMPLE, "simple", args.data_root, subset=1280)  # warm-up
+    usual.epoch()
+    ours, theirs = [], []
+    for rep in range(args.reps):
+        ours.append(project_epoch(SIMPLE, "simple", args.data_root))
+        theirs.append(usual.epoch())
+        print(f"  rep {rep + 1}: project {ours[-1]:.2f} s, usual {theirs[-1]:.2f} s", flush=True)
+    rate = best_matmul_rate()
+    simple_floor = epoch_flops(SIMPLE, "simple", args.data_root) / rate
+    results = {
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(), "reps": args.reps,
+        "simple_epoch_s": statistics.median(ours), "usual_epoch_s": statistics.median(theirs),
+        "matmul_gflops": rate / 1e9, "simple_floor_s": simple_floor,
+    }  # fmt: skip
+    results["speedup_vs_usual"] = results["usual_epoch_s"] / results["simple_epoch_s"]
+    results["simple_over_floor"] = results["simple_epoch_s"] / simple_floor
+    if Path(COMPOSITE_MNIST[0]).is_file():
+        composite = [project_epoch(COMPOSITE_MNIST, "composite", args.data_root)
+                     for _ in range(args.reps)]  # fmt: skip
+        results["composite_epoch_s"] = statistics.median(composite)
+        results["composite_floor_s"] = (
+            epoch_flops(COMPOSITE_MNIST, "composite", args.data_root) / rate
+        )
+        results["composite_over_floor"] = (
+            results["composite_epoch_s"] / results["composite_floor_s"]
+        )
+    results["startup_s"] = startup_seconds(args.data_root)
+    results["infer_grid_s"] = grid_seconds()
+
+    print(f"\nsimple epoch (project)    {results['simple_epoch_s']:7.2f} s   median of {args.reps}")
+    print(f"simple epoch (usual way)  {results['usual_epoch_s']:7.2f} s   "
+          f"project is {results['speedup_vs_usual']:.2f}x faster")  # fmt: skip
+    print(f"compute floor             {simple_floor:7.2f} s   at {rate / 1e9:.0f} GFLOP/s; "
+          f"project is {results['simple_over_floor']:.2f}x the floor")  # fmt: skip
+    if "composite_epoch_s" in results:
+        print(f"composite epoch (MNIST)   {results['composite_epoch_s']:7.2f} s   "
+              f"{results['composite_over_floor']:.2f}x its floor of "
+              f"{results['composite_floor_s']:.2f} s")  # fmt: skip
+    else:
+        print(f"composite epoch           not measured: {COMPOSITE_MNIST[0]} is missing")
+    print(f"start-up to first step    {results['startup_s']:7.2f} s")
+    print(f"infer.py grid             {results['infer_grid_s']:7.2f} s   after imports")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"-> {out}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
