@@ -4,6 +4,8 @@ r"""Train a beta-VAE on MNIST, alone (simple) or with a PatchGAN critic and PIPS
         --train_config configs/train_simple_config.json
     python train.py --scheme composite --model_config configs/model_composite_config.json \
         --train_config configs/train_composite_config.json
+    python train.py --scheme composite --model_config configs/model_composite_mnist_config.json \
+        --train_config configs/train_composite_config.json
     python train.py --scheme simple --model_config configs/model_simple_config.json \
         --train_config configs/train_simple_config.json --epochs 1 --subset 2048 \
         --save_dir runs/quick
@@ -15,6 +17,8 @@ The run folder (the config's save_dir, or --save_dir) receives the configs as us
 (model_config.json, train_config.json), metrics.csv (one row per epoch),
 checkpoint_epoch_NNN.pth every save_every epochs, and final_model.pth; with --tensorboard (or
 the config's "tensorboard": true) also live TensorBoard logs in tensorboard/.
+With pips_config.backbone "mnist_cnn" (configs/model_composite_mnist_config.json) the composite
+scheme first trains the MNIST PIPS backbone into pips_config.weights_path when that file is missing.
 """
 
 import argparse
@@ -33,6 +37,7 @@ from training_schemes import (
     train,
 )
 from utils.checkpoint import checkpoint_step, load_checkpoint, write_text
+from utils.classifier import make_network
 from utils.config import ModelConfig, TrainConfig, config_json, load_model_config, load_train_config
 from utils.dataset import load_mnist
 from utils.errors import CheckpointError, UserError
@@ -230,6 +235,10 @@ def main() -> None:
             f"{args.model_config}: image_shape {model_cfg.image_shape} does not match "
             f"the data's {list(train_set.images.shape[1:])}; set it to that"
         )
+    pips_cfg = model_cfg.pips_config if args.scheme == "composite" else None
+    if pips_cfg and pips_cfg.backbone == "mnist_cnn" and not Path(pips_cfg.weights_path).is_file():
+        # The MNIST PIPS backbone is made once, on the full training split, before any subset.
+        make_network("pips", Path(pips_cfg.weights_path), train_set, val_set)
     if args.subset is not None:
         if not train_cfg.train_bs <= args.subset <= len(train_set):
             raise UserError(

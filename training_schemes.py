@@ -23,7 +23,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
 from model.discriminator import PatchDiscriminator
-from model.pips import PIPS
+from model.pips import build_pips
 from model.vae import VAE
 from utils.checkpoint import checkpoint_step, save_checkpoint
 from utils.config import ModelConfig, OptimizerParams, TrainConfig
@@ -73,7 +73,7 @@ def build_loss(
         model_cfg.discriminator_config, in_channels=model_cfg.image_shape[0]
     )
     return CompositeLoss(
-        train_cfg.loss, steps_per_epoch, total_steps, critic, PIPS(model_cfg.pips_config)
+        train_cfg.loss, steps_per_epoch, total_steps, critic, build_pips(model_cfg.pips_config)
     )
 
 

@@ -1,10 +1,17 @@
-"""PIPS: the reference's perceptual distance over five slices of VGG16 `features`.
+"""PIPS: the reference's perceptual distance, over the slices of a frozen backbone.
 
 For each slice, both feature maps are unit-normalised along channels, squared differences are
-averaged over (C, H, W) per image, the five layer terms are summed, and the batch is averaged.
+averaged over (C, H, W) per image, the slice terms are summed, and the batch is averaged.
+The backbones differ only in their slices and input preparation:
+
+    vgg16:     five slices of VGG16 `features` (the reference); grayscale repeated to 3 channels,
+               resized to input_size (224), ImageNet mean/std normalisation
+    mnist_cnn: the four stages of the MNIST CNN in model/mnist_cnn.py; 28x28 grayscale as it is
+
 The backbone is frozen and kept in eval mode; gradients flow only into the first argument.
 """
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -12,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import VGG16_Weights, vgg16
 
+from utils.classifier import load_network
 from utils.config import PIPSConfig
 from utils.errors import CheckpointError
 
@@ -44,15 +52,20 @@ def _unit_channels(features: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
 
 
 class PIPS(nn.Module):
-    """Perceptual distance. Inputs (N, 1 or 3, H, W) in [0, 1]; returns a scalar (batch mean)."""
+    """Perceptual distance. Inputs (N, C, H, W) in [0, 1]; returns a scalar (batch mean).
 
-    def __init__(self, config: PIPSConfig):
+    `slices` run one after another on the prepared input: resized to `input_size` when it differs,
+    and with `imagenet`, repeated to 3 channels and ImageNet-normalised.
+    """
+
+    def __init__(self, slices: Iterable[nn.Module], input_size: int, imagenet: bool):
         super().__init__()
-        features = _vgg16_features(config.weights)
-        self.slices = nn.ModuleList(features[a:b] for a, b in VGG16_SLICES)
-        self.input_size = config.input_size
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        self.slices = nn.ModuleList(slices)
+        self.input_size = input_size
+        self.imagenet = imagenet
+        if imagenet:
+            self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+            self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
         self.requires_grad_(False)
         self.eval()
 
@@ -61,12 +74,13 @@ class PIPS(nn.Module):
         return super().train(False)
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.expand(-1, 3, -1, -1)
         if x.shape[-2:] != (self.input_size, self.input_size):
             x = F.interpolate(
                 x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False
             )
-        return (x - self.mean) / self.std
+        if self.imagenet:
+            x = (x.expand(-1, 3, -1, -1) - self.mean) / self.std
+        return x
 
     def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
         out, h = [], self._prepare(x)
@@ -83,3 +97,13 @@ class PIPS(nn.Module):
             for a, b in zip(self._features(x_hat), target, strict=True)
         )
         return per_image.mean()
+
+
+def build_pips(config: PIPSConfig) -> PIPS:
+    """The PIPS loss of `config`. mnist_cnn reads config.weights_path, which must exist already
+    (train.py makes it first; so does `python make_networks.py --network pips`)."""
+    if config.backbone == "vgg16":
+        features = _vgg16_features(config.weights)
+        slices = (features[a:b] for a, b in VGG16_SLICES)
+        return PIPS(slices, config.input_size, imagenet=True)
+    return PIPS(load_network("pips", Path(config.weights_path)).stages, config.input_size, False)

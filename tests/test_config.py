@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 MODEL_SIMPLE = CONFIGS / "model_simple_config.json"
 MODEL_COMPOSITE = CONFIGS / "model_composite_config.json"
+MODEL_COMPOSITE_MNIST = CONFIGS / "model_composite_mnist_config.json"
 TRAIN_SIMPLE = CONFIGS / "train_simple_config.json"
 TRAIN_COMPOSITE = CONFIGS / "train_composite_config.json"
 
@@ -119,6 +120,26 @@ def test_model_composite_config_has_reference_defaults():
     assert d.stride == [2, 2, 1]
     assert d.padding == [1, 1, 1]
     assert cfg.pips_config == PIPSConfig(backbone="vgg16", input_size=224, weights="imagenet")
+
+
+def test_model_composite_mnist_config_differs_only_in_its_backbone():
+    cfg = load_model_config(MODEL_COMPOSITE_MNIST)
+    reference = load_model_config(MODEL_COMPOSITE)
+    assert cfg.pips_config == PIPSConfig(
+        backbone="mnist_cnn",
+        input_size=28,
+        weights="mnist",
+        weights_path="checkpoints/mnist_pips_cnn.pth",
+    )
+    cfg.pips_config = reference.pips_config
+    assert cfg == reference
+
+
+def test_unset_pips_fields_take_the_backbones_defaults():
+    assert PIPSConfig() == PIPSConfig("vgg16", 224, "imagenet", None)
+    assert PIPSConfig("mnist_cnn") == PIPSConfig(
+        "mnist_cnn", 28, "mnist", "checkpoints/mnist_pips_cnn.pth"
+    )
 
 
 def test_train_simple_config_has_reference_defaults():
@@ -502,6 +523,51 @@ BAD_FIELDS = [
         "0",
         "must be >= 1",
         id="range-stride-0",
+    ),
+    pytest.param(
+        "model",
+        MODEL_COMPOSITE_MNIST,
+        _set("pips_config", "backbone", "resnet"),
+        "pips_config.backbone",
+        '"resnet"',
+        "must be one of vgg16, mnist_cnn",
+        id="range-pips-backbone",
+    ),
+    pytest.param(
+        "model",
+        MODEL_COMPOSITE_MNIST,
+        _set("pips_config", "input_size", 224),
+        "pips_config.input_size",
+        "224",
+        "must be 28 for mnist_cnn",
+        id="range-mnist-cnn-input-size",
+    ),
+    pytest.param(
+        "model",
+        MODEL_COMPOSITE_MNIST,
+        _set("pips_config", "weights", "imagenet"),
+        "pips_config.weights",
+        '"imagenet"',
+        "must be one of mnist for backbone mnist_cnn",
+        id="range-mnist-cnn-weights",
+    ),
+    pytest.param(
+        "model",
+        MODEL_COMPOSITE_MNIST,
+        _set("image_shape", [3, 28, 28]),
+        "image_shape",
+        "[3, 28, 28]",
+        "must have 1 channel for pips_config.backbone mnist_cnn",
+        id="range-mnist-cnn-channels",
+    ),
+    pytest.param(
+        "model",
+        MODEL_COMPOSITE,
+        _set("pips_config", "weights_path", "vgg.pth"),
+        "pips_config.weights_path",
+        '"vgg.pth"',
+        "applies to backbone mnist_cnn only",
+        id="range-vgg16-weights-path",
     ),
     pytest.param(
         "train",

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from model.discriminator import PatchDiscriminator
-from model.pips import PIPS
+from model.pips import build_pips
 from model.vae import VAE
 from training_schemes import adam_with_schedule
 from utils.config import (
@@ -101,7 +101,7 @@ def composite_parts():
     model_cfg = load_model_config("configs/model_composite_config.json")
     vae = VAE(model_cfg)
     critic = PatchDiscriminator(model_cfg.discriminator_config)
-    pips = PIPS(PIPSConfig(weights="random", input_size=32))
+    pips = build_pips(PIPSConfig(weights="random", input_size=32))
     loss_fn = CompositeLoss(LossConfig(), 468, total_steps=18720, discriminator=critic, pips=pips)
     return vae, critic, loss_fn
 

@@ -1,17 +1,34 @@
-"""PIPS: zero for identical inputs, positive otherwise, frozen, and clear about missing weights."""
+"""PIPS, on both backbones: zero for identical inputs, positive otherwise, frozen, and clear
+about missing weights."""
 
 import pytest
 import torch
 
-from model.pips import PIPS, vgg16_weights_file
+from model.pips import build_pips, vgg16_weights_file
+from utils.classifier import make_network
 from utils.config import PIPSConfig
+from utils.dataset import load_mnist
 from utils.errors import CheckpointError
 
 
 @pytest.fixture(scope="module")
-def pips():
+def vgg_pips():
     torch.manual_seed(0)
-    return PIPS(PIPSConfig(weights="random", input_size=32))
+    return build_pips(PIPSConfig(weights="random", input_size=32))
+
+
+@pytest.fixture(scope="module")
+def mnist_pips(tmp_path_factory, fake_mnist):
+    path = tmp_path_factory.mktemp("pips") / "mnist_pips_cnn.pth"
+    split = load_mnist(fake_mnist, "test", download=False)
+    make_network("pips", path, split, split, epochs=0)  # untrained weights, saved the usual way
+    return build_pips(PIPSConfig(backbone="mnist_cnn", weights_path=str(path)))
+
+
+@pytest.fixture(params=["vgg16", "mnist_cnn"])
+def pips(request):
+    """The same formula over either backbone: the properties below hold for both."""
+    return request.getfixturevalue("vgg_pips" if request.param == "vgg16" else "mnist_pips")
 
 
 def test_identical_images_are_at_distance_zero(pips):
@@ -32,9 +49,9 @@ def test_distance_is_the_batch_mean_of_per_image_distances(pips):
     assert pips(a, b).item() == pytest.approx(per_image.mean().item(), rel=1e-5)
 
 
-def test_each_layer_term_is_bounded_by_four(pips):
+def test_each_layer_term_is_bounded_by_four(vgg_pips):
     # Unit vectors differ by at most 2 in norm, so each of the five terms is <= 4: total <= 20.
-    assert pips(torch.rand(2, 1, 28, 28), torch.zeros(2, 1, 28, 28)).item() <= 20.0
+    assert vgg_pips(torch.rand(2, 1, 28, 28), torch.zeros(2, 1, 28, 28)).item() <= 20.0
 
 
 def test_gradients_reach_only_the_first_input(pips):
@@ -51,15 +68,30 @@ def test_backbone_stays_in_eval_mode(pips):
     assert not pips.training and not any(m.training for m in pips.modules())
 
 
-def test_slices_cover_vgg16_features_up_to_the_last_pool(pips):
-    assert [len(s) for s in pips.slices] == [4, 5, 7, 7, 7]
+def test_slices_cover_vgg16_features_up_to_the_last_pool(vgg_pips):
+    assert [len(s) for s in vgg_pips.slices] == [4, 5, 7, 7, 7]
 
 
 def test_missing_imagenet_weights_name_the_file_and_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(CheckpointError) as err:
-        PIPS(PIPSConfig(weights="imagenet"))
+        build_pips(PIPSConfig(weights="imagenet"))
     message = str(err.value)
     assert vgg16_weights_file().name in message
     assert str(tmp_path / "hub" / "checkpoints") in message
     assert "\n" not in message
+
+
+# The MNIST CNN backbone: its four stages, on 28x28 grayscale as it is
+
+
+def test_mnist_backbone_takes_four_stages_without_resize_or_imagenet_scaling(mnist_pips):
+    assert len(mnist_pips.slices) == 4 and mnist_pips.input_size == 28
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.equal(mnist_pips._prepare(x), x)
+
+
+def test_a_missing_mnist_backbone_file_names_the_command_that_makes_it(tmp_path):
+    with pytest.raises(CheckpointError, match="make_networks.py --network pips") as err:
+        build_pips(PIPSConfig(backbone="mnist_cnn", weights_path=str(tmp_path / "none.pth")))
+    assert "\n" not in str(err.value)

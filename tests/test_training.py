@@ -134,6 +134,26 @@ def test_composite_scheme_with_a_small_random_backbone(tmp_path, fake_mnist):
     assert "encoder.mu.weight" in final["model_state_dict"]
 
 
+def test_composite_scheme_with_the_mnist_backbone_makes_it_first(tmp_path, fake_mnist):
+    model = json.loads((REPO / "configs/model_composite_mnist_config.json").read_text())
+    backbone = tmp_path / "mnist_pips_cnn.pth"
+    model["pips_config"]["weights_path"] = str(backbone)
+    model_path = tmp_path / "model.json"
+    model_path.write_text(json.dumps(model))
+    run = tmp_path / "run"
+    argv = ["train.py", "--scheme", "composite", "--model_config", str(model_path),
+            "--train_config", "configs/train_composite_config.json", "--data_root",
+            str(fake_mnist), "--save_dir", str(run), "--epochs", "1", "--subset", "256",
+            "--device", "cpu"]  # fmt: skip
+    result = run_script(*argv)
+    assert result.returncode == 0, result.stderr
+    # Trained once, on the whole (512-image) training split rather than the subset.
+    assert result.stdout.count("training the PIPS backbone CNN") == 1
+    assert f"on 512 MNIST training images, seed 1) -> {backbone}" in result.stdout
+    assert torch.load(backbone, weights_only=True)["network"] == "pips"
+    assert math.isfinite(float(read_metrics(run)[0]["train_pips"]))
+
+
 def test_a_second_run_into_the_same_folder_is_refused(tmp_path, fake_mnist):
     run = tmp_path / "run"
     run.mkdir()

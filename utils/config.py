@@ -22,8 +22,10 @@ from utils.errors import ConfigError
 
 T = TypeVar("T")
 
-PIPS_BACKBONES = ("vgg16",)
-PIPS_WEIGHTS = ("imagenet", "random")
+# The weights each perceptual backbone can use: VGG16's ImageNet file (or random, smoke tests
+# only), or the MNIST CNN that model/mnist_cnn.py defines and the project trains itself.
+PIPS_WEIGHTS = {"vgg16": ("imagenet", "random"), "mnist_cnn": ("mnist",)}
+MNIST_CNN_INPUT = 28
 
 
 class _FieldProblem(Exception):
@@ -93,30 +95,62 @@ class DiscriminatorConfig:
 
 @dataclass
 class PIPSConfig:
-    """Perceptual loss backbone. `weights` "imagenet" needs the VGG16 file in torch's hub cache."""
+    """Perceptual loss backbone. Unset fields take the backbone's defaults: vgg16 224 / "imagenet"
+    (the file must be in torch's hub cache); mnist_cnn 28 / "mnist" / its default weights_path."""
 
     backbone: str = "vgg16"
-    input_size: int = 224
-    weights: str = "imagenet"
+    input_size: int | None = None
+    weights: str | None = None
+    weights_path: str | None = None
+
+    def __post_init__(self) -> None:
+        mnist = self.backbone == "mnist_cnn"
+        if self.input_size is None:
+            self.input_size = MNIST_CNN_INPUT if mnist else 224
+        if self.weights is None:
+            self.weights = "mnist" if mnist else "imagenet"
+        if mnist and self.weights_path is None:
+            self.weights_path = "checkpoints/mnist_pips_cnn.pth"
 
     def check(self) -> None:
         _need(
-            self.backbone in PIPS_BACKBONES,
+            self.backbone in PIPS_WEIGHTS,
             "backbone",
             self.backbone,
-            f"must be one of {', '.join(PIPS_BACKBONES)}",
+            f"must be one of {', '.join(PIPS_WEIGHTS)}",
         )
+        if self.backbone == "vgg16":
+            _need(
+                self.input_size >= 16,
+                "input_size",
+                self.input_size,
+                "must be >= 16 (VGG16's four pooling stages), e.g. 224",
+            )
+            _need(
+                self.weights_path is None,
+                "weights_path",
+                self.weights_path,
+                "applies to backbone mnist_cnn only; VGG16's weights come from torch's hub cache",
+            )
+        else:
+            _need(
+                self.input_size == MNIST_CNN_INPUT,
+                "input_size",
+                self.input_size,
+                f"must be {MNIST_CNN_INPUT} for mnist_cnn (its linear head is sized for 28x28)",
+            )
+            _need(
+                self.weights_path.strip() != "",
+                "weights_path",
+                self.weights_path,
+                "must name a file, e.g. checkpoints/mnist_pips_cnn.pth",
+            )
+        allowed = PIPS_WEIGHTS[self.backbone]
         _need(
-            self.input_size >= 16,
-            "input_size",
-            self.input_size,
-            "must be >= 16 (VGG16's four pooling stages), e.g. 224",
-        )
-        _need(
-            self.weights in PIPS_WEIGHTS,
+            self.weights in allowed,
             "weights",
             self.weights,
-            f"must be one of {', '.join(PIPS_WEIGHTS)}",
+            f"must be one of {', '.join(allowed)} for backbone {self.backbone}",
         )
 
 
@@ -139,6 +173,13 @@ class ModelConfig:
             self.image_shape,
             "must be [channels, height, width], e.g. [1, 28, 28]",
         )
+        if self.pips_config is not None and self.pips_config.backbone == "mnist_cnn":
+            _need(
+                self.image_shape[0] == 1,
+                "image_shape",
+                self.image_shape,
+                "must have 1 channel for pips_config.backbone mnist_cnn (a grayscale CNN)",
+            )
 
 
 @dataclass

@@ -1,0 +1,51 @@
+r"""Train the two small MNIST CNNs: the PIPS backbone and the evaluation network.
+
+    python make_networks.py --data_root data/
+    python make_networks.py --network pips --data_root data/ --path checkpoints/mnist_pips_cnn.pth
+    python make_networks.py --network eval --data_root data/ --force
+
+train.py (composite scheme, pips_config.backbone "mnist_cnn") and evaluate.py make the one they
+need on first use; this script makes them ahead of time, or again with --force. Each is trained
+from its own seed on the whole MNIST training split and reports its test accuracy.
+"""
+
+import argparse
+from pathlib import Path
+
+from model.mnist_cnn import NETWORKS
+from utils.classifier import make_network
+from utils.dataset import load_mnist
+from utils.errors import UserError
+from utils.misc import pick_device, run_cli
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--network", choices=(*NETWORKS, "both"), default="both")
+    p.add_argument("--path", help="file to write (one --network only; default its usual file)")
+    p.add_argument("--data_root", default="data/", help="folder holding MNIST/raw/ (default data/)")
+    p.add_argument("--force", action="store_true", help="train again even if the file exists")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    names = list(NETWORKS) if args.network == "both" else [args.network]
+    if args.path and len(names) > 1:
+        raise UserError("--path names one file; pass --network pips or --network eval with it")
+    device = pick_device(args.device)
+    train_set = load_mnist(args.data_root, "train", device)
+    test_set = load_mnist(args.data_root, "test", device)
+    for name in names:
+        path = Path(args.path or NETWORKS[name].default_path)
+        if path.is_file() and not args.force:
+            print(f"{path}: already there; pass --force to train it again")
+            continue
+        print(f"{path}: test accuracy {make_network(name, path, train_set, test_set):.2%}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

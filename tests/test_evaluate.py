@@ -1,0 +1,141 @@
+"""evaluate.py and what it is built from: Frechet distance, sharpness, the evaluation CNN's file."""
+
+import json
+import math
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import evaluate
+from model.vae import VAE
+from tests.conftest import REPO, run_script
+from utils.checkpoint import save_checkpoint
+from utils.classifier import load_network, make_network
+from utils.config import load_model_config
+from utils.dataset import load_mnist
+from utils.errors import CheckpointError
+from utils.quality import frechet_distance, frechet_from_stats, laplacian_variance, sharpness
+
+KEYS = (
+    "recon_mse",
+    "fid_samples",
+    "fid_recon",
+    "sharpness_ratio",
+    "recon_accuracy",
+    "grid_confident_share",
+    "grid_classes",
+)
+
+# Frechet distance
+
+
+def test_frechet_of_diagonal_gaussians_has_its_closed_form():
+    mu1, mu2 = torch.tensor([0.0, 1.0, -2.0]), torch.tensor([1.0, 1.0, 0.5])
+    s1, s2 = torch.tensor([1.0, 4.0, 0.25]), torch.tensor([9.0, 1.0, 0.25])
+    expected = (mu1 - mu2).pow(2).sum() + (s1.sqrt() - s2.sqrt()).pow(2).sum()
+    got = frechet_from_stats(mu1, torch.diag(s1), mu2, torch.diag(s2))
+    assert got == pytest.approx(expected.item(), rel=1e-9)
+
+
+def test_frechet_of_full_covariances_is_symmetric_and_zero_for_equal_ones():
+    a = torch.randn(5, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    cov1, cov2 = a @ a.T, torch.eye(5, dtype=torch.float64) * 2
+    mu = torch.zeros(5)
+    assert frechet_from_stats(mu, cov1, mu, cov2) == pytest.approx(
+        frechet_from_stats(mu, cov2, mu, cov1), rel=1e-9
+    )
+    assert frechet_from_stats(mu, cov1, mu, cov1) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_frechet_of_feature_sets_sees_only_a_shift_of_the_mean():
+    features = torch.randn(500, 8, generator=torch.Generator().manual_seed(1))
+    assert frechet_distance(features, features.clone()) == pytest.approx(0.0, abs=1e-6)
+    shift = torch.arange(8.0) / 4
+    assert frechet_distance(features, features + shift) == pytest.approx(
+        shift.pow(2).sum().item(), rel=1e-6
+    )
+
+
+# Sharpness: variance of the Laplacian
+
+
+def test_blurring_lowers_the_laplacian_variance():
+    sharp = (torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(2)) > 0.5).float()
+    blurred = F.avg_pool2d(sharp, 3, stride=1, padding=1)
+    assert (laplacian_variance(blurred) < laplacian_variance(sharp)).all()
+
+
+def test_a_constant_image_has_zero_sharpness_and_a_set_against_itself_ratio_one():
+    assert sharpness(torch.full((2, 1, 28, 28), 0.7)) == pytest.approx(0.0, abs=1e-12)
+    images = torch.rand(6, 1, 28, 28)
+    assert sharpness(images) / sharpness(images.clone()) == 1.0
+
+
+# The evaluation CNN's file, and evaluate.py end to end
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory, fake_mnist):
+    """An untrained VAE checkpoint, evaluated once by evaluate.py, which makes the eval CNN."""
+    root = tmp_path_factory.mktemp("evaluate")
+    config = REPO / "configs/model_simple_config.json"
+    torch.manual_seed(0)
+    ckpt = root / "final_model.pth"
+    save_checkpoint({"model_state_dict": VAE(load_model_config(config)).state_dict()}, ckpt)
+    argv = ["--model_config", str(config), "--ckpt_path", str(ckpt), "--data_root",
+            str(fake_mnist), "--eval_net", str(root / "eval_net.pth"), "--num_samples", "500",
+            "--device", "cpu"]  # fmt: skip
+    result = run_script("evaluate.py", *argv, "--out", str(root / "eval.json"))
+    return root, argv, result
+
+
+def test_evaluate_writes_every_key_finite(evaluated):
+    root, _, result = evaluated
+    assert result.returncode == 0, result.stderr
+    results = json.loads((root / "eval.json").read_text())
+    for key in KEYS:
+        assert math.isfinite(results[key]), key
+        assert key in result.stdout
+    assert 0 <= results["recon_accuracy"] <= 1 and 0 <= results["grid_confident_share"] <= 1
+    assert results["num_samples"] == 500 and results["test_images"] == 256
+
+
+def test_a_missing_eval_net_is_made_once_and_saved(evaluated):
+    root, _, result = evaluated
+    assert result.stdout.count("training the evaluation CNN") == 1
+    assert str(root / "eval_net.pth") in result.stdout
+    net = load_network("eval", root / "eval_net.pth")
+    assert not any(p.requires_grad for p in net.parameters())
+
+
+def test_a_present_eval_net_is_loaded_not_retrained(evaluated, monkeypatch):
+    root, argv, _ = evaluated
+    made_at = (root / "eval_net.pth").stat().st_mtime_ns
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the evaluation CNN was trained again")
+
+    monkeypatch.setattr(evaluate, "make_network", no_training)
+    monkeypatch.setattr(sys, "argv", ["evaluate.py", *argv, "--out", str(root / "again.json")])
+    evaluate.main()
+    assert (root / "eval_net.pth").stat().st_mtime_ns == made_at
+    first = json.loads((root / "eval.json").read_text())
+    again = json.loads((root / "again.json").read_text())
+    assert {k: again[k] for k in KEYS} == pytest.approx({k: first[k] for k in KEYS}, rel=1e-5)
+
+
+def test_a_corrupt_or_foreign_eval_net_file_is_one_line(tmp_path, fake_mnist):
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"PK\x03\x04 not a checkpoint")
+    with pytest.raises(CheckpointError) as err:
+        load_network("eval", corrupt)
+    assert str(corrupt) in str(err.value) and "\n" not in str(err.value)
+
+    split = load_mnist(fake_mnist, "test", download=False)
+    foreign = tmp_path / "pips.pth"
+    make_network("pips", foreign, split, split, epochs=0)
+    with pytest.raises(CheckpointError, match="holds 'pips', not the evaluation CNN") as err:
+        load_network("eval", foreign)
+    assert "\n" not in str(err.value)
