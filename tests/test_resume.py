@@ -256,3 +256,38 @@ def test_unwritable_save_folder_is_one_line(tmp_path, mnist, train_config):
     assert result.returncode == 2
     assert result.stderr.startswith(f"error: {blocker / 'run'}: cannot write the run folder")
     assert result.stderr.count("\n") == 1
+
+
+def test_composite_run_resumes_bit_identical(tmp_path, mnist):
+    model = json.loads((REPO / "configs/model_composite_mnist_config.json").read_text())
+    model["pips_config"]["weights_path"] = str(tmp_path / "pips_cnn.pth")
+    model_path = tmp_path / "model.json"
+    model_path.write_text(json.dumps(model))
+    settings = json.loads((REPO / "configs/train_composite_config.json").read_text())
+    settings.update(save_every=1)
+    train_path = tmp_path / "train.json"
+    train_path.write_text(json.dumps(settings))
+
+    def args(run: Path, *extra: str) -> list[str]:
+        return ["train.py", "--scheme", "composite", "--model_config", str(model_path),
+                "--train_config", str(train_path), "--data_root", str(mnist), "--save_dir",
+                str(run), "--epochs", "2", "--subset", "1024", "--device", "cpu",
+                *extra]  # fmt: skip
+
+    whole = run_script(*args(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    shutil.copy(tmp_path / "whole" / "checkpoint_epoch_001.pth", resumed_dir)
+    resumed = run_script(*args(resumed_dir, "--resume", "auto"))
+    assert resumed.returncode == 0, resumed.stderr
+    for key in ("model_state_dict", "discriminator_state_dict", "optimizer_d_state_dict"):
+        a = load_checkpoint(tmp_path / "whole" / "checkpoint_epoch_002.pth")[key]
+        b = load_checkpoint(resumed_dir / "checkpoint_epoch_002.pth")[key]
+        flat_a, flat_b = (
+            torch.utils._pytree.tree_flatten(a)[0],
+            torch.utils._pytree.tree_flatten(b)[0],
+        )
+        assert len(flat_a) == len(flat_b)
+        for x, y in zip(flat_a, flat_b, strict=True):
+            assert torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y, key
