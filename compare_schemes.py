@@ -8,7 +8,9 @@ epochs, grade every run with evaluate.py, and write the comparison to results/.
 The composite scheme uses the MNIST perceptual backbone (configs/model_composite_mnist_config.json)
 so that it trains offline on a CPU. Each run is a real `train.py` process; its peak memory is the
 process's maximum resident set. The comparison is resumable: a finished run is kept, an
-interrupted one continues with `--resume auto`. Writes into --out:
+interrupted one continues with `--resume auto`. It runs from any folder: the networks it needs
+(checkpoints/mnist_pips_cnn.pth, checkpoints/mnist_eval_net.pth) are taken from, or made in, the
+current folder. Writes into --out:
     runs/<scheme>_seed<S>/   the run folders (metrics.csv, checkpoints, eval.json)
     runs.csv                 one row per run: cost and every evaluate.py number
     summary.csv              mean and standard deviation per scheme over the seeds
@@ -29,11 +31,12 @@ from pathlib import Path
 from utils.errors import UserError
 from utils.misc import run_cli
 
+REPO = Path(__file__).resolve().parent
 CONFIGS = {
-    "simple": ("configs/model_simple_config.json", "configs/train_simple_config.json"),
+    "simple": (REPO / "configs/model_simple_config.json", REPO / "configs/train_simple_config.json"),
     "composite": (
-        "configs/model_composite_mnist_config.json",
-        "configs/train_composite_config.json",
+        REPO / "configs/model_composite_mnist_config.json",
+        REPO / "configs/train_composite_config.json",
     ),
 }
 MEASURES = ("recon_mse", "fid_samples", "fid_recon", "sharpness_ratio", "recon_accuracy",
@@ -53,9 +56,9 @@ def parse_args() -> argparse.Namespace:
 
 
 def run_process(args: list[str]) -> tuple[float, float]:
-    """Run a Python entry script; returns (wall seconds, peak resident memory in MB)."""
+    """Run one of the repo's entry scripts; returns (wall seconds, peak resident memory in MB)."""
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, *args])
+    proc = subprocess.Popen([sys.executable, str(REPO / args[0]), *args[1:]])
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
@@ -68,8 +71,8 @@ def train_and_grade(scheme: str, seed: int, args: argparse.Namespace, run: Path)
     model_config, train_config = CONFIGS[scheme]
     cost = run / "cost.json"
     if not (run / "final_model.pth").exists():
-        command = ["train.py", "--scheme", scheme, "--model_config", model_config,
-                   "--train_config", train_config, "--data_root", args.data_root,
+        command = ["train.py", "--scheme", scheme, "--model_config", str(model_config),
+                   "--train_config", str(train_config), "--data_root", args.data_root,
                    "--save_dir", str(run), "--epochs", str(args.epochs),
                    "--seed", str(seed)]  # fmt: skip
         if args.subset:
