@@ -33,7 +33,10 @@ from utils.misc import run_cli
 
 REPO = Path(__file__).resolve().parent
 CONFIGS = {
-    "simple": (REPO / "configs/model_simple_config.json", REPO / "configs/train_simple_config.json"),
+    "simple": (
+        REPO / "configs/model_simple_config.json",
+        REPO / "configs/train_simple_config.json",
+    ),
     "composite": (
         REPO / "configs/model_composite_mnist_config.json",
         REPO / "configs/train_composite_config.json",
