@@ -1,8 +1,13 @@
 """Shared test fixtures: small MNIST-format IDX files written by the tests themselves."""
 
+import fcntl
 import os
+import pty
+import struct
 import subprocess
 import sys
+import termios
+import threading
 from pathlib import Path
 
 import pytest
@@ -65,6 +70,33 @@ def run_script(*args: str, cwd: Path = REPO, timeout: int = 600) -> subprocess.C
     return subprocess.run(
         [sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
     )
+
+
+def run_with_terminal(
+    args: list[str], env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, list[str]]:
+    """Start an entry script with stderr on a pseudo-terminal, so its progress bar shows, as for
+    a person at a terminal; a thread collects what the terminal receives."""
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # rows, columns
+    proc = subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=follower)  # fmt: skip
+    os.close(follower)
+    received: list[str] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            received.append(chunk.decode(errors="replace"))
+        os.close(leader)
+
+    threading.Thread(target=drain, daemon=True).start()
+    return proc, received
 
 
 def infer_argv(run: Path, png: Path, *flags: str) -> list[str]:
