@@ -345,11 +345,12 @@ def train(
         if critic is not None:
             row["lr_d"] = sched_d.get_last_lr()[0]
         row["seconds"] = time.perf_counter() - started
-        if cluster.is_main:
-            metrics.append(row)
-            if board is not None:
-                board.add_epoch(row, vae, val_set)
-            print(epoch_summary(row, train_cfg.num_epochs), flush=True)
+        with cluster.agreed():
+            if cluster.is_main:
+                metrics.append(row)
+                if board is not None:
+                    board.add_epoch(row, vae, val_set)
+                print(epoch_summary(row, train_cfg.num_epochs), flush=True)
 
         stopped_early = cluster.main_decides(
             stopper is not None and stopper.should_stop(epoch, row["train_loss"], vae)

@@ -1,6 +1,7 @@
 """Shared test fixtures: small MNIST-format IDX files written by the tests themselves."""
 
 import fcntl
+import json
 import os
 import pty
 import struct
@@ -63,6 +64,19 @@ def real_mnist() -> Path:
     if not root:
         pytest.skip("MNIST_ROOT is not set: point it at a folder holding MNIST/raw/")
     return Path(root)
+
+
+def config_variant(folder: Path, source: str, **changes) -> Path:
+    """A copy of the repo's config `source` with top-level fields replaced, written to `folder`."""
+    data = json.loads((REPO / source).read_text())
+    data.update(changes)
+    path = folder / Path(source).name
+    path.write_text(json.dumps(data))
+    return path
+
+
+def assert_png(path: Path) -> None:
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def run_script(*args: str, cwd: Path = REPO, timeout: int = 600) -> subprocess.CompletedProcess:

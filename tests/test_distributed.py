@@ -5,7 +5,6 @@ never collide) and reads only what the run leaves: its output, metrics.csv and c
 """
 
 import csv
-import json
 import math
 import os
 import re
@@ -22,7 +21,14 @@ from hypothesis import strategies as st
 
 from model.discriminator import PatchDiscriminator
 from model.vae import VAE
-from tests.conftest import REPO, infer_argv, make_mnist_root, run_with_terminal
+from tests.conftest import (
+    REPO,
+    assert_png,
+    config_variant,
+    infer_argv,
+    make_mnist_root,
+    run_with_terminal,
+)
 from train import check_processes
 from training_schemes import validate
 from utils.checkpoint import load_checkpoint
@@ -42,16 +48,15 @@ STEPS_PER_EPOCH = TRAIN_SIZE // BATCH  # 32 steps of 2 x 16 images
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def torchrun_argv(*train_argv: str, processes: int = PROCESSES) -> list[str]:
-    return ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+def torchrun_argv(*train_argv: str) -> list[str]:
+    return ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(PROCESSES),
             *train_argv]  # fmt: skip
 
 
-def torchrun(*train_argv: str, processes: int = PROCESSES) -> subprocess.CompletedProcess:
+def torchrun(*train_argv: str) -> subprocess.CompletedProcess:
     """train.py under torchrun in real processes, one thread each, as CI runs it."""
-    return subprocess.run([sys.executable, *torchrun_argv(*train_argv, processes=processes)],
-                          cwd=REPO, env=ONE_THREAD, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    return subprocess.run([sys.executable, *torchrun_argv(*train_argv)], cwd=REPO, env=ONE_THREAD,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -61,11 +66,8 @@ def mnist(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def train_config(tmp_path_factory) -> Path:
-    data = json.loads((REPO / "configs/train_simple_config.json").read_text())
-    data.update(train_bs=BATCH, save_every=1, keep_checkpoints=None)
-    path = tmp_path_factory.mktemp("cfg") / "train.json"
-    path.write_text(json.dumps(data))
-    return path
+    return config_variant(tmp_path_factory.mktemp("cfg"), "configs/train_simple_config.json",
+                          train_bs=BATCH, save_every=1, keep_checkpoints=None)  # fmt: skip
 
 
 def simple_argv(mnist: Path, train_config: Path, run: Path, *extra: str) -> list[str]:
@@ -165,7 +167,7 @@ def test_two_processes_train_one_model_that_infer_loads(tmp_path, mnist, two_pro
     shown = subprocess.run([sys.executable, "infer.py", *infer_argv(run, png)], cwd=REPO,
                            capture_output=True, text=True, timeout=300)  # fmt: skip
     assert shown.returncode == 0, shown.stderr
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert_png(png)
 
 
 def test_interrupted_two_process_run_resumes_bit_identical(tmp_path, mnist, train_config,
@@ -205,14 +207,10 @@ def test_interrupted_two_process_run_resumes_bit_identical(tmp_path, mnist, trai
 
 
 def test_composite_scheme_wraps_the_critic_too(tmp_path, mnist):
-    model = json.loads((REPO / "configs/model_composite_config.json").read_text())
-    model["pips_config"] = {"backbone": "vgg16", "input_size": 32, "weights": "random"}
-    model_path = tmp_path / "model.json"
-    model_path.write_text(json.dumps(model))
-    settings = json.loads((REPO / "configs/train_composite_config.json").read_text())
-    settings.update(train_bs=BATCH)
-    train_path = tmp_path / "train.json"
-    train_path.write_text(json.dumps(settings))
+    model_path = config_variant(tmp_path, "configs/model_composite_config.json",
+                                pips_config={"backbone": "vgg16", "input_size": 32,
+                                             "weights": "random"})  # fmt: skip
+    train_path = config_variant(tmp_path, "configs/train_composite_config.json", train_bs=BATCH)
     run = tmp_path / "run"
     result = torchrun("train.py", "--scheme", "composite", "--model_config", str(model_path),
                       "--train_config", str(train_path), "--data_root", str(mnist), "--save_dir",
@@ -230,10 +228,7 @@ def test_composite_scheme_wraps_the_critic_too(tmp_path, mnist):
 
 
 def test_a_global_batch_that_does_not_split_is_one_line(tmp_path, mnist):
-    data = json.loads((REPO / "configs/train_simple_config.json").read_text())
-    data.update(train_bs=33)
-    cfg = tmp_path / "train.json"
-    cfg.write_text(json.dumps(data))
+    cfg = config_variant(tmp_path, "configs/train_simple_config.json", train_bs=33)
     result = torchrun(*simple_argv(mnist, cfg, tmp_path / "run"))
     assert result.returncode != 0
     # Both processes refuse; rank 0 alone says why, and nothing was written.
@@ -246,10 +241,7 @@ def test_a_global_batch_that_does_not_split_is_one_line(tmp_path, mnist):
 
 
 def test_sync_batchnorm_is_refused_on_the_cpu_under_torchrun(tmp_path):
-    data = json.loads((REPO / "configs/train_simple_config.json").read_text())
-    data.update(sync_batchnorm=True)
-    path = tmp_path / "train.json"
-    path.write_text(json.dumps(data))
+    path = config_variant(tmp_path, "configs/train_simple_config.json", sync_batchnorm=True)
     train_cfg = load_train_config(path)
     check_processes(train_cfg, Cluster(torch.device("cpu")), str(path))  # one process: no-op
     with pytest.raises(UserError) as err:
