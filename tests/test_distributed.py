@@ -8,6 +8,7 @@ import csv
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from tests.conftest import (
     config_variant,
     infer_argv,
     make_mnist_root,
+    run_script,
     run_with_terminal,
 )
 from train import check_processes
@@ -206,25 +208,46 @@ def test_interrupted_two_process_run_resumes_bit_identical(tmp_path, mnist, trai
     assert metrics_rows(run) == metrics_rows(reference)
 
 
-def test_composite_scheme_wraps_the_critic_too(tmp_path, mnist):
+def test_composite_critic_is_wrapped_too_and_early_stopping_ends_every_rank(tmp_path, mnist):
     model_path = config_variant(tmp_path, "configs/model_composite_config.json",
                                 pips_config={"backbone": "vgg16", "input_size": 32,
                                              "weights": "random"})  # fmt: skip
-    train_path = config_variant(tmp_path, "configs/train_composite_config.json", train_bs=BATCH)
+    # A tolerance no epoch can beat: epoch 1 is the best, epoch 2 uses up patience 1.
+    train_path = config_variant(tmp_path, "configs/train_composite_config.json", train_bs=BATCH,
+                                early_stopping={"patience": 1, "tol": 1e9})  # fmt: skip
     run = tmp_path / "run"
     result = torchrun("train.py", "--scheme", "composite", "--model_config", str(model_path),
                       "--train_config", str(train_path), "--data_root", str(mnist), "--save_dir",
-                      str(run), "--epochs", "1", "--subset", "128", "--device", "cpu")  # fmt: skip
+                      str(run), "--epochs", "4", "--subset", "128", "--device", "cpu")  # fmt: skip
     assert result.returncode == 0, result.stderr
-    row = metrics_rows(run)[0]
-    # 4 steps: the critic is on from step floor(0.05 * 4) = 0 and trained at every one.
-    assert all(math.isfinite(float(row[f"train_{t}"])) for t in ("adv", "disc"))
-    ckpt = load_checkpoint(run / "checkpoint_epoch_001.pth")
+    assert result.stdout.count("early stop after epoch 2") == 1
+    assert result.stdout.count("finished 2 epochs (8 steps)") == 1
+    rows = metrics_rows(run)
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    # 4 steps an epoch, 16 planned: the critic is on from step floor(0.05 * 16) = 0.
+    assert all(math.isfinite(float(rows[1][f"train_{t}"])) for t in ("adv", "disc"))
+    assert torch.load(run / "best_model.pth", weights_only=True)["epoch"] == 1
+    ckpt = load_checkpoint(run / "checkpoint_epoch_002.pth")
     model_cfg = load_model_config(run / "model_config.json")
     vae, critic = VAE(model_cfg), PatchDiscriminator(model_cfg.discriminator_config)
     vae.load_state_dict(ckpt["model_state_dict"])
     critic.load_state_dict(ckpt["discriminator_state_dict"])
     assert ckpt["replica_fingerprint"] == parameter_fingerprint([vae, critic])
+
+
+def test_a_run_of_two_processes_resumes_only_with_two(tmp_path, mnist, train_config,
+                                                      two_process_run):  # fmt: skip
+    reference, _ = two_process_run
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(reference / "checkpoint_epoch_001.pth", run)
+    alone = run_script(*simple_argv(mnist, train_config, run, "--resume", "auto"))
+    assert alone.returncode == 2
+    assert alone.stderr == (
+        f"error: {run / 'checkpoint_epoch_001.pth'}: the run trained in 2 processes, this call "
+        "has 1; resume it with 2 (torchrun's --nnodes x --nproc_per_node, or a plain python "
+        "train.py for 1)\n"
+    )
 
 
 def test_a_global_batch_that_does_not_split_is_one_line(tmp_path, mnist):
