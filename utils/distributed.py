@@ -39,7 +39,6 @@ class Cluster:
 
     device: torch.device
     rank: int = 0
-    local_rank: int = 0
     world_size: int = 1
     local_world_size: int = 1
     # A gloo group for the small agreements (stop flags, errors, RNG states) that live on the CPU:
@@ -181,7 +180,8 @@ class Cluster:
         if not self.distributed:
             return None
         prints = self.gather(parameter_fingerprint(modules))
-        check_same_fingerprints(prints, step)
+        with self.agreed():  # every rank finds the same; rank 0 alone says it
+            check_same_fingerprints(prints, step)
         return prints[0]
 
 
@@ -244,6 +244,6 @@ def join(device: torch.device) -> Iterator[Cluster]:
         dist.init_process_group("gloo")
     try:
         control = dist.new_group(backend="gloo") if device.type == "cuda" else None
-        yield Cluster(device, rank, local_rank, world_size, local_world_size, control)
+        yield Cluster(device, rank, world_size, local_world_size, control)
     finally:
         dist.destroy_process_group()
