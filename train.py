@@ -12,7 +12,16 @@ r"""Train a beta-VAE on MNIST, alone (simple) or with a PatchGAN critic and PIPS
     python train.py --scheme simple --model_config configs/model_simple_config.json \
         --train_config configs/train_simple_config.json --tensorboard
     tensorboard --logdir checkpoints/simple/tensorboard
+    torchrun --standalone --nproc_per_node 2 train.py --scheme simple \
+        --model_config configs/model_simple_config.json \
+        --train_config configs/train_simple_config.json
+    torchrun --nnodes 2 --nproc_per_node 4 --rdzv_backend c10d --rdzv_endpoint HOST:29400 \
+        train.py --scheme simple --model_config configs/model_simple_config.json \
+        --train_config configs/train_simple_config.json
 
+Under torchrun (one process per GPU, or per CPU share) the processes train one model with
+DistributedDataParallel (NCCL on CUDA, gloo on the CPU); train_bs stays the global batch, split
+evenly over the processes, and rank 0 alone writes the run folder and prints.
 The run folder (the config's save_dir, or --save_dir) receives the configs as used
 (model_config.json, train_config.json), metrics.csv (one row per epoch),
 checkpoint_epoch_NNN.pth every save_every epochs, and final_model.pth; with --tensorboard (or
@@ -40,6 +49,7 @@ from utils.checkpoint import checkpoint_step, load_checkpoint, write_text
 from utils.classifier import make_network
 from utils.config import ModelConfig, TrainConfig, config_json, load_model_config, load_train_config
 from utils.dataset import load_mnist
+from utils.distributed import Cluster, join
 from utils.errors import CheckpointError, UserError
 from utils.misc import pick_device, run_cli
 
@@ -50,8 +60,9 @@ RUN_FILES = (
     "train_config.json",
     "tensorboard",
 )
-# Fields that may change on resume: the run's length, and where the continued run is written.
-RESUMABLE_CHANGES = {"num_epochs", "save_dir"}
+# Fields that may change on resume: the run's length, where the continued run is written, and
+# whether it also logs to TensorBoard (a logging choice that changes nothing in the run).
+RESUMABLE_CHANGES = {"num_epochs", "save_dir", "tensorboard"}
 
 
 def positive_int(text: str) -> int:
@@ -149,11 +160,28 @@ def first_difference(saved: Any, current: Any, where: str = "") -> tuple[str, An
     return None if saved == current else (where.rstrip("."), saved, current)
 
 
+def check_processes(train_cfg: TrainConfig, cluster: Cluster, train_path: str) -> None:
+    """train_bs is the global batch, so it must split evenly over the processes; SyncBatchNorm
+    exists for CUDA only."""
+    if train_cfg.train_bs % cluster.world_size:
+        raise UserError(
+            f"{train_path}: field 'train_bs' = {train_cfg.train_bs} does not split evenly over "
+            f"{cluster.world_size} processes (train_bs is the global batch); make it a multiple "
+            f"of {cluster.world_size} or start another number of processes"
+        )
+    if train_cfg.sync_batchnorm and cluster.distributed and cluster.device.type != "cuda":
+        raise UserError(
+            f"{train_path}: field 'sync_batchnorm' = true needs CUDA devices (PyTorch's "
+            "SyncBatchNorm runs on GPUs only); set it to false to train on the CPU"
+        )
+
+
 def check_resumable(
     payload: dict, path: Path, scheme: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
-    train_size: int, config_paths: tuple[str, str],
+    train_size: int, config_paths: tuple[str, str], cluster: Cluster,
 ) -> None:  # fmt: skip
-    """Refuse a checkpoint that cannot continue this run: weights only, or other settings."""
+    """Refuse a checkpoint that cannot continue this run: weights only, other settings, or
+    another number of processes."""
     if "next_epoch" not in payload:
         raise CheckpointError(
             f"{path}: holds weights only (no training state); resume from a "
@@ -178,23 +206,35 @@ def check_resumable(
             f"--subset: the run trained on {payload['train_size']} images, this call on "
             f"{train_size}; pass --subset {payload['train_size']}"
         )
+    processes = payload.get("world_size", 1)
+    if processes != cluster.world_size:
+        raise UserError(
+            f"{path}: the run trained in {processes} processes, this call has "
+            f"{cluster.world_size}; resume it with {processes} (torchrun's --nnodes x "
+            "--nproc_per_node, or a plain python train.py for 1)"
+        )
 
 
-def stop_on_signals() -> StopRequest:
-    """SIGINT / SIGTERM ask the loop to finish its step and checkpoint; a second one stops now."""
+def stop_on_signals(cluster: Cluster) -> StopRequest:
+    """SIGINT / SIGTERM ask the loop to finish its step and checkpoint; a second one stops now.
+    Under torchrun a second one is the same request: torchrun forwards the signal it receives to
+    every process, a scheduler may signal them directly too, and torchrun itself kills processes
+    that have not ended --shutdown_timeout (30 s) after it forwarded the signal."""
     stop = StopRequest()
 
     def request(signum: int, frame: Any) -> None:
         stop.signal = signum
-        signal.signal(signum, signal.SIG_DFL)
+        if not cluster.distributed:
+            signal.signal(signum, signal.SIG_DFL)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, request)
     return stop
 
 
-def resume_command(save_dir: Path) -> str:
-    """This invocation again, continuing from the run folder's newest checkpoint."""
+def resume_command(save_dir: Path, launcher: str) -> str:
+    """This invocation again (started by `launcher`), continuing from the run folder's newest
+    checkpoint."""
     args, kept = sys.argv[1:], []
     while args:
         arg, args = args[0], args[1:]
@@ -202,85 +242,118 @@ def resume_command(save_dir: Path) -> str:
             args = args[1:]
         elif not arg.startswith(("--resume=", "--save_dir=")):
             kept.append(arg)
-    return shlex.join(
-        ["python", "train.py", *kept, "--save_dir", str(save_dir), "--resume", "auto"]
+    return f"{launcher} " + shlex.join(
+        ["train.py", *kept, "--save_dir", str(save_dir), "--resume", "auto"]
     )
 
 
 def main() -> None:
     args = parse_args()
-    model_cfg = load_model_config(args.model_config)
-    train_cfg = load_train_config(args.train_config)
-    overrides = {
-        "num_epochs": args.epochs,
-        "seed": args.seed,
-        "save_dir": args.save_dir,
-        "tensorboard": args.tensorboard or None,
-    }
-    train_cfg = dataclasses.replace(
-        train_cfg, **{k: v for k, v in overrides.items() if v is not None}
-    )
-    check_scheme(args.scheme, model_cfg, train_cfg, args.model_config, args.train_config)
-    device = pick_device(args.device)
-    save_dir = prepare_save_dir(Path(train_cfg.save_dir), resuming=args.resume is not None)
-    resume_path = None
-    if args.resume is not None:
-        resume_path = newest_checkpoint(save_dir) if args.resume == "auto" else Path(args.resume)
-        payload = load_checkpoint(resume_path, device)
+    with join(pick_device(args.device)) as cluster:
+        run(args, cluster)
 
-    train_set = load_mnist(args.data_root, "train", device, download=not args.no_download)
-    val_set = load_mnist(args.data_root, "test", device, download=False)
-    if list(train_set.images.shape[1:]) != model_cfg.image_shape:
-        raise UserError(
-            f"{args.model_config}: image_shape {model_cfg.image_shape} does not match "
-            f"the data's {list(train_set.images.shape[1:])}; set it to that"
+
+def run(args: argparse.Namespace, cluster: Cluster) -> None:
+    """Check everything, then train. Under torchrun each step is agreed by every process, rank 0
+    alone handles the run folder and prints, and a failure anywhere stops every process."""
+    device, resume_path, payload = cluster.device, None, None
+    with cluster.agreed():
+        model_cfg = load_model_config(args.model_config)
+        train_cfg = load_train_config(args.train_config)
+        overrides = {
+            "num_epochs": args.epochs,
+            "seed": args.seed,
+            "save_dir": args.save_dir,
+            "tensorboard": args.tensorboard or None,
+        }
+        train_cfg = dataclasses.replace(
+            train_cfg, **{k: v for k, v in overrides.items() if v is not None}
         )
-    pips_cfg = model_cfg.pips_config if args.scheme == "composite" else None
-    if pips_cfg and pips_cfg.backbone == "mnist_cnn" and not Path(pips_cfg.weights_path).is_file():
-        # The MNIST PIPS backbone is made once, on the full training split, before any subset.
-        make_network("pips", Path(pips_cfg.weights_path), train_set, val_set)
-    if args.subset is not None:
-        if not train_cfg.train_bs <= args.subset <= len(train_set):
+        check_scheme(args.scheme, model_cfg, train_cfg, args.model_config, args.train_config)
+        check_processes(train_cfg, cluster, args.train_config)
+        save_dir = Path(train_cfg.save_dir)
+        if cluster.is_main:
+            prepare_save_dir(save_dir, resuming=args.resume is not None)
+            if args.resume is not None:
+                resume_path = newest_checkpoint(save_dir) if args.resume == "auto" else Path(
+                    args.resume)  # fmt: skip
+                payload = load_checkpoint(resume_path, device)
+
+    with cluster.agreed():
+        train_set = load_mnist(args.data_root, "train", device, download=not args.no_download)
+        val_set = load_mnist(args.data_root, "test", device, download=False)
+        if list(train_set.images.shape[1:]) != model_cfg.image_shape:
             raise UserError(
-                f"--subset {args.subset}: must be between train_bs "
-                f"({train_cfg.train_bs}) and the {len(train_set)} training images"
+                f"{args.model_config}: image_shape {model_cfg.image_shape} does not match "
+                f"the data's {list(train_set.images.shape[1:])}; set it to that"
             )
-        train_set = dataclasses.replace(
-            train_set,
-            images=train_set.images[: args.subset],
-            labels=train_set.labels[: args.subset],
-        )
-    if resume_path is not None:
-        check_resumable(payload, resume_path, args.scheme, model_cfg, train_cfg, len(train_set),
-                        (args.model_config, args.train_config))  # fmt: skip
-
-    write_text(save_dir / "model_config.json", config_json(model_cfg))
-    write_text(save_dir / "train_config.json", config_json(train_cfg))
-    steps = len(train_set) // train_cfg.train_bs
-    start = f", resuming {resume_path} at step {payload['step']}" if resume_path else ""
-    print(
-        f"{args.scheme} scheme on {device}: {len(train_set)} training images, {steps} steps x "
-        f"{train_cfg.num_epochs} epochs, {len(val_set)} validation images -> {save_dir}{start}",
-        flush=True,
-    )
-    if train_cfg.tensorboard:
-        print(f"TensorBoard: tensorboard --logdir {save_dir / 'tensorboard'}", flush=True)
-    stop = stop_on_signals()
+        pips_cfg = model_cfg.pips_config if args.scheme == "composite" else None
+        backbone = Path(pips_cfg.weights_path) if pips_cfg and pips_cfg.weights_path else None
+        if cluster.is_main and backbone is not None and not backbone.is_file():
+            # The MNIST PIPS backbone is made once, on the full training split, before any subset
+            # (by rank 0; the others load it once this block has ended).
+            make_network("pips", backbone, train_set, val_set)
+        if args.subset is not None:
+            if not train_cfg.train_bs <= args.subset <= len(train_set):
+                raise UserError(
+                    f"--subset {args.subset}: must be between train_bs "
+                    f"({train_cfg.train_bs}) and the {len(train_set)} training images"
+                )
+            train_set = dataclasses.replace(
+                train_set,
+                images=train_set.images[: args.subset],
+                labels=train_set.labels[: args.subset],
+            )
+        if cluster.is_main:
+            if resume_path is not None:
+                check_resumable(payload, resume_path, args.scheme, model_cfg, train_cfg,
+                                len(train_set), (args.model_config, args.train_config),
+                                cluster)  # fmt: skip
+            write_text(save_dir / "model_config.json", config_json(model_cfg))
+            write_text(save_dir / "train_config.json", config_json(train_cfg))
+            print(start_line(args.scheme, train_cfg, len(train_set), len(val_set), save_dir,
+                             cluster, resume_path, payload), flush=True)  # fmt: skip
+            if train_cfg.tensorboard:
+                print(f"TensorBoard: tensorboard --logdir {save_dir / 'tensorboard'}", flush=True)
+    payload = cluster.broadcast(payload)
+    stop = stop_on_signals(cluster)
     try:
         summary = train(args.scheme, model_cfg, train_cfg, train_set, val_set, device, save_dir,
-                        resume=payload if resume_path else None, stop=stop)  # fmt: skip
+                        resume=payload, stop=stop, cluster=cluster)  # fmt: skip
     except Interrupted as e:
+        if cluster.is_main:
+            print(
+                f"{signal.Signals(e.signum).name}: stopped in epoch {e.epoch} after step "
+                f"{e.step}, checkpoint -> {e.checkpoint}; resume with: "
+                f"{resume_command(save_dir, cluster.launcher())}",
+                file=sys.stderr,
+                flush=True,
+            )
+        sys.exit(128 + e.signum)
+    if cluster.is_main:
         print(
-            f"{signal.Signals(e.signum).name}: stopped in epoch {e.epoch} after step {e.step}, "
-            f"checkpoint -> {e.checkpoint}; resume with: {resume_command(save_dir)}",
-            file=sys.stderr,
+            f"finished {summary.epochs_run} epochs ({summary.steps} steps); "
+            f"model -> {summary.final_path}",
             flush=True,
         )
-        sys.exit(128 + e.signum)
-    print(
-        f"finished {summary.epochs_run} epochs ({summary.steps} steps); "
-        f"model -> {summary.final_path}",
-        flush=True,
+
+
+def start_line(
+    scheme: str, train_cfg: TrainConfig, train_size: int, val_size: int, save_dir: Path,
+    cluster: Cluster, resume_path: Path | None, payload: dict | None,
+) -> str:  # fmt: skip
+    """What is about to run, on what, into where; under torchrun also how the batch is split."""
+    where = str(cluster.device)
+    if cluster.distributed:
+        where = (
+            f"{cluster.world_size} {cluster.device.type} processes (each "
+            f"{train_cfg.train_bs // cluster.world_size} of every {train_cfg.train_bs} images)"
+        )
+    start = f", resuming {resume_path} at step {payload['step']}" if resume_path else ""
+    steps = train_size // train_cfg.train_bs
+    return (
+        f"{scheme} scheme on {where}: {train_size} training images, {steps} steps x "
+        f"{train_cfg.num_epochs} epochs, {val_size} validation images -> {save_dir}{start}"
     )
 
 

@@ -8,9 +8,14 @@ One loop runs both: the scheme's loss object decides what a step computes, and t
 scheme adds one discriminator update per step. Reading order is execution order: model, loss,
 optimisers, then epochs of (train steps, validation, metrics row, checkpoint, early stopping).
 train.py is the entry point; nothing here parses arguments or exits.
+
+Under torchrun the same loop runs in every process (utils/distributed.py): the VAE and the critic
+are wrapped in DistributedDataParallel, each rank takes its share of every global batch of
+train_bs images, the logged terms are added up over ranks, and rank 0 alone writes and prints.
 """
 
 import dataclasses
+import itertools
 import math
 import sys
 import time
@@ -27,7 +32,8 @@ from model.pips import build_pips
 from model.vae import VAE
 from utils.checkpoint import checkpoint_step, save_checkpoint
 from utils.config import ModelConfig, OptimizerParams, TrainConfig
-from utils.dataset import MNISTSplit, epoch_order, eval_batches, train_batches
+from utils.dataset import MNISTSplit, epoch_order, eval_batches, rank_share, train_batches
+from utils.distributed import Cluster
 from utils.errors import UserError
 from utils.loss import BetaVAELoss, CompositeLoss
 from utils.metrics import MetricsLog
@@ -101,16 +107,19 @@ def adam_with_schedule(
 
 @torch.inference_mode()
 def validate(
-    vae: VAE, loss_fn: BetaVAELoss, val_set: MNISTSplit, batch_size: int, step: int
-) -> dict[str, float]:
-    """Generator loss terms over the whole validation split, eval mode (decodes mu)."""
+    vae: VAE, loss_fn: BetaVAELoss, val_set: MNISTSplit, batch_size: int, step: int,
+    cluster: Cluster,
+) -> dict[str, float]:  # fmt: skip
+    """Generator loss terms over the whole validation split, eval mode (decodes mu). Under
+    torchrun each rank takes every world_size-th batch and the sums are added up over ranks."""
     vae.eval()
     loss_fn.eval()
     averager = TermAverager()
-    for x, _ in eval_batches(val_set, batch_size):
+    batches = eval_batches(val_set, batch_size)
+    for x, _ in itertools.islice(batches, cluster.rank, None, cluster.world_size):
         x_hat, mu, logvar = vae(x)
         averager.add(loss_fn.generator_loss(x_hat, x, mu, logvar, step)[1], weight=len(x))
-    return averager.means(loss_fn.term_names)
+    return cluster.sum_terms(averager, loss_fn.term_names).means(loss_fn.term_names)
 
 
 class StopRequest:
@@ -147,21 +156,33 @@ def train(
     save_dir: Path,
     resume: dict | None = None,
     stop: StopRequest | None = None,
+    cluster: Cluster | None = None,
 ) -> RunSummary:
-    """Train one run into `save_dir`, or continue one from the checkpoint payload `resume`.
+    """Train one run into `save_dir`, or continue one from the checkpoint payload `resume`;
+    under torchrun, this process's part of it (`cluster`; default: one process).
 
     On the CPU a resumed run ends bit-identical to the same run left alone: the checkpoint holds
-    the weights, optimisers, schedulers, RNG state, position in the epoch, the epoch's partial
-    term sums, early-stopping state and the metrics rows so far.
+    the weights, optimisers, schedulers, RNG state (every rank's), position in the epoch, the
+    epoch's partial term sums (every rank's), early-stopping state and the metrics rows so far.
     """
+    cluster = cluster or Cluster(device)
     torch.manual_seed(train_cfg.seed)
     vae = VAE(model_cfg).to(device)
+    # train_bs is the global batch: the step count, and with it every schedule, is the same for
+    # any number of processes.
     steps_per_epoch = len(train_set) // train_cfg.train_bs
+    rank_bs = train_cfg.train_bs // cluster.world_size
     total_steps = train_cfg.num_epochs * steps_per_epoch
     loss_fn = build_loss(scheme, model_cfg, train_cfg, steps_per_epoch, total_steps).to(device)
+    # Every rank built the same weights from the seed; from here each draws its own dropout and z.
+    cluster.seed_streams()
+    vae_replica = cluster.wrap(vae, train_cfg.sync_batchnorm)
     opt_g, sched_g = adam_with_schedule(vae.parameters(), train_cfg.optimizer.params_g, total_steps)
     critic = loss_fn.discriminator if isinstance(loss_fn, CompositeLoss) else None
+    networks = [vae]
     if critic is not None:
+        critic_replica = cluster.wrap(critic, train_cfg.sync_batchnorm)
+        networks.append(critic)
         params_d = train_cfg.optimizer.params_d
         opt_d, sched_d = adam_with_schedule(critic.parameters(), params_d, total_steps)
 
@@ -172,7 +193,8 @@ def train(
     metrics = MetricsLog(save_dir / "metrics.csv", columns)
     stopper = EarlyStopping(train_cfg.early_stopping.patience, train_cfg.early_stopping.tol) if (
         train_cfg.early_stopping) else None  # fmt: skip
-    board = TensorBoardLog(save_dir, model_cfg, train_cfg) if train_cfg.tensorboard else None
+    board = TensorBoardLog(save_dir, model_cfg, train_cfg) if (
+        train_cfg.tensorboard and cluster.is_main) else None  # fmt: skip
     watch = NonFiniteWatch(train_terms, device)
     averager = TermAverager()
     stop = stop or StopRequest()
@@ -189,17 +211,43 @@ def train(
             sched_d.load_state_dict(resume["scheduler_d_state_dict"])
         if stopper is not None:
             stopper.load_state_dict(resume["early_stopping"])
-        averager.load_state_dict(resume["epoch_terms"])
         metrics.rows = list(resume["metrics_rows"])
         step, next_epoch, next_batch = resume["step"], resume["next_epoch"], resume["next_batch"]
-        torch.set_rng_state(resume["rng_state"])
-        if device.type == "cuda" and "cuda_rng_state" in resume:
-            torch.cuda.set_rng_state(resume["cuda_rng_state"], device)
+        own = resume["rank_states"][cluster.rank] if cluster.distributed else resume
+        averager.load_state_dict(own["epoch_terms"])
+        torch.set_rng_state(own["rng_state"])
+        if device.type == "cuda" and "cuda_rng_state" in own:
+            torch.cuda.set_rng_state(own["cuda_rng_state"], device)
+
+    def check_finite() -> None:
+        """Stop every rank, without saving, once any rank has seen a non-finite loss term."""
+        with cluster.agreed():
+            watch.check(last_good)
+
+    def rank_state() -> dict:
+        """What differs between ranks and decides what happens next: RNG, partial term sums."""
+        state = {"epoch_terms": averager.state_dict(), "rng_state": torch.get_rng_state()}
+        if device.type == "cuda":
+            state["cuda_rng_state"] = torch.cuda.get_rng_state(device)
+        return state
 
     def save(path: Path, epoch_done: int, epoch_next: int, batch_next: int) -> None:
-        """Write everything that decides what happens next (after checking it is finite)."""
+        """Write everything that decides what happens next (after checking it is finite and,
+        under torchrun, that every replica holds the same weights); rank 0 writes."""
         nonlocal last_good
-        watch.check(last_good)
+        check_finite()
+        rank_states = cluster.gather(rank_state())
+        fingerprint = cluster.same_weights(networks, step)
+        with cluster.agreed():
+            if cluster.is_main:
+                save_checkpoint(checkpoint(epoch_done, epoch_next, batch_next, rank_states,
+                                           fingerprint), path)  # fmt: skip
+        last_good = str(path)
+
+    def checkpoint(epoch_done: int, epoch_next: int, batch_next: int, rank_states: list[dict],
+                   fingerprint: str | None) -> dict:  # fmt: skip
+        """The checkpoint: rank 0's modules and state at the top level, as one process writes
+        it; under torchrun also the world size, every rank's state and the weights' fingerprint."""
         payload = {
             "scheme": scheme, "epoch": epoch_done, "step": step, "loss": metrics.last("train_loss"),
             "beta": loss_fn.beta(step), "next_epoch": epoch_next, "next_batch": batch_next,
@@ -211,12 +259,15 @@ def train(
             "decoder_state_dict": vae.decoder.state_dict(),
             "optimizer_g_state_dict": opt_g.state_dict(),
             "scheduler_g_state_dict": sched_g.state_dict(),
-            "epoch_terms": averager.state_dict(),
+            "epoch_terms": rank_states[0]["epoch_terms"],
             "metrics_rows": list(metrics.rows),
-            "rng_state": torch.get_rng_state(),
+            "rng_state": rank_states[0]["rng_state"],
         }  # fmt: skip
         if device.type == "cuda":
-            payload["cuda_rng_state"] = torch.cuda.get_rng_state(device)
+            payload["cuda_rng_state"] = rank_states[0]["cuda_rng_state"]
+        if cluster.distributed:
+            payload.update(world_size=cluster.world_size, rank_states=rank_states,
+                           replica_fingerprint=fingerprint)  # fmt: skip
         if critic is not None:
             payload.update(
                 discriminator_state_dict=critic.state_dict(),
@@ -225,15 +276,16 @@ def train(
             )
         if stopper is not None:
             payload["early_stopping"] = stopper.state_dict()
-        save_checkpoint(payload, path)
-        last_good = str(path)
+        return payload
 
-    def interrupt(epoch_done: int, epoch_next: int, batch_next: int) -> Interrupted:
+    def interrupt(signum: int, epoch_done: int, epoch_next: int, batch_next: int) -> Interrupted:
         path = save_dir / INTERRUPT_CHECKPOINT
         save(path, epoch_done, epoch_next, batch_next)
-        return Interrupted(stop.signal, path, epoch_next, step)
+        return Interrupted(signum, path, epoch_next, step)
 
-    show_bar = sys.stderr.isatty()
+    show_bar = cluster.is_main and sys.stderr.isatty()
+    # Reading the live loss is a collective under torchrun, so every rank follows rank 0's need.
+    live_loss = cluster.main_decides(show_bar or board is not None)
     epoch, stopped_early, row = next_epoch - 1, False, metrics.rows[-1] if metrics.rows else {}
     for epoch in range(next_epoch, train_cfg.num_epochs + 1):
         started = time.perf_counter()
@@ -243,13 +295,12 @@ def train(
         vae.train()
         loss_fn.train()
         order = epoch_order(len(train_set), train_cfg.seed, epoch, device)
-        batches = train_batches(
-            train_set.images, train_cfg.train_bs, order[first_batch * train_cfg.train_bs :]
-        )
+        share = rank_share(order, train_cfg.train_bs, cluster.rank, cluster.world_size)
+        batches = train_batches(train_set.images, rank_bs, share[first_batch * rank_bs :])
         bar = tqdm(batches, total=steps_per_epoch, initial=first_batch, leave=False,
                    desc=f"epoch {epoch}/{train_cfg.num_epochs}", disable=not show_bar)  # fmt: skip
         for batch_index, x in enumerate(bar, start=first_batch):
-            x_hat, mu, logvar = vae(x)
+            x_hat, mu, logvar = vae_replica(x)
             loss, terms = loss_fn.generator_loss(x_hat, x, mu, logvar, step)
             opt_g.zero_grad(set_to_none=True)
             loss.backward()
@@ -257,7 +308,9 @@ def train(
             sched_g.step()
             if critic is not None:
                 if loss_fn.discriminator_on(step):
-                    loss_d, critic_terms = loss_fn.discriminator_loss(x_hat.detach(), x)
+                    loss_d, critic_terms = loss_fn.discriminator_loss(
+                        x_hat.detach(), x, critic_replica
+                    )
                     opt_d.zero_grad(set_to_none=True)
                     loss_d.backward()
                     opt_d.step()
@@ -270,50 +323,64 @@ def train(
             watch.observe(terms, step)
             step += 1
             if step % CHECK_EVERY == 0:
-                watch.check(last_good)
-            if step % LIVE_LOSS_EVERY == 0 and (show_bar or board is not None):
-                live = dict(zip(terms, torch.stack(list(terms.values())).tolist(), strict=True))
+                check_finite()
+            if step % LIVE_LOSS_EVERY == 0 and live_loss:
+                values = cluster.mean(torch.stack(list(terms.values()))).tolist()
+                live = dict(zip(terms, values, strict=True))
                 bar.set_postfix(loss=f"{live['loss']:.3f}")
                 if board is not None:
                     board.add_step(step, live, loss_fn.beta(step), sched_g.get_last_lr()[0])
-            if stop.signal is not None and batch_index + 1 < steps_per_epoch:
-                raise interrupt(epoch - 1, epoch, batch_index + 1)
+            signum = cluster.agreed_signal(stop.signal)
+            if signum is not None and batch_index + 1 < steps_per_epoch:
+                raise interrupt(signum, epoch - 1, epoch, batch_index + 1)
 
-        watch.check(last_good)
-        val_terms = validate(vae, loss_fn, val_set, train_cfg.val_bs, step)
+        check_finite()
+        cluster.sync_buffers(networks)
+        val_terms = validate(vae, loss_fn, val_set, train_cfg.val_bs, step, cluster)
+        train_means = cluster.sum_terms(averager, train_terms).means(train_terms)
         row = {"epoch": epoch, "step": step,
-               **{f"train_{k}": v for k, v in averager.means(train_terms).items()},
+               **{f"train_{k}": v for k, v in train_means.items()},
                **{f"val_{k}": v for k, v in val_terms.items()},
                "beta": loss_fn.beta(step), "lr_g": sched_g.get_last_lr()[0]}  # fmt: skip
         if critic is not None:
             row["lr_d"] = sched_d.get_last_lr()[0]
         row["seconds"] = time.perf_counter() - started
-        metrics.append(row)
-        if board is not None:
-            board.add_epoch(row, vae, val_set)
-        print(epoch_summary(row, train_cfg.num_epochs), flush=True)
+        with cluster.agreed():
+            if cluster.is_main:
+                metrics.append(row)
+                if board is not None:
+                    board.add_epoch(row, vae, val_set)
+                print(epoch_summary(row, train_cfg.num_epochs), flush=True)
 
-        stopped_early = stopper is not None and stopper.should_stop(epoch, row["train_loss"], vae)
+        stopped_early = cluster.main_decides(
+            stopper is not None and stopper.should_stop(epoch, row["train_loss"], vae)
+        )
         if epoch % train_cfg.save_every == 0 or epoch == train_cfg.num_epochs or stopped_early:
             save(save_dir / f"checkpoint_epoch_{epoch:03d}.pth", epoch, epoch + 1, 0)
-            prune_checkpoints(save_dir, train_cfg.keep_checkpoints, step)
+            if cluster.is_main:
+                prune_checkpoints(save_dir, train_cfg.keep_checkpoints, step)
         if stopped_early:
-            save_checkpoint({"model_state_dict": stopper.best_state, "epoch": stopper.best_epoch,
-                             "loss": stopper.best_loss}, save_dir / "best_model.pth")  # fmt: skip
-            print(f"early stop after epoch {epoch}: train loss has not improved by more than "
-                  f"{stopper.tol} for {stopper.patience} epochs; best epoch {stopper.best_epoch} "
-                  f"-> {save_dir / 'best_model.pth'}", flush=True)  # fmt: skip
+            with cluster.agreed():
+                if cluster.is_main:
+                    save_checkpoint({"model_state_dict": stopper.best_state,
+                                     "epoch": stopper.best_epoch, "loss": stopper.best_loss},
+                                    save_dir / "best_model.pth")  # fmt: skip
+                    print(f"early stop after epoch {epoch}: train loss has not improved by more "
+                          f"than {stopper.tol} for {stopper.patience} epochs; best epoch "
+                          f"{stopper.best_epoch} -> {save_dir / 'best_model.pth'}",
+                          flush=True)  # fmt: skip
             break
-        if stop.signal is not None and epoch < train_cfg.num_epochs:
-            raise interrupt(epoch, epoch + 1, 0)
+        signum = cluster.agreed_signal(stop.signal)
+        if signum is not None and epoch < train_cfg.num_epochs:
+            raise interrupt(signum, epoch, epoch + 1, 0)
 
-    if board is not None:
-        board.close()
     final_path = save_dir / "final_model.pth"
-    save_checkpoint(
-        {"model_state_dict": vae.state_dict(), "epoch": epoch, "step": step, "scheme": scheme},
-        final_path,
-    )
+    with cluster.agreed():
+        if cluster.is_main:
+            if board is not None:
+                board.close()
+            save_checkpoint({"model_state_dict": vae.state_dict(), "epoch": epoch, "step": step,
+                             "scheme": scheme}, final_path)  # fmt: skip
     return RunSummary(epoch, step, stopped_early, final_path, row)
 
 

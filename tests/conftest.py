@@ -1,8 +1,14 @@
 """Shared test fixtures: small MNIST-format IDX files written by the tests themselves."""
 
+import fcntl
+import json
 import os
+import pty
+import struct
 import subprocess
 import sys
+import termios
+import threading
 from pathlib import Path
 
 import pytest
@@ -60,11 +66,51 @@ def real_mnist() -> Path:
     return Path(root)
 
 
+def config_variant(folder: Path, source: str, **changes) -> Path:
+    """A copy of the repo's config `source` with top-level fields replaced, written to `folder`."""
+    data = json.loads((REPO / source).read_text())
+    data.update(changes)
+    path = folder / Path(source).name
+    path.write_text(json.dumps(data))
+    return path
+
+
+def assert_png(path: Path) -> None:
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def run_script(*args: str, cwd: Path = REPO, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run one of the repo's entry scripts in a real subprocess with this interpreter."""
     return subprocess.run(
         [sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
     )
+
+
+def run_with_terminal(
+    args: list[str], env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, list[str]]:
+    """Start an entry script with stderr on a pseudo-terminal, so its progress bar shows, as for
+    a person at a terminal; a thread collects what the terminal receives."""
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # rows, columns
+    proc = subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=follower)  # fmt: skip
+    os.close(follower)
+    received: list[str] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            received.append(chunk.decode(errors="replace"))
+        os.close(leader)
+
+    threading.Thread(target=drain, daemon=True).start()
+    return proc, received
 
 
 def infer_argv(run: Path, png: Path, *flags: str) -> list[str]:

@@ -86,6 +86,7 @@ def check_train_defaults(cfg: TrainConfig, scheme: str) -> None:
     assert Path(cfg.save_dir).parts[0] == "checkpoints"
     assert cfg.early_stopping is None
     assert cfg.tensorboard is False
+    assert cfg.sync_batchnorm is False
     assert isinstance(cfg.loss, LossConfig)
     assert cfg.loss.lambda_recon == 1.0
     assert cfg.loss.beta == 4.0
@@ -450,6 +451,15 @@ BAD_FIELDS = [
         "1",
         "must be true or false",
         id="type-int-for-bool",
+    ),
+    pytest.param(
+        "train",
+        TRAIN_COMPOSITE,
+        _set("sync_batchnorm", "true"),
+        "sync_batchnorm",
+        '"true"',
+        "must be true or false",
+        id="type-string-for-sync_batchnorm",
     ),
     # out of range
     pytest.param(

@@ -2,25 +2,19 @@
 non-finite losses, refused resumes and folders."""
 
 import csv
-import fcntl
 import json
-import os
-import pty
 import re
 import shutil
 import signal
-import struct
 import subprocess
 import sys
-import termios
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import REPO, make_mnist_root, run_script
+from tests.conftest import REPO, make_mnist_root, run_script, run_with_terminal
 from training_schemes import train
 from utils.checkpoint import load_checkpoint
 from utils.config import load_model_config, load_train_config
@@ -72,31 +66,6 @@ def assert_same_run(run: Path, reference: Path) -> None:
 
     assert [r["epoch"] for r in rows(run)] == ["1", "2", "3"]
     assert rows(run) == rows(reference)
-
-
-def run_with_terminal(args: list[str]) -> tuple[subprocess.Popen, list[str]]:
-    """Start train.py with stderr on a pseudo-terminal, so its progress bar shows, as for a
-    person at a terminal; a thread collects what the terminal receives."""
-    leader, follower = pty.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # rows, columns
-    proc = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=follower)  # fmt: skip
-    os.close(follower)
-    received: list[str] = []
-
-    def drain() -> None:
-        while True:
-            try:
-                chunk = os.read(leader, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            received.append(chunk.decode(errors="replace"))
-        os.close(leader)
-
-    threading.Thread(target=drain, daemon=True).start()
-    return proc, received
 
 
 def test_sigint_mid_epoch_then_resume_is_bit_identical(tmp_path, mnist, train_config,
@@ -175,6 +144,20 @@ def test_resume_may_extend_the_epochs_but_nothing_else(tmp_path, mnist, train_co
     assert extended.returncode == 0, extended.stderr
     with open(run / "metrics.csv") as f:
         assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2", "3", "4"]
+
+
+def test_resume_may_switch_tensorboard_on_and_the_run_stays_the_same(tmp_path, mnist,
+                                                                      train_config,
+                                                                      uninterrupted):  # fmt: skip
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(uninterrupted / "checkpoint_epoch_002.pth", run)
+    resumed = run_script(*train_args(mnist, train_config, run, "--resume", "auto",
+                                     "--tensorboard"))  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert json.loads((run / "train_config.json").read_text())["tensorboard"] is True
+    assert_same_run(run, uninterrupted)
 
 
 def test_resume_refuses_weights_only_and_missing_checkpoints(tmp_path, mnist, train_config,

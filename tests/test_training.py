@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, infer_argv, run_script
+from tests.conftest import REPO, assert_png, config_variant, infer_argv, run_script
 from training_schemes import train
 from utils.config import EarlyStoppingConfig, load_model_config, load_train_config
 from utils.dataset import load_mnist
@@ -26,20 +26,8 @@ def read_metrics(run_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def small_train_config(tmp_path: Path, source: str, **changes) -> Path:
-    data = json.loads((REPO / source).read_text())
-    data.update(changes)
-    path = tmp_path / Path(source).name
-    path.write_text(json.dumps(data))
-    return path
-
-
-def assert_png(path: Path) -> None:
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
 def test_simple_scheme_trains_checkpoints_and_renders(tmp_path, fake_mnist):
-    cfg = small_train_config(tmp_path, "configs/train_simple_config.json", save_every=1)
+    cfg = config_variant(tmp_path, "configs/train_simple_config.json", save_every=1)
     run = tmp_path / "run"
     result = run_script(
         "train.py",

@@ -265,6 +265,9 @@ class TrainConfig:
     keep_checkpoints: int | None = 3
     early_stopping: EarlyStoppingConfig | None = None
     tensorboard: bool = False
+    # Under torchrun: normalise with the whole global batch's statistics (SyncBatchNorm, CUDA
+    # only) rather than each process's share; without torchrun there is nothing to synchronise.
+    sync_batchnorm: bool = False
 
     def check(self) -> None:
         _need(

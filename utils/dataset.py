@@ -105,6 +105,17 @@ def epoch_order(n: int, seed: int, epoch: int, device: torch.device | str) -> to
     return torch.randperm(n, generator=generator).to(device)
 
 
+def rank_share(order: torch.Tensor, batch_size: int, rank: int, world_size: int) -> torch.Tensor:
+    """Rank `rank`'s part of an epoch's `order` when `world_size` processes share each global
+    batch of `batch_size` (a multiple of world_size): the rank-th of world_size equal contiguous
+    slices of every full batch, batch after batch; the last partial batch is dropped. The ranks'
+    parts are disjoint and, batch by batch, make up exactly the batches one process would take;
+    with one process it is the order's full batches."""
+    per_rank = batch_size // world_size
+    whole = len(order) // batch_size * batch_size
+    return order[:whole].view(-1, world_size, per_rank)[:, rank].reshape(-1)
+
+
 def train_batches(
     images: torch.Tensor, batch_size: int, order: torch.Tensor
 ) -> Iterator[torch.Tensor]:

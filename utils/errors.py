@@ -4,6 +4,10 @@
 class UserError(Exception):
     """A problem the user can fix (bad config, missing file, bad flag); its message is one line."""
 
+    # Set on the ranks of a torchrun job other than 0 when every rank raises the same error
+    # (utils/distributed.py), so that rank 0 alone prints it.
+    quiet = False
+
 
 class ConfigError(UserError):
     """A JSON config that is malformed, has an unknown key, a wrong type or a value out of range."""

@@ -117,11 +117,15 @@ class CompositeLoss(BetaVAELoss):
         return loss, terms
 
     def discriminator_loss(
-        self, x_hat: torch.Tensor, x: torch.Tensor
+        self, x_hat: torch.Tensor, x: torch.Tensor, critic: nn.Module | None = None
     ) -> tuple[torch.Tensor, Terms]:
-        """0.5 * (BCE(D(fake), 0) + BCE(D(real), 1)); `x_hat` must already be detached."""
-        fake = self.discriminator(x_hat)
-        real = self.discriminator(x)
+        """0.5 * (BCE(D(fake), 0) + BCE(D(real), 1)); `x_hat` must already be detached. `critic`
+        runs D: by default the discriminator itself; under torchrun its DistributedDataParallel
+        wrapper, which averages this update's gradients over ranks. (The generator's
+        adversarial term needs no such wrapper: it computes no gradient for D.)"""
+        critic = self.discriminator if critic is None else critic
+        fake = critic(x_hat)
+        real = critic(x)
         loss = 0.5 * (
             F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
             + F.binary_cross_entropy_with_logits(real, torch.ones_like(real))

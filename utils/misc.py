@@ -31,5 +31,6 @@ def run_cli(main: Callable[[], None]) -> None:
     try:
         main()
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if not e.quiet:
+            print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
