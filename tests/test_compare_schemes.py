@@ -24,9 +24,7 @@ def test_summary_gives_mean_and_sample_std_per_scheme_and_measure():
     assert (composite["seeds"], composite["mean"], composite["std"]) == (1, 5.0, 0.0)
 
 
-def test_the_comparison_runs_both_schemes_grades_them_and_keeps_finished_runs(
-    tmp_path, fake_mnist
-):
+def test_the_comparison_runs_both_schemes_grades_them_and_keeps_finished_runs(tmp_path, fake_mnist):
     """A real two-seed comparison in a bare folder: the networks it needs are made there, every
     run is graded, and a second call keeps the finished runs instead of training them again."""
     argv = ["--data_root", str(fake_mnist), "--seeds", "1", "2", "--epochs", "1",
