@@ -47,7 +47,14 @@ from training_schemes import (
 )
 from utils.checkpoint import checkpoint_step, load_checkpoint, write_text
 from utils.classifier import make_network
-from utils.config import ModelConfig, TrainConfig, config_json, load_model_config, load_train_config
+from utils.config import (
+    ModelConfig,
+    TrainConfig,
+    config_from_dict,
+    config_json,
+    load_model_config,
+    load_train_config,
+)
 from utils.dataset import load_mnist
 from utils.distributed import Cluster, join
 from utils.errors import CheckpointError, UserError
@@ -194,7 +201,8 @@ def check_resumable(
     for name, config, config_path in zip(
         ("model_config", "train_config"), (model_cfg, train_cfg), config_paths, strict=True
     ):
-        found = first_difference(payload[name], dataclasses.asdict(config))
+        saved = config_from_dict(payload[name], type(config), f"{path} ({name})")
+        found = first_difference(dataclasses.asdict(saved), dataclasses.asdict(config))
         if found:
             field, saved, current = found
             raise UserError(

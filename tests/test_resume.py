@@ -160,6 +160,20 @@ def test_resume_may_switch_tensorboard_on_and_the_run_stays_the_same(tmp_path, m
     assert_same_run(run, uninterrupted)
 
 
+def test_a_checkpoint_from_before_a_config_field_existed_resumes_with_its_default(
+    tmp_path, mnist, train_config, uninterrupted
+):
+    # A run started before `sync_batchnorm` was added keeps no such field in its checkpoint.
+    run = tmp_path / "run"
+    run.mkdir()
+    payload = load_checkpoint(uninterrupted / "checkpoint_epoch_002.pth")
+    del payload["train_config"]["sync_batchnorm"]
+    torch.save(payload, run / "checkpoint_epoch_002.pth")
+    resumed = run_script(*train_args(mnist, train_config, run, "--resume", "auto"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(run, uninterrupted)
+
+
 def test_resume_refuses_weights_only_and_missing_checkpoints(tmp_path, mnist, train_config,
                                                              uninterrupted):  # fmt: skip
     weights_only = run_script(*train_args(mnist, train_config, tmp_path / "a", "--resume",

@@ -377,11 +377,18 @@ def load_config(path: str | Path, cls: type[T]) -> T:
         raise ConfigError(f"{path}: not a JSON text file; point at a .json config") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a JSON object {{...}}, got {_show(data)}")
+    return config_from_dict(data, cls, str(path))
+
+
+def config_from_dict(data: dict, cls: type[T], source: str) -> T:
+    """Build `cls` from a parsed JSON object (a config file, or the copy a checkpoint keeps, where
+    fields added to `cls` since it was saved take their defaults); a problem raises one-line
+    ConfigError naming `source`."""
     try:
         return _build(cls, data)
     except _FieldProblem as p:
         value = "" if p.value is None and "missing" in p.problem else f" = {_show(p.value)}"
-        raise ConfigError(f"{path}: field '{p.where}'{value} {p.problem}") from None
+        raise ConfigError(f"{source}: field '{p.where}'{value} {p.problem}") from None
 
 
 def load_model_config(path: str | Path) -> ModelConfig:
