@@ -105,6 +105,12 @@ def adam_with_schedule(
     return optimizer, LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total_steps))
 
 
+def forward_precision(device: torch.device, precision: str) -> torch.autocast:
+    """The train config's precision for forward passes and losses: a bfloat16 autocast, or none.
+    Backward passes and optimiser steps run outside it, on the float32 weights."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
+
+
 @torch.inference_mode()
 def validate(
     vae: VAE, loss_fn: BetaVAELoss, val_set: MNISTSplit, batch_size: int, step: int,
@@ -300,17 +306,19 @@ def train(
         bar = tqdm(batches, total=steps_per_epoch, initial=first_batch, leave=False,
                    desc=f"epoch {epoch}/{train_cfg.num_epochs}", disable=not show_bar)  # fmt: skip
         for batch_index, x in enumerate(bar, start=first_batch):
-            x_hat, mu, logvar = vae_replica(x)
-            loss, terms = loss_fn.generator_loss(x_hat, x, mu, logvar, step)
+            with forward_precision(device, train_cfg.precision):
+                x_hat, mu, logvar = vae_replica(x)
+                loss, terms = loss_fn.generator_loss(x_hat, x, mu, logvar, step)
             opt_g.zero_grad(set_to_none=True)
             loss.backward()
             opt_g.step()
             sched_g.step()
             if critic is not None:
                 if loss_fn.discriminator_on(step):
-                    loss_d, critic_terms = loss_fn.discriminator_loss(
-                        x_hat.detach(), x, critic_replica
-                    )
+                    with forward_precision(device, train_cfg.precision):
+                        loss_d, critic_terms = loss_fn.discriminator_loss(
+                            x_hat.detach(), x, critic_replica
+                        )
                     opt_d.zero_grad(set_to_none=True)
                     loss_d.backward()
                     opt_d.step()
@@ -336,7 +344,8 @@ def train(
 
         check_finite()
         cluster.sync_buffers(networks)
-        val_terms = validate(vae, loss_fn, val_set, train_cfg.val_bs, step, cluster)
+        with forward_precision(device, train_cfg.precision):
+            val_terms = validate(vae, loss_fn, val_set, train_cfg.val_bs, step, cluster)
         train_means = cluster.sum_terms(averager, train_terms).means(train_terms)
         row = {"epoch": epoch, "step": step,
                **{f"train_{k}": v for k, v in train_means.items()},

@@ -87,6 +87,7 @@ def check_train_defaults(cfg: TrainConfig, scheme: str) -> None:
     assert cfg.early_stopping is None
     assert cfg.tensorboard is False
     assert cfg.sync_batchnorm is False
+    assert cfg.precision == "float32"
     assert isinstance(cfg.loss, LossConfig)
     assert cfg.loss.lambda_recon == 1.0
     assert cfg.loss.beta == 4.0
@@ -460,6 +461,15 @@ BAD_FIELDS = [
         '"true"',
         "must be true or false",
         id="type-string-for-sync_batchnorm",
+    ),
+    pytest.param(
+        "train",
+        TRAIN_SIMPLE,
+        _set("precision", "fp16"),
+        "precision",
+        '"fp16"',
+        'must be "float32" or "bfloat16" (autocast)',
+        id="unknown-precision",
     ),
     # out of range
     pytest.param(

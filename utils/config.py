@@ -252,6 +252,9 @@ class EarlyStoppingConfig:
         _need(self.tol >= 0, "tol", self.tol, "must be >= 0, e.g. 0.001")
 
 
+PRECISIONS = ("float32", "bfloat16")
+
+
 @dataclass
 class TrainConfig:
     save_dir: str
@@ -268,6 +271,9 @@ class TrainConfig:
     # Under torchrun: normalise with the whole global batch's statistics (SyncBatchNorm, CUDA
     # only) rather than each process's share; without torchrun there is nothing to synchronise.
     sync_batchnorm: bool = False
+    # "bfloat16": forward passes and losses under torch.autocast (for GPUs with bfloat16 units);
+    # weights, optimiser states and the logged loss terms stay float32.
+    precision: str = "float32"
 
     def check(self) -> None:
         _need(
@@ -284,6 +290,12 @@ class TrainConfig:
             "keep_checkpoints",
             self.keep_checkpoints,
             "must be >= 1, or null to keep every periodic checkpoint",
+        )
+        _need(
+            self.precision in PRECISIONS,
+            "precision",
+            self.precision,
+            'must be "float32" or "bfloat16" (autocast)',
         )
 
 

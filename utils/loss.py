@@ -57,7 +57,9 @@ class BetaVAELoss(nn.Module):
         logvar: torch.Tensor,
         step: int,
     ) -> tuple[torch.Tensor, Terms]:
-        """Images (N, C, H, W) in [0, 1], posterior (N, D). Returns (loss, detached named terms)."""
+        """Images (N, C, H, W) in [0, 1], posterior (N, D). Returns (loss, detached named terms),
+        computed in float32 also when the forward pass ran under a bfloat16 autocast."""
+        x_hat, mu, logvar = x_hat.float(), mu.float(), logvar.float()
         recon = reconstruction_error(x_hat, x)
         kl = kl_per_sample(mu, logvar)
         kl_free = kl.clamp(min=self.config.free_bits).mean()
