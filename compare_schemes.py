@@ -14,6 +14,7 @@ current folder. Writes into --out:
     runs/<scheme>_seed<S>/   the run folders (metrics.csv, checkpoints, eval.json)
     runs.csv                 one row per run: cost and every evaluate.py number
     summary.csv              mean and standard deviation per scheme over the seeds
+    summary.md               the same as a Markdown table (the one README "Results" quotes)
     compare_seed<S>.png      latent grids and reconstructions, simple vs composite (first seed)
     <scheme>_samples.png     prior samples of each scheme (first seed)
 """
@@ -118,13 +119,28 @@ def summarise(rows: list[dict]) -> list[dict]:
     return summary
 
 
+def markdown_table(summary: list[dict]) -> str:
+    """The summary as a Markdown table: a row per measure, mean ± standard deviation per scheme."""
+    cell = {(r["scheme"], r["measure"]): r for r in summary}
+    seeds = {scheme: cell[(scheme, MEASURES[0])]["seeds"] for scheme in CONFIGS}
+    lines = ["| measure | " + " | ".join(f"{s} ({seeds[s]} seeds)" for s in CONFIGS) + " |",
+             "| --- |" + " --- |" * len(CONFIGS)]  # fmt: skip
+    for measure in MEASURES:
+        values = [cell[(scheme, measure)] for scheme in CONFIGS]
+        spreads = " | ".join(f"{v['mean']:.4g} ± {v['std']:.2g}" for v in values)
+        lines.append(f"| {measure} | {spreads} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     args = parse_args()
     out = Path(args.out)
     rows = [train_and_grade(scheme, seed, args, out / "runs" / f"{scheme}_seed{seed}")
             for seed in args.seeds for scheme in CONFIGS]  # fmt: skip
     write_csv(out / "runs.csv", rows)
-    write_csv(out / "summary.csv", summarise(rows))
+    summary = summarise(rows)
+    write_csv(out / "summary.csv", summary)
+    (out / "summary.md").write_text(markdown_table(summary))
     first = {scheme: out / "runs" / f"{scheme}_seed{args.seeds[0]}" for scheme in CONFIGS}
     run_process(["infer.py", "--mode", "compare",
                  "--model_config", str(first["simple"] / "model_config.json"),
@@ -137,9 +153,8 @@ def main() -> None:
         run_process(["infer.py", "--mode", "samples", "--model_config",
                      str(run / "model_config.json"), "--ckpt_path", str(run / "final_model.pth"),
                      "--save_path", str(out / f"{scheme}_samples.png")])  # fmt: skip
-    for row in summarise(rows):
-        print(f"{row['scheme']:>9} {row['measure']:<22} {row['mean']:10.4g} ± {row['std']:.3g}")
-    print(f"-> {out / 'runs.csv'}, {out / 'summary.csv'}, figures in {out}")
+    print(markdown_table(summary), end="")
+    print(f"-> {out / 'runs.csv'}, {out / 'summary.csv'}, {out / 'summary.md'}, figures in {out}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from compare_schemes import MEASURES, summarise
+from compare_schemes import MEASURES, markdown_table, summarise
 from tests.conftest import REPO, run_script
 
 
@@ -22,6 +22,11 @@ def test_summary_gives_mean_and_sample_std_per_scheme_and_measure():
     assert simple["std"] == pytest.approx(2**0.5)  # sample std of (1, 3)
     composite = summary[("composite", "sharpness_ratio")]
     assert (composite["seeds"], composite["mean"], composite["std"]) == (1, 5.0, 0.0)
+
+    table = markdown_table(summarise(rows)).splitlines()
+    assert table[0] == "| measure | simple (2 seeds) | composite (1 seeds) |"
+    assert table[2] == "| recon_mse | 2 ± 1.4 | 5 ± 0 |"
+    assert len(table) == 2 + len(MEASURES)
 
 
 def test_the_comparison_runs_both_schemes_grades_them_and_keeps_finished_runs(tmp_path, fake_mnist):
@@ -44,6 +49,7 @@ def test_the_comparison_runs_both_schemes_grades_them_and_keeps_finished_runs(tm
     with open(out / "summary.csv") as f:
         summary = list(csv.DictReader(f))
     assert {r["seeds"] for r in summary} == {"2"} and len(summary) == 2 * len(MEASURES)
+    assert (out / "summary.md").read_text().startswith("| measure | simple (2 seeds) |")
     for png in ("compare_seed1.png", "simple_samples.png", "composite_samples.png"):
         assert (out / png).stat().st_size > 1000
 
