@@ -33,7 +33,7 @@ from model.vae import VAE
 from utils.checkpoint import checkpoint_step, save_checkpoint
 from utils.config import ModelConfig, OptimizerParams, TrainConfig
 from utils.dataset import MNISTSplit, epoch_order, eval_batches, rank_share, train_batches
-from utils.distributed import Cluster
+from utils.distributed import Cluster, parameter_fingerprint
 from utils.errors import UserError
 from utils.loss import BetaVAELoss, CompositeLoss
 from utils.metrics import MetricsLog
@@ -103,6 +103,19 @@ def adam_with_schedule(
     )
     warmup = math.floor(settings.warmup_ratio * total_steps)
     return optimizer, LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total_steps))
+
+
+def check_same_backbone(saved: str | None, current: str, model_cfg: ModelConfig) -> None:
+    """Refuse to resume a composite run against PIPS weights other than those it trained with
+    (`saved`: their fingerprint in the checkpoint; None in checkpoints written before it was)."""
+    if saved is not None and saved != current:
+        pips = model_cfg.pips_config
+        source = pips.weights_path or f"the {pips.backbone} backbone ({pips.weights} weights)"
+        raise UserError(
+            f"{source}: the PIPS backbone's weights are not those this run trained against "
+            f"(fingerprint {current}, the checkpoint's {saved}); put that file back, or start a "
+            "new run"
+        )
 
 
 def forward_precision(device: torch.device, precision: str) -> torch.autocast:
@@ -191,6 +204,9 @@ def train(
         networks.append(critic)
         params_d = train_cfg.optimizer.params_d
         opt_d, sched_d = adam_with_schedule(critic.parameters(), params_d, total_steps)
+        # Checkpoints record which perceptual weights the run trains against, so that a resume
+        # against another backbone file (made again, or replaced) is refused, not silently mixed.
+        pips_print = parameter_fingerprint([loss_fn.pips])
 
     train_terms = loss_fn.term_names + loss_fn.critic_term_names
     columns = ["epoch", "step", *(f"train_{t}" for t in train_terms),
@@ -212,6 +228,8 @@ def train(
         opt_g.load_state_dict(resume["optimizer_g_state_dict"])
         sched_g.load_state_dict(resume["scheduler_g_state_dict"])
         if critic is not None:
+            with cluster.agreed():
+                check_same_backbone(resume.get("pips_fingerprint"), pips_print, model_cfg)
             critic.load_state_dict(resume["discriminator_state_dict"])
             opt_d.load_state_dict(resume["optimizer_d_state_dict"])
             sched_d.load_state_dict(resume["scheduler_d_state_dict"])
@@ -279,6 +297,7 @@ def train(
                 discriminator_state_dict=critic.state_dict(),
                 optimizer_d_state_dict=opt_d.state_dict(),
                 scheduler_d_state_dict=sched_d.state_dict(),
+                pips_fingerprint=pips_print,
             )
         if stopper is not None:
             payload["early_stopping"] = stopper.state_dict()

@@ -255,7 +255,10 @@ def test_unwritable_save_folder_is_one_line(tmp_path, mnist, train_config):
     assert result.stderr.count("\n") == 1
 
 
-def test_composite_run_resumes_bit_identical(tmp_path, mnist):
+@pytest.fixture
+def composite_args(tmp_path, mnist):
+    """train.py arguments of a small composite run with its own PIPS backbone file (made by the
+    first run) and a checkpoint every epoch: composite_args(run_folder, *extra)."""
     model = json.loads((REPO / "configs/model_composite_mnist_config.json").read_text())
     model["pips_config"]["weights_path"] = str(tmp_path / "pips_cnn.pth")
     model_path = tmp_path / "model.json"
@@ -271,12 +274,16 @@ def test_composite_run_resumes_bit_identical(tmp_path, mnist):
                 str(run), "--epochs", "2", "--subset", "1024", "--device", "cpu",
                 *extra]  # fmt: skip
 
-    whole = run_script(*args(tmp_path / "whole"))
+    return args
+
+
+def test_composite_run_resumes_bit_identical(tmp_path, composite_args):
+    whole = run_script(*composite_args(tmp_path / "whole"))
     assert whole.returncode == 0, whole.stderr
     resumed_dir = tmp_path / "resumed"
     resumed_dir.mkdir()
     shutil.copy(tmp_path / "whole" / "checkpoint_epoch_001.pth", resumed_dir)
-    resumed = run_script(*args(resumed_dir, "--resume", "auto"))
+    resumed = run_script(*composite_args(resumed_dir, "--resume", "auto"))
     assert resumed.returncode == 0, resumed.stderr
     for key in ("model_state_dict", "discriminator_state_dict", "optimizer_d_state_dict"):
         a = load_checkpoint(tmp_path / "whole" / "checkpoint_epoch_002.pth")[key]
@@ -288,3 +295,22 @@ def test_composite_run_resumes_bit_identical(tmp_path, mnist):
         assert len(flat_a) == len(flat_b)
         for x, y in zip(flat_a, flat_b, strict=True):
             assert torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y, key
+
+
+def test_composite_resume_against_another_backbone_file_is_refused(tmp_path, composite_args):
+    run = tmp_path / "run"
+    first = run_script(*composite_args(run, "--epochs", "1"))
+    assert first.returncode == 0, first.stderr
+    backbone = tmp_path / "pips_cnn.pth"
+    payload = load_checkpoint(backbone)
+    first_weight = next(iter(payload["state_dict"]))
+    payload["state_dict"][first_weight] += 0.01  # as if the backbone had been made again
+    torch.save(payload, backbone)
+    metrics_before = (run / "metrics.csv").read_text()
+
+    resumed = run_script(*composite_args(run, "--resume", "auto"))
+    assert resumed.returncode == 2
+    assert resumed.stderr.startswith(f"error: {backbone}: the PIPS backbone's weights are not ")
+    assert resumed.stderr.count("\n") == 1 and "put that file back" in resumed.stderr
+    assert not (run / "checkpoint_epoch_002.pth").exists()
+    assert (run / "metrics.csv").read_text() == metrics_before
