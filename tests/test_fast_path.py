@@ -45,12 +45,17 @@ def plain_epoch(
     return {k: v / steps for k, v in totals.items()}, vae.state_dict()
 
 
-def test_fast_and_plain_paths_agree(tmp_path):
-    root = make_mnist_root(tmp_path / "mnist", n_train=4096, n_test=128)
+def one_epoch_of_simple(tmp_path, n_train: int) -> tuple:
+    """(model config, train config for 1 epoch, train split, test split) on synthetic MNIST."""
+    root = make_mnist_root(tmp_path / "mnist", n_train=n_train, n_test=128)
     model_cfg = load_model_config(REPO / "configs/model_simple_config.json")
     train_cfg = load_train_config(REPO / "configs/train_simple_config.json")
     train_cfg.num_epochs = 1
-    train_set, val_set = load_mnist(root, "train"), load_mnist(root, "test")
+    return model_cfg, train_cfg, load_mnist(root, "train"), load_mnist(root, "test")
+
+
+def test_fast_and_plain_paths_agree(tmp_path):
+    model_cfg, train_cfg, train_set, val_set = one_epoch_of_simple(tmp_path, n_train=4096)
 
     summary = train("simple", model_cfg, train_cfg, train_set, val_set, torch.device("cpu"),
                     tmp_path / "run")  # fmt: skip
@@ -62,12 +67,14 @@ def test_fast_and_plain_paths_agree(tmp_path):
         assert summary.last_row[f"train_{name}"] == pytest.approx(value, rel=1e-6), name
     for name, tensor in same_state.items():
         torch.testing.assert_close(fast_state[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
-    # Stock Adam: per step the two kernels differ by one rounding (about 1e-7); over 32 steps the
-    # epoch's mean terms still agree to 1e-3.
+    # Stock Adam: per step the two kernels differ by one rounding (about 1e-7), which 32 steps
+    # amplify by chance: over seeds 42, 1, 2, 3 at 1 and 2 threads the epoch's mean terms differed
+    # by up to 8e-4 (loss, recon) and 2.2e-3 (kl, a small term), so the bound is 1e-2. Any change
+    # of batching, schedule or loss is caught at 1e-6 above.
     stock_terms, _ = plain_epoch(model_cfg, train_cfg, train_set.images, fused=False)
     for name, value in stock_terms.items():
         fast = summary.last_row[f"train_{name}"]
-        assert math.isfinite(fast) and fast == pytest.approx(value, rel=1e-3), name
+        assert math.isfinite(fast) and fast == pytest.approx(value, rel=1e-2), name
 
 
 def test_metrics_csv_writes_integers_and_short_floats(tmp_path):
@@ -77,11 +84,7 @@ def test_metrics_csv_writes_integers_and_short_floats(tmp_path):
 
 
 def test_bfloat16_autocast_keeps_float32_weights_and_tracks_the_float32_run(tmp_path):
-    root = make_mnist_root(tmp_path / "mnist", n_train=2048, n_test=128)
-    model_cfg = load_model_config(REPO / "configs/model_simple_config.json")
-    train_cfg = load_train_config(REPO / "configs/train_simple_config.json")
-    train_cfg.num_epochs = 1
-    train_set, val_set = load_mnist(root, "train"), load_mnist(root, "test")
+    model_cfg, train_cfg, train_set, val_set = one_epoch_of_simple(tmp_path, n_train=2048)
     rows = {}
     for precision in ("float32", "bfloat16"):
         train_cfg.precision = precision
