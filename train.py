@@ -58,7 +58,7 @@ from utils.config import (
 from utils.dataset import load_mnist
 from utils.distributed import Cluster, join
 from utils.errors import CheckpointError, UserError
-from utils.misc import pick_device, run_cli
+from utils.misc import keep_freed_memory, pick_device, run_cli
 
 RUN_FILES = (
     "metrics.csv",
@@ -257,6 +257,7 @@ def resume_command(save_dir: Path, launcher: str) -> str:
 
 def main() -> None:
     args = parse_args()
+    keep_freed_memory()
     with join(pick_device(args.device)) as cluster:
         run(args, cluster)
 

@@ -3,8 +3,9 @@ about missing weights."""
 
 import pytest
 import torch
+from torch import nn
 
-from model.pips import build_pips, vgg16_weights_file
+from model.pips import PIPS, build_pips, vgg16_weights_file
 from utils.classifier import make_network
 from utils.config import PIPSConfig
 from utils.dataset import load_mnist
@@ -34,6 +35,37 @@ def pips(request):
 def test_identical_images_are_at_distance_zero(pips):
     x = torch.rand(3, 1, 28, 28)
     assert pips(x, x.clone()).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_distance_by_hand_on_a_two_channel_identity_slice():
+    # Image 1: unit((3, 4)) = (0.6, 0.8) against unit((1, 0)) = (1, 0): (0.16 + 0.64) / 2 = 0.4.
+    # Image 2: a zero feature vector stays zero; against unit((0, 2)) = (0, 1): 1 / 2 = 0.5.
+    pips = PIPS([nn.Identity()], input_size=1, imagenet=False)
+    x_hat = torch.tensor([[3.0, 4.0], [0.0, 0.0]]).view(2, 2, 1, 1)
+    x = torch.tensor([[1.0, 0.0], [0.0, 2.0]]).view(2, 2, 1, 1)
+    assert pips(x_hat, x).item() == pytest.approx((0.4 + 0.5) / 2, abs=1e-6)
+
+
+def direct_distance(pips: PIPS, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The formula as written: unit-normalise, squared differences, mean, sum, batch mean."""
+
+    def unit(f: torch.Tensor) -> torch.Tensor:
+        return f / (f.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-10)
+
+    pairs = zip(pips.slice_outputs(x_hat), pips.slice_outputs(x), strict=True)
+    return sum((unit(a) - unit(b)).pow(2).mean(dim=(1, 2, 3)) for a, b in pairs).mean()
+
+
+def test_expanded_form_equals_the_direct_formula_in_value_and_gradient(pips):
+    torch.manual_seed(1)
+    x = torch.rand(4, 1, 28, 28)
+    x_hat = (x + 0.2 * torch.randn_like(x)).clamp(0, 1).requires_grad_(True)
+    fast = pips(x_hat, x)
+    (fast_grad,) = torch.autograd.grad(fast, x_hat)
+    direct = direct_distance(pips, x_hat, x)
+    (direct_grad,) = torch.autograd.grad(direct, x_hat)
+    assert fast.item() == pytest.approx(direct.item(), rel=1e-5)
+    assert (fast_grad - direct_grad).norm() <= 1e-5 * direct_grad.norm()
 
 
 def test_different_images_are_at_positive_distance_symmetric(pips):
