@@ -15,6 +15,8 @@ Measured in one run on one machine, so the ratios compare like with like:
    epochs);
 4. the composite scheme's epoch with the MNIST perceptual backbone against its own floor, when
    configs/model_composite_mnist_config.json exists;
+   and the simple epoch again with the opt-in bfloat16 autocast (train config "precision"), whose
+   arithmetic differs, as a separate row;
 5. start-up: from launching `python train.py` to its start line (data loaded, model about to take
    step 1); and infer.py's grid (load, decode, save PNG) after imports.
 The two epoch measurements alternate, one epoch each, so a load that comes and goes on the machine
@@ -66,10 +68,10 @@ def parse_args() -> argparse.Namespace:
 
 
 def project_epoch(configs: tuple[str, str], scheme: str, data_root: str, subset: int | None = None,
-                  val_size: int | None = None) -> float:  # fmt: skip
+                  val_size: int | None = None, precision: str = "float32") -> float:  # fmt: skip
     """Seconds of one epoch (train steps + validation) through the project's own loop."""
     model_cfg, train_cfg = load_model_config(configs[0]), load_train_config(configs[1])
-    train_cfg.num_epochs = 1
+    train_cfg.num_epochs, train_cfg.precision = 1, precision
     train_set = load_mnist(data_root, "train")
     val_set = load_mnist(data_root, "test")
     if subset is not None:
@@ -250,18 +252,22 @@ def main() -> None:
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")  # fmt: skip
     rates_before = best_float32_rate()
     usual = UsualProcess(args.data_root)
-    project_epoch(SIMPLE, "simple", args.data_root, subset=1280)  # warm-up
+    for precision in ("float32", "bfloat16"):  # warm-up
+        project_epoch(SIMPLE, "simple", args.data_root, subset=1280, precision=precision)
     usual.epoch()
-    ours, theirs = [], []
+    ours, theirs, ours_bf16 = [], [], []
     for rep in range(args.reps):
         ours.append(project_epoch(SIMPLE, "simple", args.data_root))
         theirs.append(usual.epoch())
-        print(f"  rep {rep + 1}: project {ours[-1]:.2f} s, usual {theirs[-1]:.2f} s", flush=True)
+        ours_bf16.append(project_epoch(SIMPLE, "simple", args.data_root, precision="bfloat16"))
+        print(f"  rep {rep + 1}: project {ours[-1]:.2f} s, usual {theirs[-1]:.2f} s, project "
+              f"bfloat16 {ours_bf16[-1]:.2f} s", flush=True)  # fmt: skip
     usual.close()
     results = {
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(), "reps": args.reps, "keep_freed_memory": allocator_kept,
         "simple_epoch_s": statistics.median(ours), "usual_epoch_s": statistics.median(theirs),
+        "simple_bf16_epoch_s": statistics.median(ours_bf16),
         "simple_epoch_flop": epoch_flops(SIMPLE, "simple", args.data_root),
     }  # fmt: skip
     composite_ready = Path(COMPOSITE_MNIST[0]).is_file()
@@ -282,12 +288,16 @@ def main() -> None:
             results[f"{scheme}_epoch_s"] / results[f"{scheme}_floor_s"]
         )
     results["speedup_vs_usual"] = results["usual_epoch_s"] / results["simple_epoch_s"]
+    results["bf16_speedup_vs_usual"] = results["usual_epoch_s"] / results["simple_bf16_epoch_s"]
     results["startup_s"] = startup_seconds(args.data_root)
     results["infer_grid_s"] = grid_seconds()
 
     print(f"\nsimple epoch (project)    {results['simple_epoch_s']:7.2f} s   median of {args.reps}")
     print(f"simple epoch (usual way)  {results['usual_epoch_s']:7.2f} s   "
           f"project is {results['speedup_vs_usual']:.2f}x faster")  # fmt: skip
+    print(f"simple epoch, bfloat16    {results['simple_bf16_epoch_s']:7.2f} s   "
+          f"{results['bf16_speedup_vs_usual']:.2f}x faster than the usual way (opt-in "
+          "precision, other arithmetic)")  # fmt: skip
     print(f"best float32 rates        GEMM {results['gemm_gflops']:.0f} GFLOP/s, convolution "
           f"{results['conv_gflops']:.0f} GFLOP/s")  # fmt: skip
     print(f"simple floor              {results['simple_floor_s']:7.2f} s   "

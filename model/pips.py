@@ -122,6 +122,16 @@ class PIPS(nn.Module):
         return per_image.mean()
 
 
+def direct_distance(pips: PIPS, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """PIPS computed as the formula is written (unit-normalise both feature maps, squared
+    differences, mean, sum over slices, batch mean): the reference that tests/test_pips.py and
+    bench_ab.py hold the expanded form in `PIPS.forward` against."""
+    pairs = zip(pips.slice_outputs(x_hat), pips.slice_outputs(x), strict=True)
+    return sum(
+        (_unit_channels(a) - _unit_channels(b)).pow(2).mean(dim=(1, 2, 3)) for a, b in pairs
+    ).mean()
+
+
 def build_pips(config: PIPSConfig) -> PIPS:
     """The PIPS loss of `config`. mnist_cnn reads config.weights_path, which must exist already
     (train.py makes it first; so does `python make_networks.py --network pips`)."""

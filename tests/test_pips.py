@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from model.pips import PIPS, build_pips, vgg16_weights_file
+from model.pips import PIPS, build_pips, direct_distance, vgg16_weights_file
 from utils.classifier import make_network
 from utils.config import PIPSConfig
 from utils.dataset import load_mnist
@@ -44,16 +44,6 @@ def test_distance_by_hand_on_a_two_channel_identity_slice():
     x_hat = torch.tensor([[3.0, 4.0], [0.0, 0.0]]).view(2, 2, 1, 1)
     x = torch.tensor([[1.0, 0.0], [0.0, 2.0]]).view(2, 2, 1, 1)
     assert pips(x_hat, x).item() == pytest.approx((0.4 + 0.5) / 2, abs=1e-6)
-
-
-def direct_distance(pips: PIPS, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """The formula as written: unit-normalise, squared differences, mean, sum, batch mean."""
-
-    def unit(f: torch.Tensor) -> torch.Tensor:
-        return f / (f.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-10)
-
-    pairs = zip(pips.slice_outputs(x_hat), pips.slice_outputs(x), strict=True)
-    return sum((unit(a) - unit(b)).pow(2).mean(dim=(1, 2, 3)) for a, b in pairs).mean()
 
 
 def test_expanded_form_equals_the_direct_formula_in_value_and_gradient(pips):
