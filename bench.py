@@ -13,14 +13,15 @@ Measured in one run on one machine, so the ratios compare like with like:
    training steps and validation), matrix products at the best float32 GEMM rate measured here
    and convolutions at the best convolution rate (each the fastest run, before or after the
    epochs);
-4. the composite scheme's epoch with the MNIST perceptual backbone against its own floor, when
-   configs/model_composite_mnist_config.json exists;
-   and the simple epoch again with the opt-in bfloat16 autocast (train config "precision"), whose
-   arithmetic differs, as a separate row;
-5. start-up: from launching `python train.py` to its start line (data loaded, model about to take
+4. the composite scheme's epoch with the MNIST perceptual backbone against its own floor (the
+   backbone is trained first, about a minute, when its file is missing);
+5. the simple epoch again under the opt-in bfloat16 autocast (train config "precision"), whose
+   arithmetic differs: a row of its own;
+6. start-up: from launching `python train.py` to its start line (data loaded, model about to take
    step 1); and infer.py's grid (load, decode, save PNG) after imports.
-The two epoch measurements alternate, one epoch each, so a load that comes and goes on the machine
-hits both alike. Medians are reported. Nothing here is asserted: it prints figures and writes JSON.
+The three simple-scheme epochs (1, 2, 5) alternate, one each, so a load that comes and goes on the
+machine hits them alike. Medians are reported. Nothing here is asserted: it prints figures and
+writes JSON, with the CPU's model and the instruction sets that decide its rates.
 """
 
 import argparse
@@ -29,6 +30,7 @@ import io
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -43,6 +45,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from model.vae import VAE
 from training_schemes import adam_with_schedule, train
+from utils.classifier import make_network
 from utils.config import load_model_config, load_train_config
 from utils.dataset import load_mnist
 from utils.loss import BetaVAELoss
@@ -54,6 +57,10 @@ COMPOSITE_MNIST = (
     "configs/model_composite_mnist_config.json",
     "configs/train_composite_config.json",
 )
+# The operations FlopCounterMode counts, by the rate that bounds them.
+GEMM_OPS = {"aten.mm", "aten.addmm", "aten.bmm", "aten.baddbmm"}
+CONV_OPS = {"aten.convolution", "aten._convolution", "aten.convolution_backward"}
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")
 
 
 def parse_args() -> argparse.Namespace:
@@ -137,7 +144,7 @@ def usual_worker(data_root: str) -> None:
         print(usual.epoch(), flush=True)
 
 
-class UsualProcess:
+class UsualProcess(contextlib.AbstractContextManager):
     """Runs the usual pipeline's epochs, on request, in a child process (`--usual_worker`)."""
 
     def __init__(self, data_root: str):
@@ -149,9 +156,12 @@ class UsualProcess:
     def epoch(self) -> float:
         self.proc.stdin.write("\n")
         self.proc.stdin.flush()
-        return float(self.proc.stdout.readline())
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the usual pipeline's process ended (exit {self.proc.wait()})")
+        return float(line)
 
-    def close(self) -> None:
+    def __exit__(self, *exc) -> None:
         self.proc.stdin.close()
         self.proc.wait()
 
@@ -169,9 +179,12 @@ def epoch_flops(configs: tuple[str, str], scheme: str, data_root: str) -> dict[s
     for steps in (1, 3):
         with FlopCounterMode(display=False) as counter:
             project_epoch(configs, scheme, data_root, subset=steps * train_bs, val_size=128)
-        by_op = counter.get_flop_counts()["Global"]
-        conv = sum(n for op, n in by_op.items() if "convolution" in str(op))
-        counts.append({"conv": conv, "gemm": sum(by_op.values()) - conv})
+        by_op = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
+        unrated = set(by_op) - GEMM_OPS - CONV_OPS
+        if unrated:
+            raise RuntimeError(f"no rate measured for the counted operations {sorted(unrated)}")
+        counts.append({kind: sum(n for op, n in by_op.items() if op in ops)
+                       for kind, ops in (("gemm", GEMM_OPS), ("conv", CONV_OPS))})  # fmt: skip
     flops = {}
     for kind in ("gemm", "conv"):
         per_step = (counts[1][kind] - counts[0][kind]) / 2
@@ -181,9 +194,9 @@ def epoch_flops(configs: tuple[str, str], scheme: str, data_root: str) -> dict[s
 
 
 def best_float32_rate(reps: int = 5) -> dict[str, float]:
-    """Best float32 matrix-product rates (FLOP/s) at this thread count: square GEMMs (torch.mm)
-    and a 3x3 convolution (run by another library than torch.mm on the CPU, and possibly by
-    Winograd's algorithm, which needs fewer multiplications than the nominal count).
+    """Best float32 matrix-product rates (FLOP/s) at this thread count: square GEMMs (torch.mm,
+    MKL's sgemm on the CPU) and a 3x3 convolution (oneDNN's direct convolution on the CPU, which
+    may use wider vector instructions than the GEMM library does on a given CPU).
 
     Each rate is taken from the fastest of `reps` runs, so a moment of load elsewhere on the
     machine lowers no rate."""
@@ -242,44 +255,63 @@ def grid_seconds(reps: int = 5) -> float:
     return statistics.median(times)
 
 
+def cpu() -> dict:
+    """The CPU's model name and which of CPU_FLAGS it has (Linux; the platform's name elsewhere)."""
+    info = Path("/proc/cpuinfo")
+    text = info.read_text() if info.is_file() else ""
+    model = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
+    flags = re.search(r"^flags\s*:\s*(.+)$", text, re.MULTILINE)
+    present = set(flags.group(1).split()) if flags else set()
+    return {"model": model.group(1) if model else platform.processor() or platform.machine(),
+            "flags": [f for f in CPU_FLAGS if f in present]}  # fmt: skip
+
+
+def make_pips_backbone_if_missing(data_root: str) -> None:
+    """Train the composite scheme's MNIST PIPS backbone first when its file is missing, as
+    train.py would at the start of a composite run."""
+    path = Path(load_model_config(COMPOSITE_MNIST[0]).pips_config.weights_path)
+    if not path.is_file():
+        print(f"{path}: missing; training it first (about a minute on 2 cores)", flush=True)
+        make_network("pips", path, load_mnist(data_root, "train"), load_mnist(data_root, "test"))
+
+
 def main() -> None:
     args = parse_args()
     if args.usual_worker:
         usual_worker(args.data_root)
         return
     allocator_kept = keep_freed_memory()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+    machine = cpu()
+    print(f"machine: {machine['model']} ({', '.join(machine['flags'])}), {os.cpu_count()} cores, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")  # fmt: skip
+    make_pips_backbone_if_missing(args.data_root)
     rates_before = best_float32_rate()
-    usual = UsualProcess(args.data_root)
-    for precision in ("float32", "bfloat16"):  # warm-up
-        project_epoch(SIMPLE, "simple", args.data_root, subset=1280, precision=precision)
-    usual.epoch()
     ours, theirs, ours_bf16 = [], [], []
-    for rep in range(args.reps):
-        ours.append(project_epoch(SIMPLE, "simple", args.data_root))
-        theirs.append(usual.epoch())
-        ours_bf16.append(project_epoch(SIMPLE, "simple", args.data_root, precision="bfloat16"))
-        print(f"  rep {rep + 1}: project {ours[-1]:.2f} s, usual {theirs[-1]:.2f} s, project "
-              f"bfloat16 {ours_bf16[-1]:.2f} s", flush=True)  # fmt: skip
-    usual.close()
+    with UsualProcess(args.data_root) as usual:
+        for precision in ("float32", "bfloat16"):  # warm-up
+            project_epoch(SIMPLE, "simple", args.data_root, subset=1280, precision=precision)
+        usual.epoch()
+        for rep in range(args.reps):
+            ours.append(project_epoch(SIMPLE, "simple", args.data_root))
+            theirs.append(usual.epoch())
+            ours_bf16.append(project_epoch(SIMPLE, "simple", args.data_root, precision="bfloat16"))
+            print(f"  rep {rep + 1}: project {ours[-1]:.2f} s, usual {theirs[-1]:.2f} s, project "
+                  f"bfloat16 {ours_bf16[-1]:.2f} s", flush=True)  # fmt: skip
     results = {
-        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "cpu": machine, "torch": torch.__version__, "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(), "reps": args.reps, "keep_freed_memory": allocator_kept,
         "simple_epoch_s": statistics.median(ours), "usual_epoch_s": statistics.median(theirs),
         "simple_bf16_epoch_s": statistics.median(ours_bf16),
         "simple_epoch_flop": epoch_flops(SIMPLE, "simple", args.data_root),
     }  # fmt: skip
-    composite_ready = Path(COMPOSITE_MNIST[0]).is_file()
-    if composite_ready:
-        composite = [project_epoch(COMPOSITE_MNIST, "composite", args.data_root)
-                     for _ in range(args.reps)]  # fmt: skip
-        results["composite_epoch_s"] = statistics.median(composite)
-        results["composite_epoch_flop"] = epoch_flops(COMPOSITE_MNIST, "composite", args.data_root)
+    composite = [project_epoch(COMPOSITE_MNIST, "composite", args.data_root)
+                 for _ in range(args.reps)]  # fmt: skip
+    results["composite_epoch_s"] = statistics.median(composite)
+    results["composite_epoch_flop"] = epoch_flops(COMPOSITE_MNIST, "composite", args.data_root)
     rates_after = best_float32_rate()
     for kind in rates_before:
         results[f"{kind}_gflops"] = max(rates_before[kind], rates_after[kind]) / 1e9
-    for scheme in ("simple", "composite") if composite_ready else ("simple",):
+    for scheme in ("simple", "composite"):
         flops = results[f"{scheme}_epoch_flop"]
         results[f"{scheme}_floor_s"] = sum(
             flops[kind] / (1e9 * results[f"{kind}_gflops"]) for kind in flops
@@ -302,12 +334,9 @@ def main() -> None:
           f"{results['conv_gflops']:.0f} GFLOP/s")  # fmt: skip
     print(f"simple floor              {results['simple_floor_s']:7.2f} s   "
           f"project is {results['simple_over_floor']:.2f}x the floor")  # fmt: skip
-    if composite_ready:
-        print(f"composite epoch (MNIST)   {results['composite_epoch_s']:7.2f} s   "
-              f"{results['composite_over_floor']:.2f}x its floor of "
-              f"{results['composite_floor_s']:.2f} s")  # fmt: skip
-    else:
-        print(f"composite epoch           not measured: {COMPOSITE_MNIST[0]} is missing")
+    print(f"composite epoch (MNIST)   {results['composite_epoch_s']:7.2f} s   "
+          f"{results['composite_over_floor']:.2f}x its floor of "
+          f"{results['composite_floor_s']:.2f} s")  # fmt: skip
     print(f"start-up to first step    {results['startup_s']:7.2f} s")
     print(f"infer.py grid             {results['infer_grid_s']:7.2f} s   after imports")
     out = Path(args.out)

@@ -1,37 +1,44 @@
-"""A/B timings of the training loop's choices, each against its alternative, side by side.
+"""A/B timings of the training loop's choices, each against its alternative, side by side, and
+where a step's time goes.
 
     python bench_ab.py --data_root data/
     python bench_ab.py --data_root data/ --bursts 11 --out results/bench_ab.json
 
-Each pair alternates bursts of steps (or of PIPS forward + backward passes) in one process, so a
-load that comes and goes hits both alike, and prints the medians in ms and their ratio. The
-allocator pair alternates child processes instead, since the setting holds for a whole process.
+Each pair alternates bursts of steps in one process, so a load that comes and goes hits both
+alike, and prints the medians in ms per step and their ratio. The host-memory pair alternates
+child processes instead (the setting holds for a whole process) and also counts page faults.
 
     adam            fused kernel (kept)          vs stock Adam                 simple step
-    dropout         nn.Dropout (kept)            vs a torch.rand < p mask      simple step
+    dropout         nn.Dropout (kept)            vs a torch.rand >= p mask     simple step
     memory format   channels-last (kept)         vs contiguous critic + PIPS   composite step
-    pips distance   expanded form (kept)         vs the direct formula         PIPS fwd + bwd
-    allocator       freed memory kept (kept)     vs glibc's defaults           both steps
+    pips distance   expanded form (kept)         vs the direct formula         composite step
+    host memory     freed memory kept (kept)     vs glibc's defaults           both steps
 
-A step is what training_schemes.train does per batch (forward, loss, backward, optimiser steps;
-the critic's update included), on real MNIST batches, the critic switched on. Nothing here is
-asserted: it prints figures and writes JSON.
+A step is what training_schemes.train does per batch (forward, loss, backward, optimiser and
+scheduler steps, the critic's update included), on real MNIST batches, past beta's warm-up with
+the critic on; this process keeps freed memory as train.py does. Then the torch profiler splits
+one step of each scheme into matrix products, convolutions, dropout masks, Adam and the rest.
+Nothing here is asserted: it prints figures and writes JSON.
 """
 
 import argparse
 import json
+import resource
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.profiler import ProfilerActivity, profile
 
+from bench import cpu, make_pips_backbone_if_missing
 from model.components import LinearLayer
-from model.pips import build_pips, direct_distance
+from model.pips import direct_distance
 from model.vae import VAE
 from training_schemes import adam_with_schedule, build_loss
 from utils.config import load_model_config, load_train_config
@@ -47,6 +54,14 @@ CONFIGS = {
     ),
 }
 BURST = {"simple": 20, "composite": 3}  # steps per burst: about 0.3 s and 0.6 s on 2 cores
+ALLOCATOR_RUNS = 5  # child processes per allocator variant and scheme
+# Profiler operations by what they do; everything else is "the rest".
+OP_KINDS = {
+    "matrix products": {"aten::mm", "aten::addmm"},
+    "convolutions": {"aten::mkldnn_convolution", "aten::convolution_backward"},
+    "dropout masks": {"aten::bernoulli_"},
+    "Adam": {"aten::_fused_adam_"},
+}
 
 
 def parse_args() -> argparse.Namespace:
@@ -72,7 +87,7 @@ class RandMaskDropout(nn.Dropout):
 
 def training_step(
     scheme: str, images: torch.Tensor, fused: bool = True, channels_last: bool = True,
-    rand_dropout: bool = False,
+    rand_dropout: bool = False, direct_pips: bool = False,
 ) -> Callable[[int], None]:  # fmt: skip
     """One optimisation step of `scheme` as the loop takes it, on batch `i` of `images`."""
     model_cfg = load_model_config(CONFIGS[scheme][0])
@@ -88,12 +103,16 @@ def training_step(
     loss_fn = build_loss(scheme, model_cfg, train_cfg, steps_per_epoch, total)
     if not channels_last:
         loss_fn.to(memory_format=torch.contiguous_format)
+    if direct_pips:
+        loss_fn.pips.forward = partial(direct_distance, loss_fn.pips)
     opt_g, sched_g = adam_with_schedule(
         vae.parameters(), train_cfg.optimizer.params_g, total, fused=fused
     )
     critic = loss_fn.discriminator if isinstance(loss_fn, CompositeLoss) else None
     if critic is not None:
-        opt_d, _ = adam_with_schedule(critic.parameters(), train_cfg.optimizer.params_d, total)
+        opt_d, sched_d = adam_with_schedule(
+            critic.parameters(), train_cfg.optimizer.params_d, total
+        )
     step_on = total // 2  # past beta's warm-up and the critic's switch-on
     bs = train_cfg.train_bs
 
@@ -110,22 +129,9 @@ def training_step(
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             opt_d.step()
+            sched_d.step()
 
     return step
-
-
-def pips_pass(images: torch.Tensor, direct: bool) -> Callable[[int], None]:
-    """PIPS forward + backward on a batch of 128 against a noisy copy, either form."""
-    pips_cfg = load_model_config(CONFIGS["composite"][0]).pips_config
-    pips = build_pips(pips_cfg).to(memory_format=torch.channels_last)  # as build_loss makes it
-    torch.manual_seed(0)
-    x = images[:128]
-    x_hat = (x + 0.2 * torch.randn_like(x)).clamp(0, 1).requires_grad_(True)
-
-    def one_pass(_: int) -> None:
-        (direct_distance(pips, x_hat, x) if direct else pips(x_hat, x)).backward()
-
-    return one_pass
 
 
 def alternate(variants: dict[str, Callable[[int], None]], burst: int, bursts: int) -> dict:
@@ -141,63 +147,99 @@ def alternate(variants: dict[str, Callable[[int], None]], burst: int, bursts: in
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def child(scheme: str, allocator: str, data_root: str) -> None:
-    """--child: median ms per step of `scheme` in this process, with or without kept memory."""
+def child(scheme: str, allocator: str, data_root: str, bursts: int) -> None:
+    """--child: this process's median ms per step of `scheme` and minor page faults per step,
+    with or without kept memory, as one JSON line."""
     if allocator == "keep":
         keep_freed_memory()
-    images = load_mnist(data_root, "train").images
-    print(alternate({scheme: training_step(scheme, images)}, BURST[scheme], 3)[scheme])
+    step = training_step(scheme, load_mnist(data_root, "train").images)
+    for i in range(BURST[scheme]):  # the first steps fault their memory in, kept or not
+        step(i)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    ms = alternate({scheme: step}, BURST[scheme], bursts)[scheme]
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    print(json.dumps({"ms": ms, "faults": faults / ((bursts + 1) * BURST[scheme])}))
 
 
-def allocator_pair(scheme: str, data_root: str, runs: int) -> dict:
-    """Median ms per step over alternating child processes, freed memory kept and not."""
-    times: dict[str, list[float]] = {"keep": [], "default": []}
-    for _ in range(runs):
-        for mode in times:
+def allocator_pair(scheme: str, data_root: str, bursts: int) -> tuple[dict, dict]:
+    """Median ms per step, and page faults per step, over alternating child processes."""
+    runs: dict[str, list[dict]] = {"keep": [], "default": []}
+    for _ in range(ALLOCATOR_RUNS):
+        for mode, results in runs.items():
             out = subprocess.run(
                 [sys.executable, __file__, "--child", mode, "--scheme", scheme,
-                 "--data_root", data_root],
+                 "--data_root", data_root, "--bursts", str(bursts)],
                 check=True, capture_output=True, text=True,
             ).stdout  # fmt: skip
-            times[mode].append(float(out))
-    return {mode: statistics.median(t) for mode, t in times.items()}
+            results.append(json.loads(out))
+    return tuple(
+        {mode: statistics.median(r[key] for r in results) for mode, results in runs.items()}
+        for key in ("ms", "faults")
+    )
+
+
+def time_breakdown(step: Callable[[int], None], steps: int = 10) -> dict[str, float]:
+    """ms per step of each kind in OP_KINDS and of the rest, from the torch profiler's self times
+    (after a warm-up of the same length)."""
+    for i in range(steps):
+        step(i)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i in range(steps):
+            step(i)
+    ms = {kind: 0.0 for kind in (*OP_KINDS, "the rest")}
+    for event in prof.key_averages():
+        kind = next((k for k, ops in OP_KINDS.items() if event.key in ops), "the rest")
+        ms[kind] += event.self_cpu_time_total / 1e3 / steps
+    return ms
 
 
 def main() -> None:
     args = parse_args()
     if args.child:
-        child(args.scheme, args.child, args.data_root)
+        child(args.scheme, args.child, args.data_root, args.bursts)
         return
+    keep_freed_memory()
+    make_pips_backbone_if_missing(args.data_root)
     images = load_mnist(args.data_root, "train").images
+    simple, composite = (partial(training_step, s, images) for s in ("simple", "composite"))
     pairs = {
         "adam (simple step)": alternate(
-            {"fused": training_step("simple", images),
-             "stock": training_step("simple", images, fused=False)},
-            BURST["simple"], args.bursts),
+            {"fused": simple(), "stock": simple(fused=False)}, BURST["simple"], args.bursts),
         "dropout (simple step)": alternate(
-            {"nn.Dropout": training_step("simple", images),
-             "rand mask": training_step("simple", images, rand_dropout=True)},
+            {"nn.Dropout": simple(), "rand mask": simple(rand_dropout=True)},
             BURST["simple"], args.bursts),
         "memory format (composite step)": alternate(
-            {"channels-last": training_step("composite", images),
-             "contiguous": training_step("composite", images, channels_last=False)},
+            {"channels-last": composite(), "contiguous": composite(channels_last=False)},
             BURST["composite"], args.bursts),
-        "pips distance (fwd + bwd)": alternate(
-            {"expanded": pips_pass(images, direct=False),
-             "direct": pips_pass(images, direct=True)},
-            10, args.bursts),
+        "pips distance (composite step)": alternate(
+            {"expanded": composite(), "direct": composite(direct_pips=True)},
+            BURST["composite"], args.bursts),
     }  # fmt: skip
+    faults = {}
     for scheme in CONFIGS:
-        pairs[f"allocator ({scheme} step)"] = allocator_pair(scheme, args.data_root, runs=5)
+        pairs[f"host memory ({scheme} step)"], faults[scheme] = allocator_pair(
+            scheme, args.data_root, args.bursts
+        )
+    breakdown = {scheme: time_breakdown(build()) for scheme, build in
+                 (("simple", simple), ("composite", composite))}  # fmt: skip
 
     print(f"{'pair':32} {'kept':>22} {'alternative':>22}  ratio")
     for pair, medians in pairs.items():
         (kept, a), (other, b) = medians.items()
         print(f"{pair:32} {kept:>12} {a:6.2f} ms {other:>12} {b:6.2f} ms  {b / a:.2f}x")
+    for scheme, counts in faults.items():
+        print(f"minor page faults per {scheme} step: kept {counts['keep']:.0f}, "
+              f"defaults {counts['default']:.0f}")  # fmt: skip
+    for scheme, ms in breakdown.items():
+        parts = ", ".join(f"{kind} {t:.1f}" for kind, t in ms.items())
+        print(f"{scheme} step, {sum(ms.values()):.1f} ms (profiled): {parts}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),
-                               "bursts": args.bursts, "ms": pairs}, indent=2) + "\n")  # fmt: skip
+    out.write_text(json.dumps({
+        "cpu": cpu(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "bursts": args.bursts, "burst_steps": BURST, "allocator_runs": ALLOCATOR_RUNS,
+        "ms": pairs, "page_faults_per_step": faults, "profiled_ms_per_step": breakdown,
+    }, indent=2) + "\n")  # fmt: skip
     print(f"-> {out}")
 
 

@@ -2,7 +2,7 @@
 
 For each slice, both feature maps are unit-normalised along channels, squared differences are
 averaged over (C, H, W) per image, the slice terms are summed, and the batch is averaged.
-(Computed in an expanded form, equal within float rounding: see `_distance_to_unit`.)
+(Computed in an expanded form, equal within float rounding: see `_mean_sq_distance_to_unit_target`.)
 The backbones differ only in their slices and input preparation:
 
     vgg16:     five slices of VGG16 `features` (the reference); grayscale repeated to 3 channels,
@@ -51,27 +51,33 @@ def _vgg16_features(weights: str) -> nn.Sequential:
 EPS = 1e-10  # added to each pixel's channel norm before dividing by it
 
 
+def _channel_norm(features: torch.Tensor) -> torch.Tensor:
+    """|f| over channels, (N, C, H, W) -> (N, H, W); its gradient is 0, not NaN, where f = 0."""
+    return torch.linalg.vector_norm(features, dim=1)
+
+
 def _unit_channels(features: torch.Tensor) -> torch.Tensor:
-    return features / (features.pow(2).sum(dim=1, keepdim=True).sqrt() + EPS)
+    return features / (_channel_norm(features).unsqueeze(1) + EPS)
 
 
-def _distance_to_unit(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def _mean_sq_distance_to_unit_target(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per image, the mean over (C, H, W) of (unit(features) - target)^2, where `target` is
-    already unit-normalised along channels. Features (N, C, H, W); returns (N,).
+    already unit-normalised along channels. Both (N, C, H, W); returns (N,), float32.
 
     Expanded per pixel as |f|^2 / n^2 - 2 f.t / n + |t|^2 with n = |f| + EPS, the full-size
-    tensors take two products instead of a dozen elementwise passes forward and backward (a
-    quarter of the PIPS time of a composite step on the CPU). In float32 also under a bfloat16
-    autocast, since the three terms nearly cancel for similar images.
+    tensors take two products instead of a dozen elementwise passes forward and backward
+    (bench_ab.py times both forms). The terms nearly cancel for similar images, so they are
+    computed in float32, also under a bfloat16 autocast, and rounding below 0 is clamped. For
+    near-identical images the value's rounding error is absolute (up to 1e-8) and the gradient's
+    up to twice the direct form's (tests/test_pips.py checks both against float64).
     """
     features, target = features.float(), target.float()
-    squared = features.pow(2).sum(dim=1)
-    norm = squared.sqrt() + EPS
+    norm = _channel_norm(features)
     per_pixel = (
-        squared / norm.pow(2) - 2 * (features * target).sum(dim=1) / norm
+        norm.pow(2) / (norm + EPS).pow(2) - 2 * (features * target).sum(dim=1) / (norm + EPS)
         + target.pow(2).sum(dim=1)
     )  # fmt: skip
-    return per_pixel.mean(dim=(1, 2)) / features.shape[1]
+    return per_pixel.clamp(min=0).mean(dim=(1, 2)) / features.shape[1]
 
 
 class PIPS(nn.Module):
@@ -106,7 +112,8 @@ class PIPS(nn.Module):
         return x
 
     def slice_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Each slice's feature map for images `x`, before normalisation."""
+        """Each slice's feature map (N, C_k, H_k, W_k), before normalisation, for images `x`
+        (N, C, H, W) in [0, 1]."""
         out, h = [], self._prepare(x)
         for layer in self.slices:
             h = layer(h)
@@ -115,17 +122,15 @@ class PIPS(nn.Module):
 
     def forward(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            targets = [_unit_channels(h) for h in self.slice_outputs(x)]
-        per_image = sum(
-            _distance_to_unit(h, t) for h, t in zip(self.slice_outputs(x_hat), targets, strict=True)
-        )
-        return per_image.mean()
+            targets = [_unit_channels(h.float()) for h in self.slice_outputs(x)]
+        pairs = zip(self.slice_outputs(x_hat), targets, strict=True)
+        return sum(_mean_sq_distance_to_unit_target(h, t) for h, t in pairs).mean()
 
 
 def direct_distance(pips: PIPS, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """PIPS computed as the formula is written (unit-normalise both feature maps, squared
-    differences, mean, sum over slices, batch mean): the reference that tests/test_pips.py and
-    bench_ab.py hold the expanded form in `PIPS.forward` against."""
+    """Reference only: PIPS as the formula is written (unit-normalise both feature maps, squared
+    differences, mean, sum over slices, batch mean), which tests/test_pips.py and bench_ab.py
+    hold `PIPS.forward`'s expanded form against. Same inputs and output as `PIPS.forward`."""
     pairs = zip(pips.slice_outputs(x_hat), pips.slice_outputs(x), strict=True)
     return sum(
         (_unit_channels(a) - _unit_channels(b)).pow(2).mean(dim=(1, 2, 3)) for a, b in pairs

@@ -29,11 +29,12 @@ def keep_freed_memory() -> bool:
     """Make glibc keep freed blocks up to 32 MiB for reuse instead of returning them to the OS.
 
     By default glibc hands large tensors back when they are freed, so every training step faults
-    its activations in again page by page: about 13,000 minor page faults per composite step
-    (5-10 % of it) and 380 per simple step on this project's 2-core CPU (bench.py). Kept, they cost
-    no memory beyond the peak that each step reaches anyway. Both limits must be set: a trim
-    limit alone also fixes the mmap limit at its 128 KiB default, which made steps 2.5x slower.
-    Returns False, changing nothing, where the C library is not glibc.
+    its activations in again page by page: thousands of minor page faults per composite step
+    (MNIST backbone) on this project's 2-core CPU, a few % of the step (bench_ab.py counts and
+    times both). The process then holds its highest memory mark for the rest of its life; blocks
+    over 32 MiB (the reference VGG16's 224x224 activations) still come and go. Both limits must
+    be set: a trim limit alone also fixes the mmap limit at its 128 KiB default, which made
+    steps 2.5x slower. Returns False, changing nothing, where the C library is not glibc.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
