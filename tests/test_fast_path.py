@@ -136,5 +136,7 @@ def test_kept_memory_spares_the_page_faults_of_reallocating_activations():
                                  check=True, capture_output=True, text=True).stdout)
         for mode in ("keep", "default")
     }  # fmt: skip
+    # Seen here: 18,000-27,000 faults with the defaults; kept, 0-1 alone and 784 once under a
+    # full test run (the machine's own memory management touches a few pages now and then).
     assert faults["default"] > 1000
-    assert faults["keep"] < 100
+    assert faults["keep"] * 10 < faults["default"]
