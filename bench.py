@@ -14,7 +14,7 @@ Measured in one run on one machine, so the ratios compare like with like:
    and convolutions at the best convolution rate (each the fastest run, before or after the
    epochs);
 4. the composite scheme's epoch with the MNIST perceptual backbone against its own floor (the
-   backbone is trained first, about a minute, when its file is missing);
+   backbone is trained first, under a minute, when its file is missing);
 5. the simple epoch again under the opt-in bfloat16 autocast (train config "precision"), whose
    arithmetic differs: a row of its own;
 6. start-up: from launching `python train.py` to its start line (data loaded, model about to take
@@ -271,7 +271,7 @@ def make_pips_backbone_if_missing(data_root: str) -> None:
     train.py would at the start of a composite run."""
     path = Path(load_model_config(COMPOSITE_MNIST[0]).pips_config.weights_path)
     if not path.is_file():
-        print(f"{path}: missing; training it first (about a minute on 2 cores)", flush=True)
+        print(f"{path}: missing; training it first (under a minute on 2 cores)", flush=True)
         make_network("pips", path, load_mnist(data_root, "train"), load_mnist(data_root, "test"))
 
 

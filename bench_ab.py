@@ -40,7 +40,7 @@ from bench import cpu, make_pips_backbone_if_missing
 from model.components import LinearLayer
 from model.pips import direct_distance
 from model.vae import VAE
-from training_schemes import adam_with_schedule, build_loss
+from training_schemes import Learners, adam_with_schedule, build_loss, optimisation_step
 from utils.config import load_model_config, load_train_config
 from utils.dataset import load_mnist
 from utils.loss import CompositeLoss
@@ -89,7 +89,8 @@ def training_step(
     scheme: str, images: torch.Tensor, fused: bool = True, channels_last: bool = True,
     rand_dropout: bool = False, direct_pips: bool = False,
 ) -> Callable[[int], None]:  # fmt: skip
-    """One optimisation step of `scheme` as the loop takes it, on batch `i` of `images`."""
+    """training_schemes.optimisation_step of `scheme` on batch `i` of `images`, as the loop takes
+    it, or with one of the alternatives switched in."""
     model_cfg = load_model_config(CONFIGS[scheme][0])
     train_cfg = load_train_config(CONFIGS[scheme][1])
     torch.manual_seed(0)
@@ -105,31 +106,19 @@ def training_step(
         loss_fn.to(memory_format=torch.contiguous_format)
     if direct_pips:
         loss_fn.pips.forward = partial(direct_distance, loss_fn.pips)
-    opt_g, sched_g = adam_with_schedule(
-        vae.parameters(), train_cfg.optimizer.params_g, total, fused=fused
-    )
-    critic = loss_fn.discriminator if isinstance(loss_fn, CompositeLoss) else None
-    if critic is not None:
-        opt_d, sched_d = adam_with_schedule(
-            critic.parameters(), train_cfg.optimizer.params_d, total
+    learners = Learners(vae, *adam_with_schedule(vae.parameters(), train_cfg.optimizer.params_g,
+                                                 total, fused=fused))  # fmt: skip
+    if isinstance(loss_fn, CompositeLoss):
+        learners.critic = loss_fn.discriminator
+        learners.opt_d, learners.sched_d = adam_with_schedule(
+            learners.critic.parameters(), train_cfg.optimizer.params_d, total
         )
     step_on = total // 2  # past beta's warm-up and the critic's switch-on
     bs = train_cfg.train_bs
 
     def step(i: int) -> None:
         x = images[(i % steps_per_epoch) * bs : (i % steps_per_epoch + 1) * bs]
-        x_hat, mu, logvar = vae(x)
-        loss, _ = loss_fn.generator_loss(x_hat, x, mu, logvar, step_on)
-        opt_g.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_g.step()
-        sched_g.step()
-        if critic is not None:
-            loss_d, _ = loss_fn.discriminator_loss(x_hat.detach(), x)
-            opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            opt_d.step()
-            sched_d.step()
+        optimisation_step(learners, loss_fn, x, step_on, train_cfg.precision)
 
     return step
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
@@ -35,7 +36,7 @@ from utils.config import ModelConfig, OptimizerParams, TrainConfig
 from utils.dataset import MNISTSplit, epoch_order, eval_batches, rank_share, train_batches
 from utils.distributed import Cluster, parameter_fingerprint
 from utils.errors import UserError
-from utils.loss import BetaVAELoss, CompositeLoss
+from utils.loss import BetaVAELoss, CompositeLoss, Terms
 from utils.metrics import MetricsLog
 from utils.misc import warmup_cosine
 from utils.tensorboard_log import TensorBoardLog
@@ -124,6 +125,48 @@ def forward_precision(device: torch.device, precision: str) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
 
 
+@dataclass
+class Learners:
+    """What an optimisation step updates: the VAE and, in the composite scheme, the critic, each
+    as the module to call (under torchrun its DistributedDataParallel wrapper), with its Adam and
+    LR schedule."""
+
+    vae: nn.Module
+    opt_g: torch.optim.Adam
+    sched_g: LambdaLR
+    critic: nn.Module | None = None
+    opt_d: torch.optim.Adam | None = None
+    sched_d: LambdaLR | None = None
+
+
+def optimisation_step(
+    learners: Learners, loss_fn: BetaVAELoss, x: torch.Tensor, step: int, precision: str
+) -> Terms:
+    """One batch `x` at global step `step`: the generator's update, then, from its switch-on
+    step, the critic's. Returns the step's detached loss terms (the critic's included)."""
+    with forward_precision(x.device, precision):
+        x_hat, mu, logvar = learners.vae(x)
+        loss, terms = loss_fn.generator_loss(x_hat, x, mu, logvar, step)
+    learners.opt_g.zero_grad(set_to_none=True)
+    loss.backward()
+    learners.opt_g.step()
+    learners.sched_g.step()
+    if learners.critic is None:
+        return terms
+    if loss_fn.discriminator_on(step):
+        with forward_precision(x.device, precision):
+            loss_d, critic_terms = loss_fn.discriminator_loss(x_hat.detach(), x, learners.critic)
+        learners.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        learners.opt_d.step()
+        terms.update(critic_terms)
+    with warnings.catch_warnings():
+        # Its schedule follows the global step, also before the critic's first update.
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler")
+        learners.sched_d.step()
+    return terms
+
+
 @torch.inference_mode()
 def validate(
     vae: VAE, loss_fn: BetaVAELoss, val_set: MNISTSplit, batch_size: int, step: int,
@@ -197,13 +240,15 @@ def train(
     cluster.seed_streams()
     vae_replica = cluster.wrap(vae, train_cfg.sync_batchnorm)
     opt_g, sched_g = adam_with_schedule(vae.parameters(), train_cfg.optimizer.params_g, total_steps)
+    learners = Learners(vae_replica, opt_g, sched_g)
     critic = loss_fn.discriminator if isinstance(loss_fn, CompositeLoss) else None
     networks = [vae]
     if critic is not None:
-        critic_replica = cluster.wrap(critic, train_cfg.sync_batchnorm)
         networks.append(critic)
         params_d = train_cfg.optimizer.params_d
         opt_d, sched_d = adam_with_schedule(critic.parameters(), params_d, total_steps)
+        learners.critic = cluster.wrap(critic, train_cfg.sync_batchnorm)
+        learners.opt_d, learners.sched_d = opt_d, sched_d
         # Checkpoints record which perceptual weights the run trains against, so that a resume
         # against another backbone file (made again, or replaced) is refused, not silently mixed.
         pips_print = parameter_fingerprint([loss_fn.pips])
@@ -325,27 +370,7 @@ def train(
         bar = tqdm(batches, total=steps_per_epoch, initial=first_batch, leave=False,
                    desc=f"epoch {epoch}/{train_cfg.num_epochs}", disable=not show_bar)  # fmt: skip
         for batch_index, x in enumerate(bar, start=first_batch):
-            with forward_precision(device, train_cfg.precision):
-                x_hat, mu, logvar = vae_replica(x)
-                loss, terms = loss_fn.generator_loss(x_hat, x, mu, logvar, step)
-            opt_g.zero_grad(set_to_none=True)
-            loss.backward()
-            opt_g.step()
-            sched_g.step()
-            if critic is not None:
-                if loss_fn.discriminator_on(step):
-                    with forward_precision(device, train_cfg.precision):
-                        loss_d, critic_terms = loss_fn.discriminator_loss(
-                            x_hat.detach(), x, critic_replica
-                        )
-                    opt_d.zero_grad(set_to_none=True)
-                    loss_d.backward()
-                    opt_d.step()
-                    terms.update(critic_terms)
-                with warnings.catch_warnings():
-                    # Its schedule follows the global step, also before the critic's first update.
-                    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler")
-                    sched_d.step()
+            terms = optimisation_step(learners, loss_fn, x, step, train_cfg.precision)
             averager.add(terms)
             watch.observe(terms, step)
             step += 1
