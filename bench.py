@@ -76,9 +76,12 @@ def parse_args() -> argparse.Namespace:
 
 def project_epoch(configs: tuple[str, str], scheme: str, data_root: str, subset: int | None = None,
                   val_size: int | None = None, precision: str = "float32") -> float:  # fmt: skip
-    """Seconds of one epoch (train steps + validation) through the project's own loop."""
+    """Seconds of one epoch (train steps + validation) through the project's own loop; the
+    composite scheme's with the critic on from its first step, as in every epoch of a run after
+    its switch-on (and as the FLOP count counts it)."""
     model_cfg, train_cfg = load_model_config(configs[0]), load_train_config(configs[1])
     train_cfg.num_epochs, train_cfg.precision = 1, precision
+    train_cfg.loss.disc_start_ratio = 0.0
     train_set = load_mnist(data_root, "train")
     val_set = load_mnist(data_root, "test")
     if subset is not None:

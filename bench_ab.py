@@ -14,10 +14,11 @@ child processes instead (the setting holds for a whole process) and also counts 
     pips distance   expanded form (kept)         vs the direct formula         composite step
     host memory     freed memory kept (kept)     vs glibc's defaults           both steps
 
-A step is what training_schemes.train does per batch (forward, loss, backward, optimiser and
-scheduler steps, the critic's update included), on real MNIST batches, past beta's warm-up with
-the critic on; this process keeps freed memory as train.py does. Then the torch profiler splits
-one step of each scheme into matrix products, convolutions, dropout masks, Adam and the rest.
+A step is training_schemes.optimisation_step, what the training loop does per batch (forward,
+loss, backward, optimiser and scheduler steps, the critic's update included), on real MNIST
+batches, past beta's warm-up with the critic on; this process keeps freed memory as train.py
+does. Then the torch profiler splits one step of each scheme into matrix products,
+convolutions, dropout masks, Adam and the rest.
 Nothing here is asserted: it prints figures and writes JSON.
 """
 
@@ -89,8 +90,9 @@ def training_step(
     scheme: str, images: torch.Tensor, fused: bool = True, channels_last: bool = True,
     rand_dropout: bool = False, direct_pips: bool = False,
 ) -> Callable[[int], None]:  # fmt: skip
-    """training_schemes.optimisation_step of `scheme` on batch `i` of `images`, as the loop takes
-    it, or with one of the alternatives switched in."""
+    """A function of `i` that takes training_schemes.optimisation_step of `scheme` on batch
+    `i % steps_per_epoch` of `images`, as the loop takes it or with one alternative switched in,
+    at a step past beta's warm-up and (composite) the critic's switch-on."""
     model_cfg = load_model_config(CONFIGS[scheme][0])
     train_cfg = load_train_config(CONFIGS[scheme][1])
     torch.manual_seed(0)
@@ -106,14 +108,17 @@ def training_step(
         loss_fn.to(memory_format=torch.contiguous_format)
     if direct_pips:
         loss_fn.pips.forward = partial(direct_distance, loss_fn.pips)
-    learners = Learners(vae, *adam_with_schedule(vae.parameters(), train_cfg.optimizer.params_g,
-                                                 total, fused=fused))  # fmt: skip
+    optim = train_cfg.optimizer
+    critic_learner = ()
     if isinstance(loss_fn, CompositeLoss):
-        learners.critic = loss_fn.discriminator
-        learners.opt_d, learners.sched_d = adam_with_schedule(
-            learners.critic.parameters(), train_cfg.optimizer.params_d, total
-        )
-    step_on = total // 2  # past beta's warm-up and the critic's switch-on
+        critic = loss_fn.discriminator
+        critic_learner = (critic, *adam_with_schedule(critic.parameters(), optim.params_d, total))
+    generator = adam_with_schedule(vae.parameters(), optim.params_g, total, fused=fused)
+    learners = Learners(vae, *generator, *critic_learner)
+    step_on = total // 2
+    critic_off = critic_learner and not loss_fn.discriminator_on(step_on)
+    if loss_fn.beta(step_on) != train_cfg.loss.beta or critic_off:
+        raise RuntimeError(f"step {step_on} is not past beta's warm-up and the critic's start")
     bs = train_cfg.train_bs
 
     def step(i: int) -> None:

@@ -79,8 +79,8 @@ def build_loss(
     critic = PatchDiscriminator(
         model_cfg.discriminator_config, in_channels=model_cfg.image_shape[0]
     )
-    # Channels-last convolutions run faster on CPU (1.23x a composite step, bench_ab.py);
-    # the arithmetic is the same.
+    # Channels-last convolutions run faster on CPU (bench_ab.py times both); the arithmetic is
+    # the same.
     return CompositeLoss(
         train_cfg.loss,
         steps_per_epoch,
@@ -138,12 +138,17 @@ class Learners:
     opt_d: torch.optim.Adam | None = None
     sched_d: LambdaLR | None = None
 
+    def __post_init__(self):
+        if len({self.critic is None, self.opt_d is None, self.sched_d is None}) > 1:
+            raise ValueError("Learners: the critic, its Adam and its schedule come together")
+
 
 def optimisation_step(
     learners: Learners, loss_fn: BetaVAELoss, x: torch.Tensor, step: int, precision: str
 ) -> Terms:
-    """One batch `x` at global step `step`: the generator's update, then, from its switch-on
-    step, the critic's. Returns the step's detached loss terms (the critic's included)."""
+    """One batch `x` at global step `step`: the generator's update, then (composite scheme) from
+    its switch-on step the critic's. Returns the step's detached loss terms, the critic's from
+    its switch-on."""
     with forward_precision(x.device, precision):
         x_hat, mu, logvar = learners.vae(x)
         loss, terms = loss_fn.generator_loss(x_hat, x, mu, logvar, step)
@@ -151,7 +156,7 @@ def optimisation_step(
     loss.backward()
     learners.opt_g.step()
     learners.sched_g.step()
-    if learners.critic is None:
+    if not isinstance(loss_fn, CompositeLoss):
         return terms
     if loss_fn.discriminator_on(step):
         with forward_precision(x.device, precision):
@@ -240,18 +245,17 @@ def train(
     cluster.seed_streams()
     vae_replica = cluster.wrap(vae, train_cfg.sync_batchnorm)
     opt_g, sched_g = adam_with_schedule(vae.parameters(), train_cfg.optimizer.params_g, total_steps)
-    learners = Learners(vae_replica, opt_g, sched_g)
     critic = loss_fn.discriminator if isinstance(loss_fn, CompositeLoss) else None
-    networks = [vae]
+    networks, critic_learner = [vae], ()
     if critic is not None:
         networks.append(critic)
         params_d = train_cfg.optimizer.params_d
         opt_d, sched_d = adam_with_schedule(critic.parameters(), params_d, total_steps)
-        learners.critic = cluster.wrap(critic, train_cfg.sync_batchnorm)
-        learners.opt_d, learners.sched_d = opt_d, sched_d
+        critic_learner = (cluster.wrap(critic, train_cfg.sync_batchnorm), opt_d, sched_d)
         # Checkpoints record which perceptual weights the run trains against, so that a resume
         # against another backbone file (made again, or replaced) is refused, not silently mixed.
         pips_print = parameter_fingerprint([loss_fn.pips])
+    learners = Learners(vae_replica, opt_g, sched_g, *critic_learner)
 
     train_terms = loss_fn.term_names + loss_fn.critic_term_names
     columns = ["epoch", "step", *(f"train_{t}" for t in train_terms),
