@@ -34,7 +34,8 @@ def keep_freed_memory() -> bool:
     times both). The process then holds its highest memory mark for the rest of its life; blocks
     over 32 MiB (the reference VGG16's 224x224 activations) still come and go. Both limits must
     be set: a trim limit alone also fixes the mmap limit at its 128 KiB default, which made
-    steps 2.5x slower. Returns False, changing nothing, where the C library is not glibc.
+    composite steps 2.3x slower (ad-hoc trial). Returns False, changing nothing, where the C
+    library is not glibc.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
