@@ -10,6 +10,7 @@ child processes instead (the setting holds for a whole process) and also counts 
 
     adam            fused kernel (kept)          vs stock Adam                 simple step
     dropout         nn.Dropout (kept)            vs a torch.rand >= p mask     simple step
+    compile         eager VAE (kept)             vs torch.compile(vae)         simple step
     memory format   channels-last (kept)         vs contiguous critic + PIPS   composite step
     pips distance   expanded form (kept)         vs the direct formula         composite step
     host memory     freed memory kept (kept)     vs glibc's defaults           both steps
@@ -88,7 +89,7 @@ class RandMaskDropout(nn.Dropout):
 
 def training_step(
     scheme: str, images: torch.Tensor, fused: bool = True, channels_last: bool = True,
-    rand_dropout: bool = False, direct_pips: bool = False,
+    rand_dropout: bool = False, direct_pips: bool = False, compiled: bool = False,
 ) -> Callable[[int], None]:  # fmt: skip
     """A function of `i` that takes training_schemes.optimisation_step of `scheme` on batch
     `i % steps_per_epoch` of `images`, as the loop takes it or with one alternative switched in,
@@ -114,7 +115,7 @@ def training_step(
         critic = loss_fn.discriminator
         critic_learner = (critic, *adam_with_schedule(critic.parameters(), optim.params_d, total))
     generator = adam_with_schedule(vae.parameters(), optim.params_g, total, fused=fused)
-    learners = Learners(vae, *generator, *critic_learner)
+    learners = Learners(torch.compile(vae) if compiled else vae, *generator, *critic_learner)
     step_on = total // 2
     critic_off = critic_learner and not loss_fn.discriminator_on(step_on)
     if loss_fn.beta(step_on) != train_cfg.loss.beta or critic_off:
@@ -209,6 +210,12 @@ def main() -> None:
             {"expanded": composite(), "direct": composite(direct_pips=True)},
             BURST["composite"], args.bursts),
     }  # fmt: skip
+    try:  # compiling needs a C++ compiler, which a machine may lack
+        pairs["compile (simple step)"] = alternate(
+            {"eager": simple(), "torch.compile": simple(compiled=True)},
+            BURST["simple"], args.bursts)  # fmt: skip
+    except Exception as error:  # any failure only leaves this pair out
+        print(f"compile pair left out: {type(error).__name__}: {error}".splitlines()[0])
     faults = {}
     for scheme in CONFIGS:
         pairs[f"host memory ({scheme} step)"], faults[scheme] = allocator_pair(
