@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from bench import cpu, make_pips_backbone_if_missing
+from bench import COMPOSITE_MNIST, SIMPLE, cpu, make_pips_backbone_if_missing
 from model.components import LinearLayer
 from model.pips import direct_distance
 from model.vae import VAE
@@ -48,13 +48,7 @@ from utils.dataset import load_mnist
 from utils.loss import CompositeLoss
 from utils.misc import keep_freed_memory, run_cli
 
-CONFIGS = {
-    "simple": ("configs/model_simple_config.json", "configs/train_simple_config.json"),
-    "composite": (
-        "configs/model_composite_mnist_config.json",
-        "configs/train_composite_config.json",
-    ),
-}
+CONFIGS = {"simple": SIMPLE, "composite": COMPOSITE_MNIST}
 BURST = {"simple": 20, "composite": 3}  # steps per burst: about 0.3 s and 0.6 s on 2 cores
 ALLOCATOR_RUNS = 5  # child processes per allocator variant and scheme
 # Profiler operations by what they do; everything else is "the rest".
