@@ -44,7 +44,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from model.vae import VAE
-from training_schemes import adam_with_schedule, train
+from training_schemes import adam_with_schedule, check_scheme, train
 from utils.classifier import make_network
 from utils.config import load_model_config, load_train_config
 from utils.dataset import load_mnist
@@ -79,9 +79,11 @@ def project_epoch(configs: tuple[str, str], scheme: str, data_root: str, subset:
     """Seconds of one epoch (train steps + validation) through the project's own loop; the
     composite scheme's with the critic on from its first step, as in every epoch of a run after
     its switch-on (and as the FLOP count counts it)."""
-    model_cfg, train_cfg = load_model_config(configs[0]), load_train_config(configs[1])
+    model_cfg = check_scheme(scheme, load_model_config(configs[0]), configs[0])
+    train_cfg = load_train_config(configs[1], scheme)
     train_cfg.num_epochs, train_cfg.precision = 1, precision
-    train_cfg.loss.disc_start_ratio = 0.0
+    if scheme == "composite":
+        train_cfg.optimizer.params_d.warmup_ratio = 0.0
     train_set = load_mnist(data_root, "train")
     val_set = load_mnist(data_root, "test")
     if subset is not None:
@@ -102,7 +104,8 @@ class UsualPipeline:
         from torch.utils.data import DataLoader
         from torchvision import datasets, transforms
 
-        model_cfg, train_cfg = load_model_config(SIMPLE[0]), load_train_config(SIMPLE[1])
+        model_cfg = load_model_config(SIMPLE[0])
+        train_cfg = load_train_config(SIMPLE[1], "simple")
         to_tensor = transforms.ToTensor()
         train_ds = datasets.MNIST(data_root, train=True, transform=to_tensor)
         val_ds = datasets.MNIST(data_root, train=False, transform=to_tensor)
@@ -110,11 +113,12 @@ class UsualPipeline:
                                        num_workers=4, persistent_workers=True)  # fmt: skip
         self.val_loader = DataLoader(val_ds, batch_size=128, num_workers=4, persistent_workers=True)
         steps = len(self.train_loader)
-        self.vae = VAE(model_cfg)
-        self.loss_fn = BetaVAELoss(train_cfg.loss, steps)
+        self.vae = VAE(model_cfg.model_config)
+        self.loss_fn = BetaVAELoss(train_cfg.loss.params, steps)
         self.optimizer, self.scheduler = adam_with_schedule(
             self.vae.parameters(),
-            train_cfg.optimizer.params_g,
+            train_cfg.optimizer.params,
+            train_cfg.scheduler.params,
             train_cfg.num_epochs * steps,
             fused=False,
         )
@@ -175,7 +179,7 @@ def epoch_flops(configs: tuple[str, str], scheme: str, data_root: str) -> dict[s
 
     One run of 1 step and one of 3 steps (each validating 128 images) give the cost of a step by
     difference; what remains of the first is validation, scaled to the whole test split."""
-    train_bs = load_train_config(configs[1]).train_bs
+    train_bs = load_train_config(configs[1], scheme).data.train_bs
     steps_per_epoch = len(load_mnist(data_root, "train")) // train_bs
     val_images = len(load_mnist(data_root, "test"))
     counts = []
@@ -247,7 +251,9 @@ def grid_seconds(reps: int = 5) -> float:
     """Median seconds of infer.py's grid view after imports: load, decode, draw, save the PNG."""
     with tempfile.TemporaryDirectory() as folder:
         ckpt = Path(folder) / "model.pth"
-        torch.save({"model_state_dict": VAE(load_model_config(SIMPLE[0])).state_dict()}, ckpt)
+        torch.save(
+            {"model_state_dict": VAE(load_model_config(SIMPLE[0]).model_config).state_dict()}, ckpt
+        )
         args = argparse.Namespace(model_config=SIMPLE[0], ckpt_path=str(ckpt), grid_size=8,
                                   title=None)  # fmt: skip
         times = []

@@ -42,7 +42,13 @@ from bench import COMPOSITE_MNIST, SIMPLE, cpu, make_pips_backbone_if_missing
 from model.components import LinearLayer
 from model.pips import direct_distance
 from model.vae import VAE
-from training_schemes import Learners, adam_with_schedule, build_loss, optimisation_step
+from training_schemes import (
+    Learners,
+    adam_with_schedule,
+    build_loss,
+    check_scheme,
+    optimisation_step,
+)
 from utils.config import load_model_config, load_train_config
 from utils.dataset import load_mnist
 from utils.loss import CompositeLoss
@@ -88,12 +94,13 @@ def training_step(
     """A function of `i` that takes training_schemes.optimisation_step of `scheme` on batch
     `i % steps_per_epoch` of `images`, as the loop takes it or with one alternative switched in,
     at a step past beta's warm-up and (composite) the critic's switch-on."""
-    model_cfg = load_model_config(CONFIGS[scheme][0])
-    train_cfg = load_train_config(CONFIGS[scheme][1])
+    model_cfg = check_scheme(scheme, load_model_config(CONFIGS[scheme][0]), CONFIGS[scheme][0])
+    train_cfg = load_train_config(CONFIGS[scheme][1], scheme)
     torch.manual_seed(0)
-    steps_per_epoch = len(images) // train_cfg.train_bs
+    bs = train_cfg.data.train_bs
+    steps_per_epoch = len(images) // bs
     total = train_cfg.num_epochs * steps_per_epoch
-    vae = VAE(model_cfg)
+    vae = VAE(model_cfg.model_config)
     if rand_dropout:
         for layer in vae.modules():
             if isinstance(layer, LinearLayer):
@@ -103,18 +110,20 @@ def training_step(
         loss_fn.to(memory_format=torch.contiguous_format)
     if direct_pips:
         loss_fn.pips.forward = partial(direct_distance, loss_fn.pips)
-    optim = train_cfg.optimizer
     critic_learner = ()
     if isinstance(loss_fn, CompositeLoss):
         critic = loss_fn.discriminator
-        critic_learner = (critic, *adam_with_schedule(critic.parameters(), optim.params_d, total))
-    generator = adam_with_schedule(vae.parameters(), optim.params_g, total, fused=fused)
+        critic_adam = adam_with_schedule(
+            critic.parameters(), train_cfg.optimizer.params_d, train_cfg.scheduler.params_d, total
+        )
+        critic_learner = (critic, *critic_adam)
+    generator = adam_with_schedule(vae.parameters(), train_cfg.vae_optimizer,
+                                   train_cfg.vae_schedule, total, fused=fused)  # fmt: skip
     learners = Learners(torch.compile(vae) if compiled else vae, *generator, *critic_learner)
     step_on = total // 2
     critic_off = critic_learner and not loss_fn.discriminator_on(step_on)
-    if loss_fn.beta(step_on) != train_cfg.loss.beta or critic_off:
+    if loss_fn.beta(step_on) != train_cfg.loss.params.beta or critic_off:
         raise RuntimeError(f"step {step_on} is not past beta's warm-up and the critic's start")
-    bs = train_cfg.train_bs
 
     def step(i: int) -> None:
         x = images[(i % steps_per_epoch) * bs : (i % steps_per_epoch + 1) * bs]

@@ -54,19 +54,15 @@ from utils.config import (
     config_json,
     load_model_config,
     load_train_config,
+    with_overrides,
 )
 from utils.dataset import load_mnist
 from utils.distributed import Cluster, join
 from utils.errors import CheckpointError, UserError
 from utils.misc import keep_freed_memory, pick_device, run_cli
 
-RUN_FILES = (
-    "metrics.csv",
-    "final_model.pth",
-    "model_config.json",
-    "train_config.json",
-    "tensorboard",
-)
+# Weights a run folder keeps besides its checkpoint_*.pth: a new run never starts over them.
+SAVED = ("final_model.pth", "best_model.pth")
 # Fields that may change on resume: the run's length, where the continued run is written, and
 # whether it also logs to TensorBoard (a logging choice that changes nothing in the run).
 RESUMABLE_CHANGES = {"num_epochs", "save_dir", "tensorboard"}
@@ -86,8 +82,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--scheme",
         choices=SCHEMES,
-        required=True,
-        help="simple: beta-VAE; composite: + critic + PIPS",
+        default="composite",
+        help="simple: beta-VAE; composite: + critic + PIPS (default, as in the reference)",
     )
     p.add_argument("--model_config", required=True, help="JSON model config (configs/model_*.json)")
     p.add_argument(
@@ -123,10 +119,11 @@ def parse_args() -> argparse.Namespace:
 
 
 def prepare_save_dir(save_dir: Path, resuming: bool) -> Path:
-    """Create the run folder and check it is writable; a new run refuses a folder that already
-    holds one, so nothing is overwritten."""
-    held = [name for name in RUN_FILES if (save_dir / name).exists()]
-    held += sorted(p.name for p in save_dir.glob("checkpoint_*.pth"))
+    """Create the run folder and check it is writable. A new run refuses a folder that holds a
+    checkpoint or a final model, so nothing is overwritten; a folder a run left before its first
+    checkpoint (configs, metrics of unsaved epochs) is free to start in again."""
+    held = sorted(p.name for p in save_dir.glob("*.pth") if p.name in SAVED or
+                  p.name.startswith("checkpoint_"))  # fmt: skip
     if held and not resuming:
         raise UserError(
             f"{save_dir}: already holds a run ({held[0]}); resume it with --resume auto, "
@@ -170,11 +167,11 @@ def first_difference(saved: Any, current: Any, where: str = "") -> tuple[str, An
 def check_processes(train_cfg: TrainConfig, cluster: Cluster, train_path: str) -> None:
     """train_bs is the global batch, so it must split evenly over the processes; SyncBatchNorm
     exists for CUDA only."""
-    if train_cfg.train_bs % cluster.world_size:
+    if train_cfg.data.train_bs % cluster.world_size:
         raise UserError(
-            f"{train_path}: field 'train_bs' = {train_cfg.train_bs} does not split evenly over "
-            f"{cluster.world_size} processes (train_bs is the global batch); make it a multiple "
-            f"of {cluster.world_size} or start another number of processes"
+            f"{train_path}: field 'data.train_bs' = {train_cfg.data.train_bs} does not split "
+            f"evenly over {cluster.world_size} processes (train_bs is the global batch); make it "
+            f"a multiple of {cluster.world_size} or start another number of processes"
         )
     if train_cfg.sync_batchnorm and cluster.distributed and cluster.device.type != "cuda":
         raise UserError(
@@ -268,17 +265,17 @@ def run(args: argparse.Namespace, cluster: Cluster) -> None:
     device, resume_path, payload = cluster.device, None, None
     with cluster.agreed():
         model_cfg = load_model_config(args.model_config)
-        train_cfg = load_train_config(args.train_config)
+        train_cfg = load_train_config(args.train_config, args.scheme)
         overrides = {
-            "num_epochs": args.epochs,
-            "seed": args.seed,
-            "save_dir": args.save_dir,
-            "tensorboard": args.tensorboard or None,
+            "num_epochs": ("--epochs", args.epochs),
+            "seed": ("--seed", args.seed),
+            "save_dir": ("--save_dir", args.save_dir),
+            "tensorboard": ("--tensorboard", args.tensorboard or None),
         }
-        train_cfg = dataclasses.replace(
-            train_cfg, **{k: v for k, v in overrides.items() if v is not None}
+        train_cfg = with_overrides(
+            train_cfg, {k: fv for k, fv in overrides.items() if fv[1] is not None}
         )
-        check_scheme(args.scheme, model_cfg, train_cfg, args.model_config, args.train_config)
+        model_cfg = check_scheme(args.scheme, model_cfg, args.model_config)
         check_processes(train_cfg, cluster, args.train_config)
         save_dir = Path(train_cfg.save_dir)
         if cluster.is_main:
@@ -291,9 +288,10 @@ def run(args: argparse.Namespace, cluster: Cluster) -> None:
     with cluster.agreed():
         train_set = load_mnist(args.data_root, "train", device, download=not args.no_download)
         val_set = load_mnist(args.data_root, "test", device, download=False)
-        if list(train_set.images.shape[1:]) != model_cfg.image_shape:
+        img_size = model_cfg.model_config.img_size
+        if list(train_set.images.shape[1:]) != img_size:
             raise UserError(
-                f"{args.model_config}: image_shape {model_cfg.image_shape} does not match "
+                f"{args.model_config}: field 'model_config.img_size' = {img_size} does not match "
                 f"the data's {list(train_set.images.shape[1:])}; set it to that"
             )
         pips_cfg = model_cfg.pips_config if args.scheme == "composite" else None
@@ -303,10 +301,10 @@ def run(args: argparse.Namespace, cluster: Cluster) -> None:
             # (by rank 0; the others load it once this block has ended).
             make_network("pips", backbone, train_set, val_set)
         if args.subset is not None:
-            if not train_cfg.train_bs <= args.subset <= len(train_set):
+            if not train_cfg.data.train_bs <= args.subset <= len(train_set):
                 raise UserError(
                     f"--subset {args.subset}: must be between train_bs "
-                    f"({train_cfg.train_bs}) and the {len(train_set)} training images"
+                    f"({train_cfg.data.train_bs}) and the {len(train_set)} training images"
                 )
             train_set = dataclasses.replace(
                 train_set,
@@ -352,14 +350,14 @@ def start_line(
     cluster: Cluster, resume_path: Path | None, payload: dict | None,
 ) -> str:  # fmt: skip
     """What is about to run, on what, into where; under torchrun also how the batch is split."""
-    where = str(cluster.device)
+    where, train_bs = str(cluster.device), train_cfg.data.train_bs
     if cluster.distributed:
         where = (
             f"{cluster.world_size} {cluster.device.type} processes (each "
-            f"{train_cfg.train_bs // cluster.world_size} of every {train_cfg.train_bs} images)"
+            f"{train_bs // cluster.world_size} of every {train_bs} images)"
         )
     start = f", resuming {resume_path} at step {payload['step']}" if resume_path else ""
-    steps = train_size // train_cfg.train_bs
+    steps = train_size // train_bs
     return (
         f"{scheme} scheme on {where}: {train_size} training images, {steps} steps x "
         f"{train_cfg.num_epochs} epochs, {val_size} validation images -> {save_dir}{start}"

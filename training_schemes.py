@@ -2,7 +2,7 @@
 
     simple:    beta-VAE: lambda_recon * recon + beta * KL (beta warm-up, free bits)
     composite: the same VAE + lambda_pips * PIPS + lambda_disc * PatchGAN adversarial term,
-               and a discriminator trained from step floor(disc_start_ratio * total_steps)
+               and a discriminator trained from step int(params_d.warmup_ratio * total_steps)
 
 One loop runs both: the scheme's loss object decides what a step computes, and the composite
 scheme adds one discriminator update per step. Reading order is execution order: model, loss,
@@ -19,7 +19,6 @@ import itertools
 import math
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from model.discriminator import PatchDiscriminator
 from model.pips import build_pips
 from model.vae import VAE
 from utils.checkpoint import checkpoint_step, save_checkpoint
-from utils.config import ModelConfig, OptimizerParams, TrainConfig
+from utils.config import AdamParams, ModelConfig, PIPSConfig, ScheduleParams, TrainConfig
 from utils.dataset import MNISTSplit, epoch_order, eval_batches, rank_share, train_batches
 from utils.distributed import Cluster, parameter_fingerprint
 from utils.errors import UserError
@@ -48,23 +47,25 @@ CHECK_EVERY = 50  # steps between checks for a non-finite loss (each one syncs t
 INTERRUPT_CHECKPOINT = "checkpoint_interrupted.pth"
 
 
-def check_scheme(
-    scheme: str, model_cfg: ModelConfig, train_cfg: TrainConfig, model_path: str, train_path: str
-) -> None:
-    """The composite scheme needs the critic, the perceptual loss and a critic optimiser."""
+# The reference's checkpoint keys for the VAE's optimiser and LR schedule, by scheme; the
+# composite scheme's critic adds optimizer_d_state_dict and scheduler_d_state_dict.
+VAE_OPTIMISER_KEYS = {
+    "simple": ("optimizer_state_dict", "scheduler_state_dict"),
+    "composite": ("optimizer_g_state_dict", "scheduler_g_state_dict"),
+}
+
+
+def check_scheme(scheme: str, model_cfg: ModelConfig, model_path: str) -> ModelConfig:
+    """The model config as `scheme` uses it: the composite scheme needs the critic, and without a
+    pips_config takes the reference's perceptual loss (ImageNet VGG16), which is written in."""
     if scheme != "composite":
-        return
-    for name in ("discriminator_config", "pips_config"):
-        if getattr(model_cfg, name) is None:
-            raise UserError(
-                f"{model_path}: the composite scheme needs '{name}'; "
-                "see configs/model_composite_config.json"
-            )
-    if train_cfg.optimizer.params_d is None:
+        return model_cfg
+    if model_cfg.discriminator_config is None:
         raise UserError(
-            f"{train_path}: the composite scheme needs 'optimizer.params_d'; "
-            "see configs/train_composite_config.json"
+            f"{model_path}: the composite scheme needs 'discriminator_config'; see "
+            "configs/model_composite_config.json, or pass --scheme simple"
         )
+    return dataclasses.replace(model_cfg, pips_config=model_cfg.pips_config or PIPSConfig())
 
 
 def build_loss(
@@ -75,34 +76,37 @@ def build_loss(
     total_steps: int,
 ) -> BetaVAELoss:
     if scheme == "simple":
-        return BetaVAELoss(train_cfg.loss, steps_per_epoch)
-    critic = PatchDiscriminator(
-        model_cfg.discriminator_config, in_channels=model_cfg.image_shape[0]
-    )
+        return BetaVAELoss(train_cfg.loss.params, steps_per_epoch)
+    critic = PatchDiscriminator(model_cfg.discriminator_config)
     # Channels-last convolutions run faster on CPU (bench_ab.py times both); the arithmetic is
     # the same.
     return CompositeLoss(
-        train_cfg.loss,
+        train_cfg.loss.params,
         steps_per_epoch,
         total_steps,
+        train_cfg.optimizer.params_d.warmup_ratio,
         critic.to(memory_format=torch.channels_last),
         build_pips(model_cfg.pips_config).to(memory_format=torch.channels_last),
     )
 
 
 def adam_with_schedule(
-    params, settings: OptimizerParams, total_steps: int, fused: bool = True
-) -> tuple[torch.optim.Adam, LambdaLR]:
-    """Adam, with linear warm-up then cosine decay to 0, stepped once per optimisation step.
+    params, adam: AdamParams, schedule: ScheduleParams | None, total_steps: int,
+    fused: bool = True,
+) -> tuple[torch.optim.Adam, LambdaLR | None]:  # fmt: skip
+    """Adam, and its LR schedule: linear warm-up over int(warmup_ratio * total_steps) steps, then
+    cosine decay towards 0 at total_steps (transformers' get_cosine_schedule_with_warmup, as the
+    reference uses); None for a constant LR (`schedule` null). The caller steps the schedule after
+    each update of its network.
 
-    The fused kernel does the same arithmetic as stock Adam in one pass over all parameters; on
-    this project's 2-core CPU it cuts the optimiser's share of a step several-fold; `fused=False`
-    gives stock Adam (the reference path of bench.py and the tests).
+    The fused kernel does the same arithmetic as stock Adam in one pass over all parameters, a
+    fraction of stock Adam's time on the CPU (bench_ab.py times both); `fused=False` gives stock
+    Adam (the reference path of bench.py and the tests).
     """
-    optimizer = torch.optim.Adam(
-        params, lr=settings.lr, weight_decay=settings.weight_decay, fused=fused
-    )
-    warmup = math.floor(settings.warmup_ratio * total_steps)
+    optimizer = torch.optim.Adam(params, lr=adam.lr, weight_decay=adam.weight_decay, fused=fused)
+    if schedule is None:
+        return optimizer, None
+    warmup = math.floor(schedule.warmup_ratio * total_steps)
     return optimizer, LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total_steps))
 
 
@@ -129,17 +133,19 @@ def forward_precision(device: torch.device, precision: str) -> torch.autocast:
 class Learners:
     """What an optimisation step updates: the VAE and, in the composite scheme, the critic, each
     as the module to call (under torchrun its DistributedDataParallel wrapper), with its Adam and
-    LR schedule."""
+    LR schedule (None: a constant LR)."""
 
     vae: nn.Module
     opt_g: torch.optim.Adam
-    sched_g: LambdaLR
+    sched_g: LambdaLR | None
     critic: nn.Module | None = None
     opt_d: torch.optim.Adam | None = None
     sched_d: LambdaLR | None = None
 
     def __post_init__(self):
-        if len({self.critic is None, self.opt_d is None, self.sched_d is None}) > 1:
+        if (self.critic is None) != (self.opt_d is None) or (
+            self.critic is None and self.sched_d is not None
+        ):
             raise ValueError("Learners: the critic, its Adam and its schedule come together")
 
 
@@ -147,28 +153,26 @@ def optimisation_step(
     learners: Learners, loss_fn: BetaVAELoss, x: torch.Tensor, step: int, precision: str
 ) -> Terms:
     """One batch `x` at global step `step`: the generator's update, then (composite scheme) from
-    its switch-on step the critic's. Returns the step's detached loss terms, the critic's from
-    its switch-on."""
+    its switch-on step the critic's. Each schedule steps after its own network's update, so the
+    critic's counts critic updates, as the reference's does. Returns the step's detached loss
+    terms, the critic's from its switch-on."""
     with forward_precision(x.device, precision):
         x_hat, mu, logvar = learners.vae(x)
         loss, terms = loss_fn.generator_loss(x_hat, x, mu, logvar, step)
     learners.opt_g.zero_grad(set_to_none=True)
     loss.backward()
     learners.opt_g.step()
-    learners.sched_g.step()
-    if not isinstance(loss_fn, CompositeLoss):
-        return terms
-    if loss_fn.discriminator_on(step):
+    if learners.sched_g is not None:
+        learners.sched_g.step()
+    if isinstance(loss_fn, CompositeLoss) and loss_fn.discriminator_on(step):
         with forward_precision(x.device, precision):
             loss_d, critic_terms = loss_fn.discriminator_loss(x_hat.detach(), x, learners.critic)
         learners.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         learners.opt_d.step()
+        if learners.sched_d is not None:
+            learners.sched_d.step()
         terms.update(critic_terms)
-    with warnings.catch_warnings():
-        # Its schedule follows the global step, also before the critic's first update.
-        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler")
-        learners.sched_d.step()
     return terms
 
 
@@ -234,23 +238,29 @@ def train(
     """
     cluster = cluster or Cluster(device)
     torch.manual_seed(train_cfg.seed)
-    vae = VAE(model_cfg).to(device)
+    vae = VAE(model_cfg.model_config).to(device)
     # train_bs is the global batch: the step count, and with it every schedule, is the same for
     # any number of processes.
-    steps_per_epoch = len(train_set) // train_cfg.train_bs
-    rank_bs = train_cfg.train_bs // cluster.world_size
+    train_bs = train_cfg.data.train_bs
+    steps_per_epoch = len(train_set) // train_bs
+    rank_bs = train_bs // cluster.world_size
     total_steps = train_cfg.num_epochs * steps_per_epoch
     loss_fn = build_loss(scheme, model_cfg, train_cfg, steps_per_epoch, total_steps).to(device)
     # Every rank built the same weights from the seed; from here each draws its own dropout and z.
     cluster.seed_streams()
     vae_replica = cluster.wrap(vae, train_cfg.sync_batchnorm)
-    opt_g, sched_g = adam_with_schedule(vae.parameters(), train_cfg.optimizer.params_g, total_steps)
+    opt_g, sched_g = adam_with_schedule(
+        vae.parameters(), train_cfg.vae_optimizer, train_cfg.vae_schedule, total_steps
+    )
+    opt_g_key, sched_g_key = VAE_OPTIMISER_KEYS[scheme]
     critic = loss_fn.discriminator if isinstance(loss_fn, CompositeLoss) else None
     networks, critic_learner = [vae], ()
     if critic is not None:
         networks.append(critic)
-        params_d = train_cfg.optimizer.params_d
-        opt_d, sched_d = adam_with_schedule(critic.parameters(), params_d, total_steps)
+        opt_d, sched_d = adam_with_schedule(
+            critic.parameters(), train_cfg.optimizer.params_d, train_cfg.scheduler.params_d,
+            total_steps,
+        )  # fmt: skip
         critic_learner = (cluster.wrap(critic, train_cfg.sync_batchnorm), opt_d, sched_d)
         # Checkpoints record which perceptual weights the run trains against, so that a resume
         # against another backbone file (made again, or replaced) is refused, not silently mixed.
@@ -274,14 +284,13 @@ def train(
 
     if resume is not None:
         vae.load_state_dict(resume["model_state_dict"])
-        opt_g.load_state_dict(resume["optimizer_g_state_dict"])
-        sched_g.load_state_dict(resume["scheduler_g_state_dict"])
+        load_optimiser(opt_g, sched_g, resume[opt_g_key], resume[sched_g_key])
         if critic is not None:
             with cluster.agreed():
                 check_same_backbone(resume.get("pips_fingerprint"), pips_print, model_cfg)
             critic.load_state_dict(resume["discriminator_state_dict"])
-            opt_d.load_state_dict(resume["optimizer_d_state_dict"])
-            sched_d.load_state_dict(resume["scheduler_d_state_dict"])
+            load_optimiser(opt_d, sched_d, resume["optimizer_d_state_dict"],
+                           resume["scheduler_d_state_dict"])  # fmt: skip
         if stopper is not None:
             stopper.load_state_dict(resume["early_stopping"])
         metrics.rows = list(resume["metrics_rows"])
@@ -330,8 +339,8 @@ def train(
             "model_state_dict": vae.state_dict(),
             "encoder_state_dict": vae.encoder.state_dict(),
             "decoder_state_dict": vae.decoder.state_dict(),
-            "optimizer_g_state_dict": opt_g.state_dict(),
-            "scheduler_g_state_dict": sched_g.state_dict(),
+            opt_g_key: opt_g.state_dict(),
+            sched_g_key: sched_g.state_dict() if sched_g is not None else None,
             "epoch_terms": rank_states[0]["epoch_terms"],
             "metrics_rows": list(metrics.rows),
             "rng_state": rank_states[0]["rng_state"],
@@ -345,7 +354,7 @@ def train(
             payload.update(
                 discriminator_state_dict=critic.state_dict(),
                 optimizer_d_state_dict=opt_d.state_dict(),
-                scheduler_d_state_dict=sched_d.state_dict(),
+                scheduler_d_state_dict=sched_d.state_dict() if sched_d is not None else None,
                 pips_fingerprint=pips_print,
             )
         if stopper is not None:
@@ -369,7 +378,7 @@ def train(
         vae.train()
         loss_fn.train()
         order = epoch_order(len(train_set), train_cfg.seed, epoch, device)
-        share = rank_share(order, train_cfg.train_bs, cluster.rank, cluster.world_size)
+        share = rank_share(order, train_bs, cluster.rank, cluster.world_size)
         batches = train_batches(train_set.images, rank_bs, share[first_batch * rank_bs :])
         bar = tqdm(batches, total=steps_per_epoch, initial=first_batch, leave=False,
                    desc=f"epoch {epoch}/{train_cfg.num_epochs}", disable=not show_bar)  # fmt: skip
@@ -385,7 +394,7 @@ def train(
                 live = dict(zip(terms, values, strict=True))
                 bar.set_postfix(loss=f"{live['loss']:.3f}")
                 if board is not None:
-                    board.add_step(step, live, loss_fn.beta(step), sched_g.get_last_lr()[0])
+                    board.add_step(step, live, loss_fn.beta(step), opt_g.param_groups[0]["lr"])
             signum = cluster.agreed_signal(stop.signal)
             if signum is not None and batch_index + 1 < steps_per_epoch:
                 raise interrupt(signum, epoch - 1, epoch, batch_index + 1)
@@ -393,14 +402,14 @@ def train(
         check_finite()
         cluster.sync_buffers(networks)
         with forward_precision(device, train_cfg.precision):
-            val_terms = validate(vae, loss_fn, val_set, train_cfg.val_bs, step, cluster)
+            val_terms = validate(vae, loss_fn, val_set, train_cfg.data.val_bs, step, cluster)
         train_means = cluster.sum_terms(averager, train_terms).means(train_terms)
         row = {"epoch": epoch, "step": step,
                **{f"train_{k}": v for k, v in train_means.items()},
                **{f"val_{k}": v for k, v in val_terms.items()},
-               "beta": loss_fn.beta(step), "lr_g": sched_g.get_last_lr()[0]}  # fmt: skip
+               "beta": loss_fn.beta(step), "lr_g": opt_g.param_groups[0]["lr"]}  # fmt: skip
         if critic is not None:
-            row["lr_d"] = sched_d.get_last_lr()[0]
+            row["lr_d"] = opt_d.param_groups[0]["lr"]
         row["seconds"] = time.perf_counter() - started
         with cluster.agreed():
             if cluster.is_main:
@@ -439,6 +448,16 @@ def train(
             save_checkpoint({"model_state_dict": vae.state_dict(), "epoch": epoch, "step": step,
                              "scheme": scheme}, final_path)  # fmt: skip
     return RunSummary(epoch, step, stopped_early, final_path, row)
+
+
+def load_optimiser(
+    optimizer: torch.optim.Adam, schedule: LambdaLR | None, optimizer_state: dict,
+    schedule_state: dict | None,
+) -> None:  # fmt: skip
+    """Restore an optimiser and its schedule (None, with a null state, for a constant LR)."""
+    optimizer.load_state_dict(optimizer_state)
+    if schedule is not None:
+        schedule.load_state_dict(schedule_state)
 
 
 def prune_checkpoints(save_dir: Path, keep: int | None, step: int) -> None:

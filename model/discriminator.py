@@ -10,13 +10,15 @@ from utils.config import DiscriminatorConfig
 class PatchDiscriminator(nn.Module):
     """Input (N, C, H, W) in [0, 1]; returns logits (N, 1, h, w), 7x7 for 28x28 by default."""
 
-    def __init__(self, config: DiscriminatorConfig, in_channels: int = 1):
+    def __init__(self, config: DiscriminatorConfig):
         super().__init__()
-        c = config.channels
-        self.in_layer = nn.Sequential(nn.Conv2d(in_channels, c[0], 3, 1, 1), Swish())
+        c = config.hidden_channels
+        self.in_layer = nn.Sequential(nn.Conv2d(config.im_channels, c[0], 3, 1, 1), Swish())
         self.layers = nn.Sequential(
             *(
-                ConvLayer(c[i], c[i + 1], config.kernel[i], config.stride[i], config.padding[i])
+                ConvLayer(
+                    c[i], c[i + 1], config.kernel_size[i], config.stride[i], config.padding[i]
+                )
                 for i in range(len(c) - 1)
             )
         )

@@ -30,22 +30,34 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def vgg16_weights_file() -> Path:
-    """Where torchvision looks for the ImageNet VGG16 `features` weights (never downloaded here)."""
+    """Where torchvision keeps the ImageNet VGG16 `features` weights (torch's hub cache)."""
     name = Path(VGG16_Weights.IMAGENET1K_FEATURES.url).name
     return Path(torch.hub.get_dir()) / "checkpoints" / name
 
 
 def _vgg16_features(weights: str) -> nn.Sequential:
+    """VGG16's `features`; ImageNet weights come from torch's hub cache, downloaded by
+    torchvision when missing (as the reference does). Offline, a failed download is one line
+    saying where the file goes and how to train without it."""
     if weights == "random":
         return vgg16(weights=None).features
     path = vgg16_weights_file()
-    if not path.is_file():
+    cached = path.is_file()
+    try:
+        return vgg16(weights=VGG16_Weights.IMAGENET1K_FEATURES).features
+    except (OSError, RuntimeError, ValueError) as e:  # URLError is an OSError; bad files raise
+        cause = (str(getattr(e, "reason", "") or e).splitlines() or [type(e).__name__])[0]
+        if cached:
+            raise CheckpointError(
+                f"{path}: not a readable VGG16 weights file ({cause}); delete it, and it is "
+                "downloaded again"
+            ) from None
         raise CheckpointError(
-            f"PIPS needs the ImageNet VGG16 weights file {path.name} in {path.parent}/ "
-            f"(from {VGG16_Weights.IMAGENET1K_FEATURES.url}; this machine cannot download it); "
-            'copy it there, or set pips_config.weights to "random" for a smoke test only'
-        )
-    return vgg16(weights=VGG16_Weights.IMAGENET1K_FEATURES).features
+            f"PIPS needs the ImageNet VGG16 weights file {path.name} in {path.parent}/ and "
+            f"downloading it from {VGG16_Weights.IMAGENET1K_FEATURES.url} failed ({cause}); "
+            "copy the file there, or train offline with the MNIST backbone "
+            "(--model_config configs/model_composite_mnist_config.json)"
+        ) from None
 
 
 EPS = 1e-10  # added to each pixel's channel norm before dividing by it

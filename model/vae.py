@@ -6,7 +6,7 @@ from torch import nn
 from model.components import init_weights
 from model.decoder import Decoder
 from model.encoder import Encoder
-from utils.config import ModelConfig
+from utils.config import VAEConfig
 
 
 class VAE(nn.Module):
@@ -16,11 +16,11 @@ class VAE(nn.Module):
     so validation and inference are deterministic.
     """
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: VAEConfig):
         super().__init__()
-        self.latent_dim = config.latent_dim
-        self.encoder = Encoder(config.image_shape, config.latent_dim, config.encoder_config)
-        self.decoder = Decoder(config.image_shape, config.latent_dim, config.decoder_config)
+        self.latent_dim = config.latent_features
+        self.encoder = Encoder(config.img_size, config.latent_features, config.encoder)
+        self.decoder = Decoder(config.img_size, config.latent_features, config.decoder)
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from utils.errors import CheckpointError, UserError
+from utils.legacy import upgrade_checkpoint
 
 
 def atomic_write(path: Path, write: Any) -> None:
@@ -49,7 +50,8 @@ def write_text(path: Path, text: str) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:
-    """Read a checkpoint safely (tensors and plain containers only)."""
+    """Read a checkpoint safely (tensors and plain containers only), in the current layout
+    (utils/legacy.py upgrades round 1's)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file; check --ckpt_path")
@@ -61,7 +63,7 @@ def load_checkpoint(path: str | Path, map_location: torch.device | str = "cpu") 
         ) from None
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path}: holds a {type(payload).__name__}, not a checkpoint dict")
-    return payload
+    return upgrade_checkpoint(payload)
 
 
 def checkpoint_step(path: Path) -> int:

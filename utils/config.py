@@ -61,31 +61,58 @@ class MLPConfig:
 
 
 @dataclass
-class DiscriminatorConfig:
-    """PatchGAN critic: channel widths and one (kernel, stride, padding) per ConvLayer."""
+class VAEConfig:
+    """The VAE (the model file's `model_config` block): image size, latent width, both MLPs."""
 
-    channels: list[int]
-    kernel: list[int]
+    img_size: list[int]
+    latent_features: int
+    encoder: MLPConfig
+    decoder: MLPConfig
+
+    def check(self) -> None:
+        _need(
+            len(self.img_size) == 3 and all(s > 0 for s in self.img_size),
+            "img_size",
+            self.img_size,
+            "must be [channels, height, width], e.g. [1, 28, 28]",
+        )
+        _need(
+            self.latent_features > 0,
+            "latent_features",
+            self.latent_features,
+            "must be >= 1, e.g. 2",
+        )
+
+
+@dataclass
+class DiscriminatorConfig:
+    """PatchGAN critic: input channels, channel widths and one (kernel, stride, padding) per
+    ConvLayer between consecutive widths."""
+
+    im_channels: int
+    hidden_channels: list[int]
+    kernel_size: list[int]
     stride: list[int]
     padding: list[int]
 
     def check(self) -> None:
+        _need(self.im_channels > 0, "im_channels", self.im_channels, "must be >= 1, e.g. 1")
         _need(
-            len(self.channels) > 0,
-            "channels",
-            self.channels,
+            len(self.hidden_channels) > 0,
+            "hidden_channels",
+            self.hidden_channels,
             "must list at least one width, e.g. [32, 64, 128, 256]",
         )
-        for i, width in enumerate(self.channels):
-            _need(width > 0, f"channels[{i}]", width, "must be a positive width")
-        layers = len(self.channels) - 1
-        for name in ("kernel", "stride", "padding"):
+        for i, width in enumerate(self.hidden_channels):
+            _need(width > 0, f"hidden_channels[{i}]", width, "must be a positive width")
+        layers = len(self.hidden_channels) - 1
+        for name in ("kernel_size", "stride", "padding"):
             values = getattr(self, name)
             _need(
                 len(values) == layers,
                 name,
                 values,
-                f"needs one entry per ConvLayer: len(channels) - 1 = {layers} entries, "
+                f"needs one entry per ConvLayer: len(hidden_channels) - 1 = {layers} entries, "
                 f"got {len(values)}",
             )
             smallest = 0 if name == "padding" else 1
@@ -95,8 +122,9 @@ class DiscriminatorConfig:
 
 @dataclass
 class PIPSConfig:
-    """Perceptual loss backbone. Unset fields take the backbone's defaults: vgg16 224 / "imagenet"
-    (the file must be in torch's hub cache); mnist_cnn 28 / "mnist" / its default weights_path."""
+    """Perceptual loss backbone (this repo's addition; the reference always uses ImageNet VGG16).
+    Unset fields take the backbone's defaults: vgg16 224 / "imagenet" (downloaded by torchvision
+    into torch's hub cache when missing); mnist_cnn 28 / "mnist" / its default weights_path."""
 
     backbone: str = "vgg16"
     input_size: int | None = None
@@ -156,88 +184,129 @@ class PIPSConfig:
 
 @dataclass
 class ModelConfig:
-    """The VAE and, for the composite scheme, the discriminator and perceptual loss."""
+    """A model file: the VAE and, for the composite scheme, the critic and the perceptual loss
+    (left out, the composite scheme uses the reference's ImageNet VGG16)."""
 
-    latent_dim: int
-    encoder_config: MLPConfig
-    decoder_config: MLPConfig
-    image_shape: list[int] = field(default_factory=lambda: [1, 28, 28])
+    model_config: VAEConfig
     discriminator_config: DiscriminatorConfig | None = None
     pips_config: PIPSConfig | None = None
 
     def check(self) -> None:
-        _need(self.latent_dim > 0, "latent_dim", self.latent_dim, "must be >= 1, e.g. 2")
-        _need(
-            len(self.image_shape) == 3 and all(s > 0 for s in self.image_shape),
-            "image_shape",
-            self.image_shape,
-            "must be [channels, height, width], e.g. [1, 28, 28]",
-        )
+        channels = self.model_config.img_size[0]
+        if self.discriminator_config is not None:
+            _need(
+                self.discriminator_config.im_channels == channels,
+                "discriminator_config.im_channels",
+                self.discriminator_config.im_channels,
+                f"must equal the images' channels, model_config.img_size[0] = {channels}",
+            )
         if self.pips_config is not None and self.pips_config.backbone == "mnist_cnn":
             _need(
-                self.image_shape[0] == 1,
-                "image_shape",
-                self.image_shape,
+                channels == 1,
+                "model_config.img_size",
+                self.model_config.img_size,
                 "must have 1 channel for pips_config.backbone mnist_cnn (a grayscale CNN)",
             )
 
 
 @dataclass
-class LossConfig:
-    """Weights of the loss terms and their schedules (beta warm-up, free bits, critic start)."""
+class LossParams:
+    """The simple scheme's loss: lambda_recon * recon + beta * KL, beta rising linearly over
+    warmup_epochs, each sample's KL clamped from below at free_bits."""
 
-    lambda_recon: float = 1.0
     beta: float = 4.0
-    beta_warmup_epochs: float = 15.0
+    warmup_epochs: float = 15.0
     free_bits: float = 0.2
-    lambda_pips: float = 1.0
-    lambda_disc: float = 0.5
-    disc_start_ratio: float = 0.05
+    lambda_recon: float = 1.0
 
     def check(self) -> None:
-        for name in (
-            "lambda_recon",
-            "beta",
-            "beta_warmup_epochs",
-            "free_bits",
-            "lambda_pips",
-            "lambda_disc",
-        ):
-            _need(getattr(self, name) >= 0, name, getattr(self, name), "must be >= 0")
-        _need(
-            0.0 <= self.disc_start_ratio <= 1.0,
-            "disc_start_ratio",
-            self.disc_start_ratio,
-            "must be in [0, 1], e.g. 0.05",
-        )
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            _need(value >= 0, f.name, value, "must be >= 0")
 
 
 @dataclass
-class OptimizerParams:
-    """Adam settings and the warm-up share of the warm-up + cosine schedule."""
+class CompositeLossParams(LossParams):
+    """The composite scheme's loss adds lambda_pips * PIPS and lambda_disc * adversarial."""
+
+    lambda_pips: float = 1.0
+    lambda_disc: float = 0.5
+
+
+@dataclass
+class LossConfig:
+    params: LossParams
+
+
+@dataclass
+class CompositeLossConfig:
+    params: CompositeLossParams
+
+
+def _check_ratio(value: float, name: str, example: str) -> None:
+    _need(0.0 <= value < 1.0, name, value, f"must be in [0, 1), e.g. {example}")
+
+
+@dataclass
+class AdamParams:
+    """Adam for the VAE."""
 
     lr: float
     weight_decay: float = 0.0
-    warmup_ratio: float = 0.0
 
     def check(self) -> None:
         _need(self.lr > 0, "lr", self.lr, "must be > 0, e.g. 0.0005")
         _need(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
-        _need(
-            0.0 <= self.warmup_ratio < 1.0,
-            "warmup_ratio",
-            self.warmup_ratio,
-            "must be in [0, 1), e.g. 0.1",
-        )
+
+
+@dataclass
+class CriticAdamParams(AdamParams):
+    """Adam for the critic, and its switch-on: the critic (and the generator's adversarial term)
+    starts at step int(warmup_ratio * total_steps)."""
+
+    warmup_ratio: float = 0.05
+
+    def check(self) -> None:
+        super().check()
+        _check_ratio(self.warmup_ratio, "warmup_ratio", "0.05")
 
 
 @dataclass
 class OptimizerConfig:
-    params_g: OptimizerParams
-    params_d: OptimizerParams | None = None
+    params: AdamParams
+
+
+@dataclass
+class CompositeOptimizerConfig:
+    params_g: AdamParams
+    params_d: CriticAdamParams
+
+
+@dataclass
+class ScheduleParams:
+    """Linear warm-up over int(warmup_ratio * total_steps) of the schedule's steps, then cosine
+    decay to 0 at total_steps. The VAE's schedule steps once per training step; the critic's
+    once per critic update, so it has not reached 0 when training ends."""
+
+    warmup_ratio: float
 
     def check(self) -> None:
-        pass
+        _check_ratio(self.warmup_ratio, "warmup_ratio", "0.1")
+
+
+@dataclass
+class SchedulerConfig:
+    """`params: null` keeps the learning rate constant."""
+
+    params: ScheduleParams | None
+
+
+@dataclass
+class CompositeSchedulerConfig:
+    """Either may be null: a constant learning rate for that network."""
+
+    params_g: ScheduleParams | None
+    params_d: ScheduleParams | None
 
 
 @dataclass
@@ -252,28 +321,53 @@ class EarlyStoppingConfig:
         _need(self.tol >= 0, "tol", self.tol, "must be >= 0, e.g. 0.001")
 
 
+@dataclass
+class DataConfig:
+    """Batch sizes. train_bs is the global batch (split evenly over processes under torchrun)."""
+
+    train_bs: int = 128
+    val_bs: int = 128
+
+    def check(self) -> None:
+        for name in ("train_bs", "val_bs"):
+            _need(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1, e.g. 128")
+
+
 PRECISIONS = ("float32", "bfloat16")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainConfig:
+    """A simple-scheme training file: the reference's keys (seed ... data), then this repo's
+    optional ones (save_every ... sync_batchnorm)."""
+
+    seed: int = 42
+    num_epochs: int = 40
     save_dir: str
     loss: LossConfig
+    early_stopping: EarlyStoppingConfig | None = None
     optimizer: OptimizerConfig
-    num_epochs: int = 40
-    seed: int = 42
-    train_bs: int = 128
-    val_bs: int = 128
+    scheduler: SchedulerConfig
+    data: DataConfig = field(default_factory=DataConfig)
+    # A resumable checkpoint every save_every epochs (and at the last); the newest
+    # keep_checkpoints of them are kept (null: all).
     save_every: int = 5
     keep_checkpoints: int | None = 3
-    early_stopping: EarlyStoppingConfig | None = None
     tensorboard: bool = False
-    # Under torchrun: normalise with the whole global batch's statistics (SyncBatchNorm, CUDA
-    # only) rather than each process's share; without torchrun there is nothing to synchronise.
-    sync_batchnorm: bool = False
     # "bfloat16": forward passes and losses under torch.autocast (for GPUs with bfloat16 units);
     # weights, optimiser states and the logged loss terms stay float32.
     precision: str = "float32"
+    # Under torchrun: normalise with the whole global batch's statistics (SyncBatchNorm, CUDA
+    # only) rather than each process's share; without torchrun there is nothing to synchronise.
+    sync_batchnorm: bool = False
+
+    @property
+    def vae_optimizer(self) -> AdamParams:
+        return self.optimizer.params
+
+    @property
+    def vae_schedule(self) -> ScheduleParams | None:
+        return self.scheduler.params
 
     def check(self) -> None:
         _need(
@@ -282,8 +376,8 @@ class TrainConfig:
             self.save_dir,
             "must name a folder, e.g. checkpoints/simple",
         )
-        _need(self.seed >= 0, "seed", self.seed, "must be >= 0, e.g. 42")
-        for name in ("num_epochs", "train_bs", "val_bs", "save_every"):
+        _need(0 <= self.seed < 2**32, "seed", self.seed, "must be in [0, 2**32), e.g. 42")
+        for name in ("num_epochs", "save_every"):
             _need(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
         _need(
             self.keep_checkpoints is None or self.keep_checkpoints >= 1,
@@ -299,7 +393,35 @@ class TrainConfig:
         )
 
 
+@dataclass(kw_only=True)
+class CompositeTrainConfig(TrainConfig):
+    """A composite-scheme training file: the simple one's keys, with a loss, optimiser and
+    schedule for the generator (params_g) and the critic (params_d)."""
+
+    loss: CompositeLossConfig
+    optimizer: CompositeOptimizerConfig
+    scheduler: CompositeSchedulerConfig
+
+    @property
+    def vae_optimizer(self) -> AdamParams:
+        return self.optimizer.params_g
+
+    @property
+    def vae_schedule(self) -> ScheduleParams | None:
+        return self.scheduler.params_g
+
+
+# Each scheme's training file layout.
+TRAIN_CONFIGS: dict[str, type[TrainConfig]] = {
+    "simple": TrainConfig,
+    "composite": CompositeTrainConfig,
+}
+
+
 def _type_name(tp: Any) -> str:
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        return f"{_type_name(inner)}, or null"
     if dataclasses.is_dataclass(tp):
         return "an object"
     if typing.get_origin(tp) is list:
@@ -362,7 +484,8 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
             )
     obj = cls(**kwargs)
     try:
-        obj.check()
+        if hasattr(obj, "check"):  # blocks that only group others have nothing of their own
+            obj.check()
     except _FieldProblem as problem:
         problem.where = prefix + problem.where
         raise
@@ -374,8 +497,8 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def load_config(path: str | Path, cls: type[T]) -> T:
-    """Read JSON file `path` into dataclass `cls`; any problem raises one-line ConfigError."""
+def read_json(path: str | Path) -> dict:
+    """The JSON object in file `path`; a file that is not one raises one-line ConfigError."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -389,13 +512,19 @@ def load_config(path: str | Path, cls: type[T]) -> T:
         raise ConfigError(f"{path}: not a JSON text file; point at a .json config") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a JSON object {{...}}, got {_show(data)}")
-    return config_from_dict(data, cls, str(path))
+    return data
 
 
 def config_from_dict(data: dict, cls: type[T], source: str) -> T:
     """Build `cls` from a parsed JSON object (a config file, or the copy a checkpoint keeps, where
-    fields added to `cls` since it was saved take their defaults); a problem raises one-line
-    ConfigError naming `source`."""
+    fields added to `cls` since it was saved take their defaults); files in round 1's layout are
+    read through utils/legacy.py first. A problem raises one-line ConfigError naming `source`."""
+    from utils.legacy import upgrade_model_config, upgrade_train_config
+
+    if cls is ModelConfig:
+        data = upgrade_model_config(data)
+    elif issubclass(cls, TrainConfig):
+        data = upgrade_train_config(data, composite=issubclass(cls, CompositeTrainConfig))
     try:
         return _build(cls, data)
     except _FieldProblem as p:
@@ -404,11 +533,49 @@ def config_from_dict(data: dict, cls: type[T], source: str) -> T:
 
 
 def load_model_config(path: str | Path) -> ModelConfig:
-    return load_config(path, ModelConfig)
+    return config_from_dict(read_json(path), ModelConfig, str(path))
 
 
-def load_train_config(path: str | Path) -> TrainConfig:
-    return load_config(path, TrainConfig)
+def load_train_config(path: str | Path, scheme: str) -> TrainConfig:
+    """The training file `path` in `scheme`'s layout. A file in the other scheme's layout is
+    refused with the --scheme that reads it."""
+    data = read_json(path)
+    try:
+        return config_from_dict(data, TRAIN_CONFIGS[scheme], str(path))
+    except ConfigError:
+        for other, cls in TRAIN_CONFIGS.items():
+            if other != scheme and _builds(data, cls):
+                raise ConfigError(
+                    f"{path}: is a {other}-scheme training config ({_scheme_keys(cls)}), but "
+                    f"--scheme is {scheme}; pass --scheme {other}, or a {scheme}-scheme config "
+                    f"such as configs/train_{scheme}_config.json"
+                ) from None
+        raise
+
+
+def _builds(data: dict, cls: type) -> bool:
+    try:
+        config_from_dict(data, cls, "")
+    except ConfigError:
+        return False
+    return True
+
+
+def _scheme_keys(cls: type[TrainConfig]) -> str:
+    hints = typing.get_type_hints(cls)
+    return "optimizer." + "/".join(f.name for f in dataclasses.fields(hints["optimizer"]))
+
+
+def with_overrides(config: T, overrides: dict[str, tuple[str, Any]]) -> T:
+    """`config` with top-level fields replaced, {field: (flag, value)}, checked as a file's are;
+    a bad value raises one-line ConfigError naming the flag."""
+    changed = dataclasses.replace(config, **{k: v for k, (_, v) in overrides.items()})
+    try:
+        changed.check()
+    except _FieldProblem as p:
+        flag = next(f for k, (f, _) in overrides.items() if k == p.where)
+        raise ConfigError(f"{flag} {_show(p.value)}: {p.problem}") from None
+    return changed
 
 
 def config_json(config: Any) -> str:

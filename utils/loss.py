@@ -14,7 +14,7 @@ from torch import nn
 
 from model.discriminator import PatchDiscriminator
 from model.pips import PIPS
-from utils.config import LossConfig
+from utils.config import CompositeLossParams, LossParams
 
 Terms = dict[str, torch.Tensor]
 
@@ -38,10 +38,10 @@ class BetaVAELoss(nn.Module):
     term_names: tuple[str, ...] = ("loss", "recon", "kl", "kl_raw")
     critic_term_names: tuple[str, ...] = ()
 
-    def __init__(self, config: LossConfig, steps_per_epoch: int):
+    def __init__(self, config: LossParams, steps_per_epoch: int):
         super().__init__()
         self.config = config
-        self.beta_warmup_steps = config.beta_warmup_epochs * steps_per_epoch
+        self.beta_warmup_steps = config.warmup_epochs * steps_per_epoch
 
     def beta(self, step: int) -> float:
         """beta in force for optimisation step `step` (0-based): `step` increments taken so far."""
@@ -74,23 +74,25 @@ class BetaVAELoss(nn.Module):
 
 class CompositeLoss(BetaVAELoss):
     """Composite scheme: the simple loss + lambda_pips * PIPS (+ lambda_disc * adversarial from
-    step floor(disc_start_ratio * total_steps)). Owns the discriminator and the PIPS network."""
+    step int(critic_start_ratio * total_steps), the train config's optimizer.params_d.warmup_ratio).
+    Owns the discriminator and the PIPS network."""
 
     term_names = (*BetaVAELoss.term_names, "pips", "adv")
     critic_term_names = ("disc",)
 
     def __init__(
         self,
-        config: LossConfig,
+        config: CompositeLossParams,
         steps_per_epoch: int,
         total_steps: int,
+        critic_start_ratio: float,
         discriminator: PatchDiscriminator,
         pips: PIPS,
     ):
         super().__init__(config, steps_per_epoch)
         self.discriminator = discriminator
         self.pips = pips
-        self.disc_start = math.floor(config.disc_start_ratio * total_steps)
+        self.disc_start = math.floor(critic_start_ratio * total_steps)
 
     def discriminator_on(self, step: int) -> bool:
         return step >= self.disc_start

@@ -33,7 +33,9 @@ class TensorBoardLog:
             # TensorBoard renders text as Markdown; indented lines show the JSON verbatim.
             self.writer.add_text(name, textwrap.indent(config_json(config), "    "))
         generator = torch.Generator().manual_seed(train_cfg.seed)
-        self.z = torch.randn(SAMPLES_PER_SIDE**2, model_cfg.latent_dim, generator=generator)
+        self.z = torch.randn(
+            SAMPLES_PER_SIDE**2, model_cfg.model_config.latent_features, generator=generator
+        )
 
     def add_step(self, step: int, terms: dict[str, float], beta: float, lr_g: float) -> None:
         """Loss terms the loop has already read from the device; `step` counts steps done."""

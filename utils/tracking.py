@@ -91,5 +91,6 @@ class NonFiniteWatch:
             name = self.names[int(self.bad_terms.int().argmax())]
             raise NonFiniteLossError(
                 f"step {step}: loss term '{name}' is not finite; stopped without saving after it "
-                f"(last good checkpoint: {last_good}); lower optimizer.params_g.lr and train again"
+                f"(last good checkpoint: {last_good}); lower the VAE's learning rate "
+                "(optimizer.params.lr, or params_g.lr in the composite scheme) and train again"
             )

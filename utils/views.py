@@ -42,7 +42,7 @@ TERM_NAMES = {
 
 def load_vae(model_config: str, ckpt_path: str, device: torch.device) -> VAE:
     """The VAE of `model_config` with the weights of `ckpt_path`, in eval mode on `device`."""
-    vae = VAE(load_model_config(model_config))
+    vae = VAE(load_model_config(model_config).model_config)
     load_state(vae, vae_state_from(load_checkpoint(ckpt_path, device), ckpt_path), ckpt_path)
     return vae.to(device).eval()
 
@@ -129,22 +129,24 @@ def save_figure(fig, path: Path) -> None:
 
 
 def latent_grid(latent_dim: int, grid_size: int) -> torch.Tensor:
-    """(grid_size^2, latent_dim) codes in row-major display order: top row has the largest z[1]."""
+    """(grid_size^2, latent_dim) codes in row-major display order, as the reference draws them:
+    z[0] rises from left to right, z[1] from the top row (-3) down to the bottom row (+3)."""
     values = torch.linspace(-GRID_LIMIT, GRID_LIMIT, grid_size)
-    rows, cols = torch.meshgrid(values.flip(0), values, indexing="ij")
+    rows, cols = torch.meshgrid(values, values, indexing="ij")
     z = torch.zeros(grid_size * grid_size, latent_dim)
     z[:, 0], z[:, 1] = cols.flatten(), rows.flatten()
     return z
 
 
 def draw_latent_grid(ax, vae: VAE, grid_size: int) -> None:
-    """Decode z over [-3, 3]^2 (other dimensions at 0); the axes read in latent units."""
+    """Decode z over [-3, 3]^2 (other dimensions at 0); the axes read in latent units, z[1]
+    rising downwards as in the reference's grid."""
     step = 2 * GRID_LIMIT / max(1, grid_size - 1)
     edge = GRID_LIMIT + step / 2
     images = decode(vae, latent_grid(vae.latent_dim, grid_size))
-    show(ax, images, grid_size, extent=(-edge, edge, -edge, edge))
-    ax.set_xlabel("z[0]  (latent dimension 1)")
-    ax.set_ylabel("z[1]  (latent dimension 2)")
+    show(ax, images, grid_size, extent=(-edge, edge, edge, -edge))
+    ax.set_xlabel("z[0]  (latent dimension 1), rising to the right")
+    ax.set_ylabel("z[1]  (latent dimension 2), rising downwards")
 
 
 def draw_reconstructions(
