@@ -10,6 +10,7 @@ import sys
 import termios
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -66,10 +67,21 @@ def real_mnist() -> Path:
     return Path(root)
 
 
-def config_variant(folder: Path, source: str, **changes) -> Path:
-    """A copy of the repo's config `source` with top-level fields replaced, written to `folder`."""
-    data = json.loads((REPO / source).read_text())
-    data.update(changes)
+def set_fields(data: dict, changes: dict[str, Any]) -> dict:
+    """`data` with each dotted field of `changes` ("data.train_bs") set to its value."""
+    for dotted, value in changes.items():
+        *parents, name = dotted.split(".")
+        block = data
+        for key in parents:
+            block = block[key]
+        block[name] = value
+    return data
+
+
+def config_variant(folder: Path, source: str | Path, changes: dict[str, Any]) -> Path:
+    """A copy of the config `source` (repo-relative or absolute) with dotted fields changed,
+    written to `folder` under the same name."""
+    data = set_fields(json.loads((REPO / source).read_text()), changes)
     path = folder / Path(source).name
     path.write_text(json.dumps(data))
     return path

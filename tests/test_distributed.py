@@ -69,7 +69,8 @@ def mnist(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def train_config(tmp_path_factory) -> Path:
     return config_variant(tmp_path_factory.mktemp("cfg"), "configs/train_simple_config.json",
-                          train_bs=BATCH, save_every=1, keep_checkpoints=None)  # fmt: skip
+                          {"data.train_bs": BATCH, "save_every": 1,
+                           "keep_checkpoints": None})  # fmt: skip
 
 
 def simple_argv(mnist: Path, train_config: Path, run: Path, *extra: str) -> list[str]:
@@ -117,7 +118,7 @@ def test_rank_shares_are_disjoint_and_make_up_the_full_batches(batches, world_si
 
 
 def test_a_diverged_replica_is_named_and_fails_the_check():
-    vae = VAE(load_model_config(REPO / "configs/model_simple_config.json"))
+    vae = VAE(load_model_config(REPO / "configs/model_simple_config.json").model_config)
     before = parameter_fingerprint([vae])
     with torch.no_grad():
         weight = vae.encoder.mu.weight
@@ -150,7 +151,7 @@ def test_two_processes_train_one_model_that_infer_loads(tmp_path, mnist, two_pro
     # Every rank checked its weights against rank 0's before this file was written: the
     # fingerprint they agreed on is that of the weights saved here, and of the final model.
     model_cfg = load_model_config(run / "model_config.json")
-    vae = VAE(model_cfg)
+    vae = VAE(model_cfg.model_config)
     vae.load_state_dict(last["model_state_dict"])
     assert last["replica_fingerprint"] == parameter_fingerprint([vae])
     final = torch.load(run / "final_model.pth", weights_only=True)["model_state_dict"]
@@ -158,10 +159,11 @@ def test_two_processes_train_one_model_that_infer_loads(tmp_path, mnist, two_pro
 
     # Validation was split over the ranks by batches: one process scoring the saved model on
     # the whole test split finds the same terms, so the shards covered it exactly once.
-    train_cfg = load_train_config(run / "train_config.json")
+    train_cfg = load_train_config(run / "train_config.json", "simple")
     val_set = load_mnist(mnist, "test")
-    loss_fn = BetaVAELoss(train_cfg.loss, STEPS_PER_EPOCH)
-    alone = validate(vae, loss_fn, val_set, train_cfg.val_bs, 64, Cluster(torch.device("cpu")))
+    loss_fn = BetaVAELoss(train_cfg.loss.params, STEPS_PER_EPOCH)
+    alone = validate(vae, loss_fn, val_set, train_cfg.data.val_bs, 64,
+                     Cluster(torch.device("cpu")))  # fmt: skip
     for name, value in alone.items():
         assert float(rows[1][f"val_{name}"]) == pytest.approx(value, rel=2e-5), name
 
@@ -210,11 +212,12 @@ def test_interrupted_two_process_run_resumes_bit_identical(tmp_path, mnist, trai
 
 def test_composite_critic_is_wrapped_too_and_early_stopping_ends_every_rank(tmp_path, mnist):
     model_path = config_variant(tmp_path, "configs/model_composite_config.json",
-                                pips_config={"backbone": "vgg16", "input_size": 32,
-                                             "weights": "random"})  # fmt: skip
+                                {"pips_config": {"backbone": "vgg16", "input_size": 32,
+                                                 "weights": "random"}})  # fmt: skip
     # A tolerance no epoch can beat: epoch 1 is the best, epoch 2 uses up patience 1.
-    train_path = config_variant(tmp_path, "configs/train_composite_config.json", train_bs=BATCH,
-                                early_stopping={"patience": 1, "tol": 1e9})  # fmt: skip
+    train_path = config_variant(tmp_path, "configs/train_composite_config.json",
+                                {"data.train_bs": BATCH,
+                                 "early_stopping": {"patience": 1, "tol": 1e9}})  # fmt: skip
     run = tmp_path / "run"
     result = torchrun("train.py", "--scheme", "composite", "--model_config", str(model_path),
                       "--train_config", str(train_path), "--data_root", str(mnist), "--save_dir",
@@ -229,7 +232,7 @@ def test_composite_critic_is_wrapped_too_and_early_stopping_ends_every_rank(tmp_
     assert torch.load(run / "best_model.pth", weights_only=True)["epoch"] == 1
     ckpt = load_checkpoint(run / "checkpoint_epoch_002.pth")
     model_cfg = load_model_config(run / "model_config.json")
-    vae, critic = VAE(model_cfg), PatchDiscriminator(model_cfg.discriminator_config)
+    vae, critic = VAE(model_cfg.model_config), PatchDiscriminator(model_cfg.discriminator_config)
     vae.load_state_dict(ckpt["model_state_dict"])
     critic.load_state_dict(ckpt["discriminator_state_dict"])
     assert ckpt["replica_fingerprint"] == parameter_fingerprint([vae, critic])
@@ -251,21 +254,22 @@ def test_a_run_of_two_processes_resumes_only_with_two(tmp_path, mnist, train_con
 
 
 def test_a_global_batch_that_does_not_split_is_one_line(tmp_path, mnist):
-    cfg = config_variant(tmp_path, "configs/train_simple_config.json", train_bs=33)
+    cfg = config_variant(tmp_path, "configs/train_simple_config.json", {"data.train_bs": 33})
     result = torchrun(*simple_argv(mnist, cfg, tmp_path / "run"))
     assert result.returncode != 0
     # Both processes refuse; rank 0 alone says why, and nothing was written.
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors == [
-        f"error: {cfg}: field 'train_bs' = 33 does not split evenly over 2 processes (train_bs "
-        "is the global batch); make it a multiple of 2 or start another number of processes"
+        f"error: {cfg}: field 'data.train_bs' = 33 does not split evenly over 2 processes "
+        "(train_bs is the global batch); make it a multiple of 2 or start another number of "
+        "processes"
     ]
     assert not (tmp_path / "run").exists()
 
 
 def test_sync_batchnorm_is_refused_on_the_cpu_under_torchrun(tmp_path):
-    path = config_variant(tmp_path, "configs/train_simple_config.json", sync_batchnorm=True)
-    train_cfg = load_train_config(path)
+    path = config_variant(tmp_path, "configs/train_simple_config.json", {"sync_batchnorm": True})
+    train_cfg = load_train_config(path, "simple")
     check_processes(train_cfg, Cluster(torch.device("cpu")), str(path))  # one process: no-op
     with pytest.raises(UserError) as err:
         check_processes(train_cfg, Cluster(torch.device("cpu"), world_size=2), str(path))

@@ -83,7 +83,9 @@ def evaluated(tmp_path_factory, fake_mnist):
     config = REPO / "configs/model_simple_config.json"
     torch.manual_seed(0)
     ckpt = root / "final_model.pth"
-    save_checkpoint({"model_state_dict": VAE(load_model_config(config)).state_dict()}, ckpt)
+    save_checkpoint(
+        {"model_state_dict": VAE(load_model_config(config).model_config).state_dict()}, ckpt
+    )
     argv = ["--model_config", str(config), "--ckpt_path", str(ckpt), "--data_root",
             str(fake_mnist), "--eval_net", str(root / "eval_net.pth"), "--num_samples", "500",
             "--device", "cpu"]  # fmt: skip
@@ -98,6 +100,21 @@ def test_evaluate_writes_every_key_finite(evaluated):
     for key in KEYS:
         assert math.isfinite(results[key]), key
         assert key in result.stdout
+
+
+def test_a_round1_run_folder_is_graded(evaluated, fake_mnist, tmp_path):
+    """A run folder written by round 1 of this repo (its own config layout) grades as it is."""
+    root, _, first = evaluated
+    assert first.returncode == 0, first.stderr
+    run = REPO / "tests" / "fixtures" / "round1_runs" / "simple"
+    argv = ["--model_config", str(run / "model_config.json"), "--ckpt_path",
+            str(run / "final_model.pth"), "--data_root", str(fake_mnist), "--eval_net",
+            str(root / "eval_net.pth"), "--num_samples", "500", "--device", "cpu", "--out",
+            str(tmp_path / "eval.json")]  # fmt: skip
+    result = run_script("evaluate.py", *argv)
+    assert result.returncode == 0, result.stderr
+    results = json.loads((tmp_path / "eval.json").read_text())
+    assert all(math.isfinite(results[key]) for key in KEYS)
     assert 0 <= results["recon_accuracy"] <= 1 and 0 <= results["grid_confident_share"] <= 1
     assert results["num_samples"] == 500 and results["test_images"] == 256
 

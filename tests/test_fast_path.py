@@ -27,16 +27,18 @@ def plain_epoch(
 ) -> tuple[dict[str, float], dict]:
     """One epoch written the plain way; returns the mean of each term and the final weights."""
     torch.manual_seed(train_cfg.seed)
-    vae = VAE(model_cfg)
-    steps = len(images) // train_cfg.train_bs
-    loss_fn = BetaVAELoss(train_cfg.loss, steps)
-    optimizer, scheduler = adam_with_schedule(vae.parameters(), train_cfg.optimizer.params_g,
-                                              steps, fused=fused)  # fmt: skip
+    vae = VAE(model_cfg.model_config)
+    batch = train_cfg.data.train_bs
+    steps = len(images) // batch
+    loss_fn = BetaVAELoss(train_cfg.loss.params, steps)
+    optimizer, scheduler = adam_with_schedule(vae.parameters(), train_cfg.optimizer.params,
+                                              train_cfg.scheduler.params, steps,
+                                              fused=fused)  # fmt: skip
     order = epoch_order(len(images), train_cfg.seed, 1, "cpu").tolist()
     totals: dict[str, float] = {}
     vae.train()
     for step in range(steps):
-        index = order[step * train_cfg.train_bs : (step + 1) * train_cfg.train_bs]
+        index = order[step * batch : (step + 1) * batch]
         x = torch.stack([images[i] for i in index])
         x_hat, mu, logvar = vae(x)
         loss, terms = loss_fn.generator_loss(x_hat, x, mu, logvar, step)
@@ -53,7 +55,7 @@ def one_epoch_of_simple(tmp_path, n_train: int) -> tuple:
     """(model config, train config for 1 epoch, train split, test split) on synthetic MNIST."""
     root = make_mnist_root(tmp_path / "mnist", n_train=n_train, n_test=128)
     model_cfg = load_model_config(REPO / "configs/model_simple_config.json")
-    train_cfg = load_train_config(REPO / "configs/train_simple_config.json")
+    train_cfg = load_train_config(REPO / "configs/train_simple_config.json", "simple")
     train_cfg.num_epochs = 1
     return model_cfg, train_cfg, load_mnist(root, "train"), load_mnist(root, "test")
 

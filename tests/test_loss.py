@@ -11,9 +11,11 @@ from model.pips import build_pips
 from model.vae import VAE
 from training_schemes import adam_with_schedule
 from utils.config import (
-    LossConfig,
-    OptimizerParams,
+    AdamParams,
+    CompositeLossParams,
+    LossParams,
     PIPSConfig,
+    ScheduleParams,
     load_model_config,
 )
 from utils.loss import BetaVAELoss, CompositeLoss, kl_per_sample, reconstruction_error
@@ -36,7 +38,7 @@ def test_kl_per_sample_matches_closed_form():
 
 
 def test_free_bits_clamp_the_per_sample_total_not_each_dimension():
-    loss_fn = BetaVAELoss(LossConfig(free_bits=0.2, beta=1.0, beta_warmup_epochs=0), 10)
+    loss_fn = BetaVAELoss(LossParams(free_bits=0.2, beta=1.0, warmup_epochs=0), 10)
     mu = torch.tensor([[0.5, 0.0], [1.0, 1.0]])  # per-sample KL 0.125 and 1.0
     logvar = torch.zeros(2, 2)
     x = torch.zeros(2, 1, 2, 2)
@@ -51,18 +53,18 @@ def test_free_bits_clamp_the_per_sample_total_not_each_dimension():
     ("step", "beta"), [(0, 0.0), (1, 0.2), (7, 1.4), (19, 3.8), (20, 4.0), (500, 4.0)]
 )
 def test_beta_rises_by_target_over_warmup_steps_then_caps(step, beta):
-    loss_fn = BetaVAELoss(LossConfig(beta=4.0, beta_warmup_epochs=2), steps_per_epoch=10)
+    loss_fn = BetaVAELoss(LossParams(beta=4.0, warmup_epochs=2), steps_per_epoch=10)
     assert loss_fn.beta(step) == pytest.approx(beta)
 
 
 def test_beta_default_schedule_after_one_epoch():
-    loss_fn = BetaVAELoss(LossConfig(), steps_per_epoch=468)
+    loss_fn = BetaVAELoss(LossParams(), steps_per_epoch=468)
     assert loss_fn.beta(468) == pytest.approx(4.0 / 15)
     assert loss_fn.beta(15 * 468) == pytest.approx(4.0)
 
 
 def test_generator_loss_combines_recon_and_beta_kl():
-    loss_fn = BetaVAELoss(LossConfig(lambda_recon=2.0, beta=4.0, beta_warmup_epochs=1), 10)
+    loss_fn = BetaVAELoss(LossParams(lambda_recon=2.0, beta=4.0, warmup_epochs=1), 10)
     x = torch.zeros(1, 1, 2, 2)
     x_hat = torch.full((1, 1, 2, 2), 0.5)  # recon 4 * 0.25 = 1.0
     mu, logvar = torch.tensor([[1.0, 1.0]]), torch.zeros(1, 2)  # KL 1.0
@@ -80,7 +82,7 @@ def test_warmup_cosine_factor(step, factor):
 def test_optimizer_learning_rate_follows_the_schedule_per_step():
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer, scheduler = adam_with_schedule(
-        [param], OptimizerParams(lr=5e-4, weight_decay=1e-5, warmup_ratio=0.1), total_steps=200
+        [param], AdamParams(lr=5e-4, weight_decay=1e-5), ScheduleParams(0.1), total_steps=200
     )
     seen = []
     for _ in range(200):
@@ -95,14 +97,24 @@ def test_optimizer_learning_rate_follows_the_schedule_per_step():
     assert optimizer.param_groups[0]["weight_decay"] == 1e-5
 
 
+def test_a_null_schedule_keeps_the_learning_rate_constant():
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer, scheduler = adam_with_schedule([param], AdamParams(lr=5e-5), None, total_steps=20)
+    assert scheduler is None
+    for _ in range(20):
+        optimizer.step()
+    assert optimizer.param_groups[0]["lr"] == 5e-5
+
+
 @pytest.fixture(scope="module")
 def composite_parts():
     torch.manual_seed(0)
     model_cfg = load_model_config("configs/model_composite_config.json")
-    vae = VAE(model_cfg)
+    vae = VAE(model_cfg.model_config)
     critic = PatchDiscriminator(model_cfg.discriminator_config)
     pips = build_pips(PIPSConfig(weights="random", input_size=32))
-    loss_fn = CompositeLoss(LossConfig(), 468, total_steps=18720, discriminator=critic, pips=pips)
+    loss_fn = CompositeLoss(CompositeLossParams(), 468, total_steps=18720, critic_start_ratio=0.05,
+                            discriminator=critic, pips=pips)  # fmt: skip
     return vae, critic, loss_fn
 
 

@@ -30,9 +30,10 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def model_config_variant(tmp_dir: Path, name: str, **changes) -> Path:
-    """A copy of the shipped simple model config with top-level `changes`, written to tmp_dir."""
+    """A copy of the shipped simple model config with `changes` to its model_config block,
+    written to tmp_dir."""
     data = json.loads(MODEL_SIMPLE.read_text())
-    data.update(changes)
+    data["model_config"].update(changes)
     path = tmp_dir / name
     path.write_text(json.dumps(data, indent=2))
     return path
@@ -40,7 +41,7 @@ def model_config_variant(tmp_dir: Path, name: str, **changes) -> Path:
 
 def make_vae(seed: int, config: ModelConfig | None = None) -> VAE:
     torch.manual_seed(seed)
-    return VAE(config or load_model_config(MODEL_SIMPLE))
+    return VAE((config or load_model_config(MODEL_SIMPLE)).model_config)
 
 
 def images(n: int = 5, seed: int = 123) -> torch.Tensor:
@@ -203,7 +204,7 @@ def test_train_mode_samples_with_the_reparameterisation():
 
     # With dropout off, the only randomness is eps; reproduce it and decode by hand.
     cfg = load_model_config(MODEL_SIMPLE)
-    cfg.encoder_config.dropout = cfg.decoder_config.dropout = 0.0
+    cfg.model_config.encoder.dropout = cfg.model_config.decoder.dropout = 0.0
     vae = make_vae(0, cfg).train()
     torch.manual_seed(7)
     recon, mu, logvar = vae(x)
@@ -336,7 +337,7 @@ def test_encoder_and_decoder_dicts_alone_rebuild_the_model(tmp_path):
 
 
 def test_foreign_latent_size_names_the_tensor_and_both_shapes(tmp_path):
-    cfg3 = load_model_config(model_config_variant(tmp_path, "latent3.json", latent_dim=3))
+    cfg3 = load_model_config(model_config_variant(tmp_path, "latent3.json", latent_features=3))
     path = tmp_path / "latent3.pth"
     torch.save({"model_state_dict": make_vae(0, cfg3).state_dict()}, path)
     default = make_vae(1)
@@ -359,9 +360,13 @@ def test_latent_grid_layout_for_a_4d_latent():
     for r in range(8):
         assert torch.allclose(cells[r, :, 0], sweep)  # z[0] left to right along columns
     for c in range(8):
-        assert torch.allclose(cells[:, c, 1], sweep.flip(0))  # z[1] top to bottom
-    assert torch.all(cells[0, :, 1] == 3.0)  # top row has z[1] = +3
-    assert torch.all(cells[-1, :, 1] == -3.0)
+        assert torch.allclose(cells[:, c, 1], sweep)  # z[1] from -3 in the top row down
+    # The reference's plot_latent_grid: axes[i, j] shows z = (range[j], range[i]).
+    for i in range(8):
+        for j in range(8):
+            assert torch.allclose(cells[i, j, :2], torch.stack([sweep[j], sweep[i]]))
+    assert torch.all(cells[0, :, 1] == -3.0)  # top row has z[1] = -3, as the reference draws it
+    assert torch.all(cells[-1, :, 1] == 3.0)
     assert cells[0, 0, 0] == -3.0 and cells[0, -1, 0] == 3.0
 
 
@@ -390,7 +395,7 @@ def infer_runs(tmp_path_factory):
     reference.parent.mkdir()
     torch.save(reference_checkpoint(make_vae(0)), reference)
 
-    cfg3 = model_config_variant(root, "latent3.json", latent_dim=3)
+    cfg3 = model_config_variant(root, "latent3.json", latent_features=3)
     foreign = root / "foreign.pth"
     torch.save({"model_state_dict": make_vae(0, load_model_config(cfg3)).state_dict()}, foreign)
 
@@ -398,7 +403,7 @@ def infer_runs(tmp_path_factory):
     whole = reference.read_bytes()
     truncated.write_bytes(whole[: len(whole) // 2])
 
-    cfg4 = model_config_variant(root, "latent4.json", latent_dim=4)
+    cfg4 = model_config_variant(root, "latent4.json", latent_features=4)
     latent4 = root / "latent4" / "final_model.pth"
     latent4.parent.mkdir()
     torch.save(make_vae(3, load_model_config(cfg4)).state_dict(), latent4)
@@ -475,6 +480,6 @@ def test_infer_bad_input_exits_2_with_one_line(infer_runs, case, expected):
 
 def test_composite_config_carries_the_same_vae():
     # infer.py on a composite run uses the composite config: same VAE, same keys and shapes.
-    a = VAE(load_model_config(MODEL_SIMPLE)).state_dict()
-    b = VAE(load_model_config(MODEL_COMPOSITE)).state_dict()
+    a = VAE(load_model_config(MODEL_SIMPLE).model_config).state_dict()
+    b = VAE(load_model_config(MODEL_COMPOSITE).model_config).state_dict()
     assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}

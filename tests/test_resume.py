@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, make_mnist_root, run_script, run_with_terminal
+from tests.conftest import REPO, assert_png, make_mnist_root, run_script, run_with_terminal
 from training_schemes import train
 from utils.checkpoint import load_checkpoint
 from utils.config import load_model_config, load_train_config
@@ -129,13 +129,13 @@ def test_resume_may_extend_the_epochs_but_nothing_else(tmp_path, mnist, train_co
     run.mkdir()
     shutil.copy(uninterrupted / "checkpoint_epoch_003.pth", run)
     changed = json.loads(train_config.read_text())
-    changed["loss"]["free_bits"] = 0.5
+    changed["loss"]["params"]["free_bits"] = 0.5
     changed_path = tmp_path / "changed.json"
     changed_path.write_text(json.dumps(changed))
     refused = run_script(*train_args(mnist, changed_path, run, "--resume", "auto"))
     assert refused.returncode == 2
     assert refused.stderr == (
-        f"error: {changed_path}: field 'loss.free_bits' is 0.5 but the run used 0.2; "
+        f"error: {changed_path}: field 'loss.params.free_bits' is 0.5 but the run used 0.2; "
         "only the epoch count may change on resume\n"
     )
     extended = run_script(
@@ -227,7 +227,7 @@ def test_non_finite_loss_names_the_step_and_keeps_the_last_good_checkpoint(
     tmp_path, mnist, uninterrupted
 ):
     model_cfg = load_model_config(uninterrupted / "model_config.json")
-    train_cfg = load_train_config(uninterrupted / "train_config.json")
+    train_cfg = load_train_config(uninterrupted / "train_config.json", "simple")
     train_set = load_mnist(mnist, "train")
     val_set = load_mnist(mnist, "test")
     run = tmp_path / "run"
@@ -285,7 +285,8 @@ def test_composite_run_resumes_bit_identical(tmp_path, composite_args):
     shutil.copy(tmp_path / "whole" / "checkpoint_epoch_001.pth", resumed_dir)
     resumed = run_script(*composite_args(resumed_dir, "--resume", "auto"))
     assert resumed.returncode == 0, resumed.stderr
-    for key in ("model_state_dict", "discriminator_state_dict", "optimizer_d_state_dict"):
+    for key in ("model_state_dict", "discriminator_state_dict", "optimizer_d_state_dict",
+                "scheduler_d_state_dict"):  # fmt: skip
         a = load_checkpoint(tmp_path / "whole" / "checkpoint_epoch_002.pth")[key]
         b = load_checkpoint(resumed_dir / "checkpoint_epoch_002.pth")[key]
         flat_a, flat_b = (
@@ -314,3 +315,65 @@ def test_composite_resume_against_another_backbone_file_is_refused(tmp_path, com
     assert resumed.stderr.count("\n") == 1 and "put that file back" in resumed.stderr
     assert not (run / "checkpoint_epoch_002.pth").exists()
     assert (run / "metrics.csv").read_text() == metrics_before
+
+
+# Run folders written by round 1 of this repo (tests/fixtures/round1_runs, made by commit 5fa4d5e
+# on the fake MNIST of tests/conftest.py): configs in its own layout, the simple scheme's
+# optimiser under "_g" keys, a critic schedule that counted global steps.
+ROUND1 = REPO / "tests" / "fixtures" / "round1_runs"
+
+
+def round1_args(scheme: str, run: Path, fake_mnist: Path) -> list[str]:
+    folder = ROUND1 / scheme
+    return ["train.py", "--scheme", scheme, "--model_config", str(folder / "model_config.json"),
+            "--train_config", str(folder / "train_config.json"), "--data_root", str(fake_mnist),
+            "--save_dir", str(run), "--device", "cpu"]  # fmt: skip
+
+
+def test_a_round1_simple_run_resumes_bit_identical_to_how_it_ended(tmp_path, fake_mnist):
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(ROUND1 / "simple" / "checkpoint_epoch_001.pth", run)
+    resumed = run_script(*round1_args("simple", run, fake_mnist), "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr
+    ended = load_checkpoint(ROUND1 / "simple" / "final_model.pth")["model_state_dict"]
+    now = load_checkpoint(run / "final_model.pth")["model_state_dict"]
+    assert ended.keys() == now.keys() and all(torch.equal(ended[k], now[k]) for k in ended)
+    with open(ROUND1 / "simple" / "metrics.csv") as f, open(run / "metrics.csv") as g:
+        old, new = list(csv.DictReader(f)), list(csv.DictReader(g))
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in new] == [
+        {k: v for k, v in r.items() if k != "seconds"} for r in old]  # fmt: skip
+    # Written again with the reference's keys and configs in the current layout.
+    payload = torch.load(run / "checkpoint_epoch_002.pth", weights_only=True)
+    assert "optimizer_state_dict" in payload and "optimizer_g_state_dict" not in payload
+    assert payload["train_config"]["data"]["train_bs"] == 128
+    assert payload["model_config"]["model_config"]["latent_features"] == 2
+
+
+def test_a_round1_composite_run_resumes_under_the_reference_critic_schedule(tmp_path,
+                                                                           fake_mnist):  # fmt: skip
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(ROUND1 / "composite" / "checkpoint_epoch_001.pth", run)
+    resumed = run_script(*round1_args("composite", run, fake_mnist), "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr
+    payload = torch.load(run / "checkpoint_epoch_002.pth", weights_only=True)
+    # 2 epochs x 4 steps; the critic from step int(0.25 * 8) = 2, so 6 critic updates by the
+    # end; its warm-up int(0.25 * 8) = 2 updates, then cosine over 8 - 2:
+    # lr = 5e-5 * 0.5 * (1 + cos(pi * (6 - 2) / 6)) = 1.25e-5.
+    assert payload["scheduler_d_state_dict"]["last_epoch"] == 6
+    assert payload["optimizer_d_state_dict"]["param_groups"][0]["lr"] == pytest.approx(1.25e-5)
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert float(rows[1]["lr_d"]) == pytest.approx(1.25e-5, rel=1e-5)
+
+
+@pytest.mark.parametrize("scheme", ["simple", "composite"])
+def test_round1_run_folders_render(tmp_path, scheme):
+    png = tmp_path / "grid.png"
+    argv = ["infer.py", "--model_config", str(ROUND1 / scheme / "model_config.json"),
+            "--ckpt_path", str(ROUND1 / scheme / "checkpoint_epoch_001.pth"), "--save_path",
+            str(png), "--device", "cpu"]  # fmt: skip
+    result = run_script(*argv)
+    assert result.returncode == 0, result.stderr
+    assert_png(png)

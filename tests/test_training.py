@@ -27,7 +27,7 @@ def read_metrics(run_dir: Path) -> list[dict[str, str]]:
 
 
 def test_simple_scheme_trains_checkpoints_and_renders(tmp_path, fake_mnist):
-    cfg = config_variant(tmp_path, "configs/train_simple_config.json", save_every=1)
+    cfg = config_variant(tmp_path, "configs/train_simple_config.json", {"save_every": 1})
     run = tmp_path / "run"
     result = run_script(
         "train.py",
@@ -60,17 +60,20 @@ def test_simple_scheme_trains_checkpoints_and_renders(tmp_path, fake_mnist):
     assert saved["num_epochs"] == 2 and saved["save_dir"] == str(run)
 
     ckpt = torch.load(run / "checkpoint_epoch_002.pth", weights_only=True)
+    # The reference's keys for the simple scheme: its optimiser and schedule unsuffixed.
     assert {
         "model_state_dict",
         "encoder_state_dict",
         "decoder_state_dict",
-        "optimizer_g_state_dict",
-        "scheduler_g_state_dict",
+        "optimizer_state_dict",
+        "scheduler_state_dict",
         "epoch",
         "step",
         "loss",
         "rng_state",
     } <= set(ckpt)
+    assert not {"optimizer_g_state_dict", "scheduler_g_state_dict"} & set(ckpt)
+    assert ckpt["scheduler_state_dict"]["last_epoch"] == 8
     assert ckpt["epoch"] == 2 and ckpt["step"] == 8
     assert (run / "checkpoint_epoch_001.pth").is_file()
     final = torch.load(run / "final_model.pth", weights_only=True)
@@ -142,25 +145,38 @@ def test_composite_scheme_with_the_mnist_backbone_makes_it_first(tmp_path, fake_
     assert math.isfinite(float(read_metrics(run)[0]["train_pips"]))
 
 
-def test_a_second_run_into_the_same_folder_is_refused(tmp_path, fake_mnist):
+@pytest.mark.parametrize("saved", ["final_model.pth", "checkpoint_epoch_005.pth", "best_model.pth"])
+def test_a_second_run_into_a_folder_with_saved_weights_is_refused(tmp_path, fake_mnist, saved):
     run = tmp_path / "run"
     run.mkdir()
+    (run / saved).write_bytes(b"precious")
     (run / "metrics.csv").write_text("precious\n")
-    result = run_script(
-        "train.py",
-        "--scheme",
-        "simple",
-        *SIMPLE,
-        "--data_root",
-        str(fake_mnist),
-        "--save_dir",
-        str(run),
-        "--epochs",
-        "1",
-    )
+    argv = ["train.py", "--scheme", "simple", *SIMPLE, "--data_root", str(fake_mnist),
+            "--save_dir", str(run), "--epochs", "1"]  # fmt: skip
+    result = run_script(*argv)
     assert result.returncode == 2
-    assert result.stderr.strip().count("\n") == 0 and "already holds a run" in result.stderr
+    assert result.stderr.strip().count("\n") == 0
+    assert f"already holds a run ({saved}); resume it with --resume auto" in result.stderr
+    assert (run / saved).read_bytes() == b"precious"
     assert (run / "metrics.csv").read_text() == "precious\n"
+
+
+def test_a_folder_left_before_the_first_checkpoint_is_free_to_start_in(tmp_path, fake_mnist):
+    """What a run leaves when it stops before its first checkpoint (its configs, the metrics of
+    unsaved epochs): --resume has nothing to resume, and a new start is let in."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("model_config.json", "train_config.json", "metrics.csv"):
+        (run / name).write_text("left by a run that died\n")
+    argv = ["train.py", "--scheme", "simple", *SIMPLE, "--data_root", str(fake_mnist),
+            "--save_dir", str(run), "--epochs", "1"]  # fmt: skip
+    resumed = run_script(*argv, "--resume", "auto")
+    assert resumed.returncode == 2
+    assert "no readable checkpoint_*.pth to resume from; start without --resume" in resumed.stderr
+    result = run_script(*argv)
+    assert result.returncode == 0, result.stderr
+    assert [r["epoch"] for r in read_metrics(run)] == ["1"]
+    assert json.loads((run / "train_config.json").read_text())["num_epochs"] == 1
 
 
 def test_missing_mnist_files_are_one_clear_line(tmp_path):
@@ -183,7 +199,7 @@ def test_missing_mnist_files_are_one_clear_line(tmp_path):
 
 def _train_in_process(fake_mnist: Path, save_dir: Path, epochs: int, early_stopping=None):
     model_cfg = load_model_config(REPO / "configs/model_simple_config.json")
-    train_cfg = load_train_config(REPO / "configs/train_simple_config.json")
+    train_cfg = load_train_config(REPO / "configs/train_simple_config.json", "simple")
     train_cfg.num_epochs, train_cfg.early_stopping = epochs, early_stopping
     save_dir.mkdir()
     train_set = load_mnist(fake_mnist, "train", download=False)

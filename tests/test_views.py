@@ -47,9 +47,9 @@ def png_size(path: Path) -> tuple[int, int]:
 def narrow_model_config(path: Path, latent_dim: int = 2) -> Path:
     """The simple model config with narrow hidden layers (fast to train) and `latent_dim`."""
     spec = json.loads((REPO / "configs/model_simple_config.json").read_text())
-    spec["latent_dim"] = latent_dim
-    spec["encoder_config"]["hidden_features"] = [64, 32]
-    spec["decoder_config"]["hidden_features"] = [32, 64]
+    spec["model_config"]["latent_features"] = latent_dim
+    spec["model_config"]["encoder"]["hidden_features"] = [64, 32]
+    spec["model_config"]["decoder"]["hidden_features"] = [32, 64]
     path.write_text(json.dumps(spec))
     return path
 
@@ -60,7 +60,7 @@ def tiny_run(tmp_path_factory, fake_mnist) -> Path:
     run = tmp_path_factory.mktemp("views") / "tiny"
     run.mkdir()
     model_cfg = load_model_config(narrow_model_config(run / "model_config.json"))
-    train_cfg = load_train_config(REPO / "configs/train_simple_config.json")
+    train_cfg = load_train_config(REPO / "configs/train_simple_config.json", "simple")
     train_cfg.num_epochs = 1
     train(
         "simple",
@@ -97,11 +97,35 @@ def test_curves_of_a_composite_run_with_nan_terms(tmp_path):
     assert png_size(png) == (1320, 980)
 
 
+def test_the_grid_is_drawn_in_the_reference_orientation_and_its_axes_say_so(tiny_run):
+    """The reference's grid has z[1] = -3 in its top row; the tick labels read that way."""
+    from utils import views
+
+    vae = views.load_vae(str(tiny_run / "model_config.json"), str(tiny_run / "final_model.pth"),
+                         torch.device("cpu"))  # fmt: skip
+    fig = views.new_figure(4, 4)
+    ax = fig.subplots()
+    views.draw_latent_grid(ax, vae, 5)
+    bottom, top = ax.get_ylim()
+    left, right = ax.get_xlim()
+    assert top < -3 < 3 < bottom and left < -3 < 3 < right
+    assert "rising downwards" in ax.get_ylabel() and "rising to the right" in ax.get_xlabel()
+    picture = torch.as_tensor(ax.images[0].get_array().data)  # (5 * 28, 5 * 28, 3)
+    corners = {(0, 0): (-3.0, -3.0), (0, 4): (3.0, -3.0), (4, 0): (-3.0, 3.0)}
+    for (row, col), z in corners.items():
+        cell = picture[row * 28 : (row + 1) * 28, col * 28 : (col + 1) * 28, 0]
+        expected = views.decode(vae, torch.tensor([z]))[0, 0]
+        torch.testing.assert_close(cell, expected)
+    views.plt.close(fig)
+
+
 def test_compare_two_checkpoints_of_different_latent_sizes(tmp_path, tiny_run, fake_mnist):
     config_b = narrow_model_config(tmp_path / "model_b.json", latent_dim=3)
     ckpt_b = tmp_path / "fresh" / "untrained.pth"
     ckpt_b.parent.mkdir()
-    torch.save({"model_state_dict": VAE(load_model_config(config_b)).state_dict()}, ckpt_b)
+    torch.save(
+        {"model_state_dict": VAE(load_model_config(config_b).model_config).state_dict()}, ckpt_b
+    )
     png = tmp_path / "compare.png"
     flags = ["--ckpt_path_b", str(ckpt_b), "--model_config_b", str(config_b)]
     flags += ["--data_root", str(fake_mnist), "--grid_size", "6"]
@@ -203,7 +227,7 @@ def test_tensorboard_logs_scalars_and_images(tmp_path, fake_mnist, monkeypatch):
 
     # Batches of 16: 32 steps, so the every-25-steps scalars appear once.
     config = json.loads((REPO / "configs/train_simple_config.json").read_text())
-    (tmp_path / "train.json").write_text(json.dumps({**config, "train_bs": 16}))
+    (tmp_path / "train.json").write_text(json.dumps({**config, "data": {"train_bs": 16}}))
     run = tmp_path / "run"
     model = narrow_model_config(tmp_path / "model.json")
     argv = ["train.py", "--scheme", "simple", "--model_config", str(model)]

@@ -537,33 +537,23 @@ def load_model_config(path: str | Path) -> ModelConfig:
 
 
 def load_train_config(path: str | Path, scheme: str) -> TrainConfig:
-    """The training file `path` in `scheme`'s layout. A file in the other scheme's layout is
-    refused with the --scheme that reads it."""
+    """The training file `path` in `scheme`'s layout. A file whose optimizer block is in the
+    other scheme's layout is refused with the --scheme that reads it."""
+    from utils.legacy import is_round1_train
+
     data = read_json(path)
-    try:
-        return config_from_dict(data, TRAIN_CONFIGS[scheme], str(path))
-    except ConfigError:
+    optimizer = data.get("optimizer")
+    if isinstance(optimizer, dict) and optimizer and not is_round1_train(data):
         for other, cls in TRAIN_CONFIGS.items():
-            if other != scheme and _builds(data, cls):
+            names = {f.name for f in dataclasses.fields(typing.get_type_hints(cls)["optimizer"])}
+            if other != scheme and optimizer.keys() <= names:
                 raise ConfigError(
-                    f"{path}: is a {other}-scheme training config ({_scheme_keys(cls)}), but "
-                    f"--scheme is {scheme}; pass --scheme {other}, or a {scheme}-scheme config "
-                    f"such as configs/train_{scheme}_config.json"
-                ) from None
-        raise
-
-
-def _builds(data: dict, cls: type) -> bool:
-    try:
-        config_from_dict(data, cls, "")
-    except ConfigError:
-        return False
-    return True
-
-
-def _scheme_keys(cls: type[TrainConfig]) -> str:
-    hints = typing.get_type_hints(cls)
-    return "optimizer." + "/".join(f.name for f in dataclasses.fields(hints["optimizer"]))
+                    f"{path}: is a {other}-scheme training config (optimizer."
+                    f"{'/'.join(sorted(names))}), but --scheme is {scheme}; pass --scheme "
+                    f"{other}, or a {scheme}-scheme config such as "
+                    f"configs/train_{scheme}_config.json"
+                )
+    return config_from_dict(data, TRAIN_CONFIGS[scheme], str(path))
 
 
 def with_overrides(config: T, overrides: dict[str, tuple[str, Any]]) -> T:

@@ -48,10 +48,15 @@ def upgrade_model_config(data: dict) -> dict:
     return {key: value for key, value in {**upgraded, **data}.items() if value is not None}
 
 
-def _is_round1_train(data: dict) -> bool:
+def is_round1_train(data: dict) -> bool:
     loss = data.get("loss")
-    return "data" not in data and (
-        bool(_ROUND1_TRAIN_KEYS & data.keys()) or (isinstance(loss, dict) and "params" not in loss)
+    return (
+        "data" not in data
+        and "scheduler" not in data
+        and (
+            bool(_ROUND1_TRAIN_KEYS & data.keys())
+            or (isinstance(loss, dict) and "params" not in loss)
+        )
     )
 
 
@@ -59,13 +64,15 @@ def upgrade_train_config(data: dict, composite: bool) -> dict:
     """A training config dict in the current layout of the simple or the composite scheme. In
     round 1 both schemes shared one layout; the simple scheme ignored the critic's keys, which
     are dropped here."""
-    if not _is_round1_train(data):
+    if not is_round1_train(data):
         return data
     data = copy.deepcopy(data)
-    loss = data.pop("loss", {})
-    optimizer = data.pop("optimizer", {})
-    params_g = dict(optimizer.get("params_g") or {})
-    params_d = dict(optimizer.get("params_d") or {})
+    loss_raw, optimizer_raw = data.pop("loss", {}), data.pop("optimizer", {})
+    loss = loss_raw if isinstance(loss_raw, dict) else {}
+    optimizer = optimizer_raw if isinstance(optimizer_raw, dict) else {}
+    g_raw, d_raw = optimizer.get("params_g") or {}, optimizer.get("params_d") or {}
+    params_g = dict(g_raw) if isinstance(g_raw, dict) else {}
+    params_d = dict(d_raw) if isinstance(d_raw, dict) else {}
     loss_params = {
         "beta": loss.pop("beta", 4.0),
         "warmup_epochs": loss.pop("beta_warmup_epochs", 15.0),
@@ -98,6 +105,15 @@ def upgrade_train_config(data: dict, composite: bool) -> dict:
         "scheduler": scheduler,
         "data": {"train_bs": data.pop("train_bs", 128), "val_bs": data.pop("val_bs", 128)},
     }
+    # A block that is not an object goes where the checks will name it.
+    if not isinstance(loss_raw, dict):
+        upgraded["loss"] = loss_raw
+    if not isinstance(optimizer_raw, dict):
+        upgraded["optimizer"] = optimizer_raw
+    if not isinstance(g_raw, dict):
+        optimizer_new["params_g" if composite else "params"] = g_raw
+    if composite and not isinstance(d_raw, dict):
+        optimizer_new["params_d"] = d_raw
     if upgraded["save_dir"] is None:
         del upgraded["save_dir"]
     return {**upgraded, **data}
