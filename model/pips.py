@@ -12,6 +12,7 @@ The backbones differ only in their slices and input preparation:
 The backbone is frozen and kept in eval mode; gradients flow only into the first argument.
 """
 
+import pickle
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -45,7 +46,8 @@ def _vgg16_features(weights: str) -> nn.Sequential:
     cached = path.is_file()
     try:
         return vgg16(weights=VGG16_Weights.IMAGENET1K_FEATURES).features
-    except (OSError, RuntimeError, ValueError) as e:  # URLError is an OSError; bad files raise
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as e:
+        # URLError is an OSError; a damaged file raises any of the others.
         cause = (str(getattr(e, "reason", "") or e).splitlines() or [type(e).__name__])[0]
         if cached:
             raise CheckpointError(

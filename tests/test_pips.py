@@ -115,14 +115,43 @@ def test_slices_cover_vgg16_features_up_to_the_last_pool(vgg_pips):
     assert [len(s) for s in vgg_pips.slices] == [4, 5, 7, 7, 7]
 
 
-def test_missing_imagenet_weights_name_the_file_and_folder(tmp_path, monkeypatch):
+def test_missing_imagenet_weights_are_downloaded_and_offline_it_is_one_line(tmp_path, monkeypatch):
+    """As torchvision does, a missing file is downloaded into torch's hub cache; when that fails
+    (here: a stand-in for the network that refuses), one line says where the file goes and how
+    to train offline. The network itself is never touched."""
+    import urllib.error
+
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    tried = []
+
+    def offline(url, dst, *args, **kwargs):
+        tried.append((url, dst))
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(CheckpointError) as err:
+        build_pips(PIPSConfig(weights="imagenet"))
+    file = vgg16_weights_file()
+    assert tried == [("https://download.pytorch.org/models/" + file.name, str(file))]
+    assert str(err.value) == (
+        f"PIPS needs the ImageNet VGG16 weights file {file.name} in {tmp_path}/hub/checkpoints/ "
+        f"and downloading it from https://download.pytorch.org/models/{file.name} failed "
+        "([Errno -3] Temporary failure in name resolution); copy the file there, or train "
+        "offline with the MNIST backbone (--model_config configs/model_composite_mnist_config.json)"
+    )
+
+
+def test_an_unreadable_cached_imagenet_file_is_named_not_downloaded_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    file = vgg16_weights_file()
+    file.parent.mkdir(parents=True)
+    file.write_bytes(b"half a download")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", pytest.fail)
     with pytest.raises(CheckpointError) as err:
         build_pips(PIPSConfig(weights="imagenet"))
     message = str(err.value)
-    assert vgg16_weights_file().name in message
-    assert str(tmp_path / "hub" / "checkpoints") in message
-    assert "\n" not in message
+    assert message.startswith(f"{file}: not a readable VGG16 weights file (")
+    assert message.endswith("); delete it, and it is downloaded again") and "\n" not in message
 
 
 # The MNIST CNN backbone: its four stages, on 28x28 grayscale as it is

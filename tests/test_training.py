@@ -3,14 +3,22 @@
 import csv
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.conftest import REPO, assert_png, config_variant, infer_argv, run_script
-from training_schemes import train
-from utils.config import EarlyStoppingConfig, load_model_config, load_train_config
+from training_schemes import check_scheme, train
+from utils.config import (
+    EarlyStoppingConfig,
+    ScheduleParams,
+    load_model_config,
+    load_train_config,
+)
 from utils.dataset import load_mnist
 
 SIMPLE = (
@@ -273,3 +281,95 @@ def test_one_real_epoch_and_a_grid(tmp_path, real_mnist):
     )
     assert result.returncode == 0, result.stderr
     assert_png(png)
+
+
+# The reference's own files, and its critic schedule
+
+REFERENCE = REPO / "tests" / "fixtures" / "reference_configs"
+
+
+def test_the_reference_simple_files_train_as_they_are(tmp_path, fake_mnist):
+    # Their save_dir is the reference author's Google Drive; --save_dir puts the run here.
+    argv = ["train.py", "--scheme", "simple", "--model_config",
+            str(REFERENCE / "model_simple_config.json"), "--train_config",
+            str(REFERENCE / "train_simple_config.json"), "--data_root", str(fake_mnist),
+            "--save_dir", str(tmp_path / "run"), "--epochs", "1", "--device", "cpu"]  # fmt: skip
+    result = run_script(*argv)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("simple scheme on cpu: 512 training images, 4 steps x 1 epochs")
+    assert (tmp_path / "run" / "final_model.pth").is_file()
+
+
+def test_the_reference_composite_files_offline_stop_at_one_vgg16_line(tmp_path, fake_mnist):
+    """No --scheme: composite, as in the reference. Its ImageNet VGG16 weights are missing and
+    cannot be downloaded (a proxy on a closed local port stands in for no network), so the run
+    stops in one line before its first checkpoint, and the folder is free to start in again."""
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch")}
+    env.update({k: "http://127.0.0.1:9" for k in ("https_proxy", "HTTPS_PROXY")})
+    argv = [sys.executable, "train.py", "--model_config",
+            str(REFERENCE / "model_composite_config.json"), "--train_config",
+            str(REFERENCE / "train_composite_config.json"), "--data_root", str(fake_mnist),
+            "--save_dir", str(tmp_path / "run"), "--epochs", "1", "--device", "cpu"]  # fmt: skip
+    for attempt in range(2):
+        result = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True,
+                                timeout=300)  # fmt: skip
+        assert result.returncode == 2, result.stderr
+        assert result.stdout.startswith("composite scheme on cpu"), attempt
+        assert "Traceback" not in result.stderr
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and errors[0] == result.stderr.splitlines()[-1]
+        folder = tmp_path / "torch" / "hub" / "checkpoints"
+        assert errors[0].startswith(
+            f"error: PIPS needs the ImageNet VGG16 weights file vgg16_features-amdegroot-"
+            f"88682ab5.pth in {folder}/ and downloading it from https://download.pytorch.org/"
+        )
+        assert errors[0].endswith(
+            "or train offline with the MNIST backbone "
+            "(--model_config configs/model_composite_mnist_config.json)"
+        )
+    assert not list((tmp_path / "run").glob("*.pth"))
+
+
+def small_composite_run(tmp_path: Path, fake_mnist: Path, critic_schedule) -> Path:
+    """4 epochs x 4 steps of the composite scheme (narrow networks), in-process: the critic from
+    step int(0.25 * 16) = 4, its schedule `critic_schedule` (a warm-up ratio, or None)."""
+    narrow = {"model_config.encoder.hidden_features": [64, 32],
+              "model_config.decoder.hidden_features": [32, 64],
+              "discriminator_config": {"im_channels": 1, "hidden_channels": [8, 16],
+                                       "kernel_size": [4], "stride": [2], "padding": [1]},
+              "pips_config": {"input_size": 16, "weights": "random"}}  # fmt: skip
+    model = config_variant(tmp_path, "configs/model_composite_config.json", narrow)
+    model_cfg = check_scheme("composite", load_model_config(model), str(model))
+    train_cfg = load_train_config(REPO / "configs/train_composite_config.json", "composite")
+    train_cfg.num_epochs, train_cfg.save_every = 4, 4
+    train_cfg.optimizer.params_d.warmup_ratio = 0.25
+    train_cfg.scheduler.params_d = critic_schedule and ScheduleParams(critic_schedule)
+    run = tmp_path / "run"
+    run.mkdir()
+    train("composite", model_cfg, train_cfg, load_mnist(fake_mnist, "train", download=False),
+          load_mnist(fake_mnist, "test", download=False), torch.device("cpu"), run)  # fmt: skip
+    return run
+
+
+def test_the_critic_schedule_counts_critic_updates_as_the_reference_does(tmp_path, fake_mnist):
+    run = small_composite_run(tmp_path, fake_mnist, critic_schedule=0.25)
+    # Warm-up int(0.25 * 16) = 4 critic updates, cosine to 0 at 16 updates, stepped after each
+    # critic update only: after epochs 1-4 the critic has taken 0, 4, 8, 12 updates, so the LR
+    # for its next one is 5e-5 times 0, 1, (1 + cos(pi * 4 / 12)) / 2, (1 + cos(pi * 8 / 12)) / 2.
+    lr_d = [float(r["lr_d"]) for r in read_metrics(run)]
+    assert lr_d == pytest.approx([0.0, 5e-5, 3.75e-5, 1.25e-5], rel=1e-5, abs=1e-12)
+    ckpt = torch.load(run / "checkpoint_epoch_004.pth", weights_only=True)
+    assert ckpt["scheduler_d_state_dict"]["last_epoch"] == 12
+    assert ckpt["scheduler_g_state_dict"]["last_epoch"] == 16
+    assert {"optimizer_g_state_dict", "optimizer_d_state_dict", "discriminator_state_dict"} <= set(
+        ckpt
+    )
+    assert "optimizer_state_dict" not in ckpt
+
+
+def test_a_null_critic_schedule_is_a_constant_lr_and_none_in_the_checkpoint(tmp_path, fake_mnist):
+    run = small_composite_run(tmp_path, fake_mnist, critic_schedule=None)
+    assert [float(r["lr_d"]) for r in read_metrics(run)] == [5e-5] * 4
+    ckpt = torch.load(run / "checkpoint_epoch_004.pth", weights_only=True)
+    assert "scheduler_d_state_dict" in ckpt and ckpt["scheduler_d_state_dict"] is None
+    assert ckpt["optimizer_d_state_dict"]["param_groups"][0]["lr"] == 5e-5
