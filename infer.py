@@ -19,7 +19,8 @@ r"""Look at a trained VAE or a run: one headless PNG per view (--mode).
         --ckpt_path_b checkpoints/composite/final_model.pth
 
 grid (default)  z over a regular grid on [-3, 3]^2: columns sweep latent dimension 1 (left to
-                right), rows sweep dimension 2 (bottom to top); larger latents keep the others at 0
+                right), rows sweep dimension 2 (top to bottom, as the reference draws it); larger
+                latents keep the others at 0
 traverse        one row per latent dimension swept over [-3, 3], the others at 0 or at the mean
                 code of test image --image_index
 recon           --grid_size test images (from --image_index on) above their reconstructions
