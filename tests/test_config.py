@@ -88,6 +88,7 @@ def check_train_defaults(cfg: TrainConfig, scheme: str) -> None:
     assert cfg.tensorboard is False
     assert cfg.sync_batchnorm is False
     assert cfg.precision == "float32"
+    assert cfg.linear_backend == "auto"
     assert isinstance(cfg.loss, LossConfig)
     assert cfg.loss.lambda_recon == 1.0
     assert cfg.loss.beta == 4.0
@@ -470,6 +471,15 @@ BAD_FIELDS = [
         '"fp16"',
         'must be "float32" or "bfloat16" (autocast)',
         id="unknown-precision",
+    ),
+    pytest.param(
+        "train",
+        TRAIN_SIMPLE,
+        _set("linear_backend", "mkl"),
+        "linear_backend",
+        '"mkl"',
+        'must be "auto", "aten" or "onednn"',
+        id="unknown-linear_backend",
     ),
     # out of range
     pytest.param(

@@ -274,6 +274,10 @@ class TrainConfig:
     # "bfloat16": forward passes and losses under torch.autocast (for GPUs with bfloat16 units);
     # weights, optimiser states and the logged loss terms stay float32.
     precision: str = "float32"
+    # The library of the VAE's linear layers on the CPU (model/linear_backend.py): "auto" times
+    # ATen (MKL) against oneDNN on the model's own shapes at start-up and takes the faster;
+    # "aten" or "onednn" fixes it. CUDA always takes ATen.
+    linear_backend: str = "auto"
 
     def check(self) -> None:
         _need(
@@ -296,6 +300,12 @@ class TrainConfig:
             "precision",
             self.precision,
             'must be "float32" or "bfloat16" (autocast)',
+        )
+        _need(
+            self.linear_backend in ("auto", "aten", "onednn"),
+            "linear_backend",
+            self.linear_backend,
+            'must be "auto", "aten" or "onednn"',
         )
 
 
