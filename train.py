@@ -23,7 +23,8 @@ Under torchrun (one process per GPU, or per CPU share) the processes train one m
 DistributedDataParallel (NCCL on CUDA, gloo on the CPU); train_bs stays the global batch, split
 evenly over the processes, and rank 0 alone writes the run folder and prints.
 The run folder (the config's save_dir, or --save_dir) receives the configs as used
-(model_config.json, train_config.json), metrics.csv (one row per epoch),
+(model_config.json, train_config.json), linear_backend.json (the library the linear layers run
+on, and why), metrics.csv (one row per epoch),
 checkpoint_epoch_NNN.pth every save_every epochs, and final_model.pth; with --tensorboard (or
 the config's "tensorboard": true) also live TensorBoard logs in tensorboard/.
 With pips_config.backbone "mnist_cnn" (configs/model_composite_mnist_config.json) the composite
