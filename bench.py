@@ -193,7 +193,9 @@ def epoch_flops(configs: tuple[str, str], scheme: str, data_root: str) -> dict[s
     into convolutions ("conv") and matrix products ("gemm").
 
     One run of 1 step and one of 3 steps (each validating 128 images) give the cost of a step by
-    difference; what remains of the first is validation, scaled to the whole test split."""
+    difference; what remains of the first is validation, scaled to the whole test split. The
+    linear layers run on ATen here: FlopCounterMode has no formula for oneDNN's op, whose
+    products are the same."""
     train_bs = load_train_config(configs[1]).train_bs
     steps_per_epoch = len(load_mnist(data_root, "train")) // train_bs
     val_images = len(load_mnist(data_root, "test"))

@@ -23,8 +23,8 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 BACKENDS = ("aten", "onednn")
-# "auto" takes oneDNN only when it is at least this much faster (times 1 / this), so that on a
-# CPU where the two libraries are even, runs with the same seed keep one arithmetic, ATen's.
+# "auto" takes oneDNN only when its time is below this share of ATen's, so that on a CPU where
+# the two libraries are even, runs with the same seed keep to one arithmetic, ATen's.
 AUTO_MARGIN = 0.95
 TIMING_REPS = 5
 

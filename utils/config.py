@@ -275,8 +275,8 @@ class TrainConfig:
     # weights, optimiser states and the logged loss terms stay float32.
     precision: str = "float32"
     # The library of the VAE's linear layers on the CPU (model/linear_backend.py): "auto" times
-    # ATen (MKL) against oneDNN on the model's own shapes at start-up and takes the faster;
-    # "aten" or "onednn" fixes it. CUDA always takes ATen.
+    # ATen (MKL) against oneDNN on the model's own shapes at start-up and takes oneDNN where it
+    # is clearly faster; "aten" or "onednn" fixes it. CUDA always takes ATen.
     linear_backend: str = "auto"
 
     def check(self) -> None:
