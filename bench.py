@@ -2,26 +2,34 @@
 
     python bench.py --data_root data/
     python bench.py --data_root data/ --reps 5 --out results/bench.json
+    python bench.py --data_root data/ --device cuda --reps 3 --out results/bench-gpu.json
 
 Measured in one run on one machine, so the ratios compare like with like:
 1. the simple scheme's epoch (train steps + validation) through training_schemes.train, default
-   configs, real MNIST, in this process set up as train.py sets up its own (keep_freed_memory);
+   configs, real MNIST, in this process set up as train.py sets up its own (keep_freed_memory),
+   with the linear layers on each backend (ATen, oneDNN; model/linear_backend.py): the project's
+   epoch is the one on the backend that the train config's "auto" chooses in this process;
 2. the same model, loss and schedule fed the usual way: torchvision MNIST + ToTensor + DataLoader
    with 4 workers, stock Adam, a .item() per step (validation likewise), in a process of its own
    with the default allocator, as a usual script runs;
 3. the compute floor: the float operations of an epoch (torch.utils.flop_counter over real
    training steps and validation), matrix products at the best float32 GEMM rate measured here
-   and convolutions at the best convolution rate (each the fastest run, before or after the
-   epochs);
+   of either library (torch.mm, oneDNN's linear op) and convolutions at the best convolution
+   rate (each the fastest run, before or after the epochs);
 4. the composite scheme's epoch with the MNIST perceptual backbone against its own floor (the
    backbone is trained first, under a minute, when its file is missing);
 5. the simple epoch again under the opt-in bfloat16 autocast (train config "precision"), whose
    arithmetic differs: a row of its own;
 6. start-up: from launching `python train.py` to its start line (data loaded, model about to take
    step 1); and infer.py's grid (load, decode, save PNG) after imports.
-The three simple-scheme epochs (1, 2, 5) alternate, one each, so a load that comes and goes on the
+The simple-scheme epochs (1, 2, 5) alternate, one each, so a load that comes and goes on the
 machine hits them alike. Medians are reported. Nothing here is asserted: it prints figures and
 writes JSON, with the CPU's model and the instruction sets that decide its rates.
+
+With --device cuda the epochs run on the GPU (the usual pipeline moving each batch there from its
+DataLoader), the floor takes the GPU's rates (timed with torch.cuda.synchronize), the linear
+layers take ATen's kernels (no backend rows), and the host-memory setting is left alone; the
+JSON names the device.
 """
 
 import argparse
@@ -43,11 +51,13 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from model.linear_backend import BACKENDS, choose, onednn_op, onednn_problem
 from model.vae import VAE
 from training_schemes import adam_with_schedule, check_scheme, train
 from utils.classifier import make_network
 from utils.config import load_model_config, load_train_config
 from utils.dataset import load_mnist
+from utils.errors import UserError
 from utils.loss import BetaVAELoss
 from utils.misc import keep_freed_memory, run_cli
 from utils.views import grid
@@ -70,37 +80,42 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--data_root", default="data/", help="folder holding MNIST/raw/")
     p.add_argument("--reps", type=int, default=5, help="epochs measured per pipeline (default 5)")
     p.add_argument("--out", default="results/bench.json", help="JSON file to write")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where epochs run")
     p.add_argument("--usual_worker", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args()
 
 
 def project_epoch(configs: tuple[str, str], scheme: str, data_root: str, subset: int | None = None,
-                  val_size: int | None = None, precision: str = "float32") -> float:  # fmt: skip
-    """Seconds of one epoch (train steps + validation) through the project's own loop; the
-    composite scheme's with the critic on from its first step, as in every epoch of a run after
-    its switch-on (and as the FLOP count counts it)."""
+                  val_size: int | None = None, precision: str = "float32",
+                  linear_backend: str = "aten", device: str = "cpu") -> float:  # fmt: skip
+    """Seconds of one epoch (train steps + validation) through the project's own loop on
+    `device`, the VAE's linear layers on `linear_backend`; the composite scheme's with the critic
+    on from its first step, as in every epoch of a run after its switch-on (and as the FLOP count
+    counts it)."""
     model_cfg = check_scheme(scheme, load_model_config(configs[0]), configs[0])
     train_cfg = load_train_config(configs[1], scheme)
     train_cfg.num_epochs, train_cfg.precision = 1, precision
+    train_cfg.linear_backend = linear_backend
     if scheme == "composite":
         train_cfg.optimizer.params_d.warmup_ratio = 0.0
-    train_set = load_mnist(data_root, "train")
-    val_set = load_mnist(data_root, "test")
+    train_set = load_mnist(data_root, "train", device)
+    val_set = load_mnist(data_root, "test", device)
     if subset is not None:
         train_set.images, train_set.labels = train_set.images[:subset], train_set.labels[:subset]
     if val_size is not None:
         val_set.images, val_set.labels = val_set.images[:val_size], val_set.labels[:val_size]
     with tempfile.TemporaryDirectory() as run, contextlib.redirect_stdout(io.StringIO()):
-        summary = train(scheme, model_cfg, train_cfg, train_set, val_set, torch.device("cpu"),
+        summary = train(scheme, model_cfg, train_cfg, train_set, val_set, torch.device(device),
                         Path(run))  # fmt: skip
     return summary.last_row["seconds"]
 
 
 class UsualPipeline:
     """The reference point: torchvision MNIST + ToTensor + DataLoader(4 workers), stock Adam,
-    a .item() per step; same model, loss and schedule as the simple scheme."""
+    a .item() per step; same model, loss and schedule as the simple scheme, on `device` (each
+    batch moved there)."""
 
-    def __init__(self, data_root: str):
+    def __init__(self, data_root: str, device: str):
         from torch.utils.data import DataLoader
         from torchvision import datasets, transforms
 
@@ -113,8 +128,9 @@ class UsualPipeline:
                                        num_workers=4, persistent_workers=True)  # fmt: skip
         self.val_loader = DataLoader(val_ds, batch_size=128, num_workers=4, persistent_workers=True)
         steps = len(self.train_loader)
-        self.vae = VAE(model_cfg.model_config)
-        self.loss_fn = BetaVAELoss(train_cfg.loss.params, steps)
+        self.device = torch.device(device)
+        self.vae = VAE(model_cfg.model_config).to(self.device)
+        self.loss_fn = BetaVAELoss(train_cfg.loss.params, steps).to(self.device)
         self.optimizer, self.scheduler = adam_with_schedule(
             self.vae.parameters(),
             train_cfg.optimizer.params,
@@ -128,6 +144,7 @@ class UsualPipeline:
         started = time.perf_counter()
         self.vae.train()
         for x, _ in self.train_loader:
+            x = x.to(self.device)
             x_hat, mu, logvar = self.vae(x)
             loss, _ = self.loss_fn.generator_loss(x_hat, x, mu, logvar, self.step)
             self.optimizer.zero_grad()
@@ -139,14 +156,15 @@ class UsualPipeline:
         self.vae.eval()
         with torch.no_grad():
             for x, _ in self.val_loader:
+                x = x.to(self.device)
                 x_hat, mu, logvar = self.vae(x)
                 self.loss_fn.generator_loss(x_hat, x, mu, logvar, self.step)[0].item()
         return time.perf_counter() - started
 
 
-def usual_worker(data_root: str) -> None:
+def usual_worker(data_root: str, device: str) -> None:
     """The usual pipeline's own process: one epoch per line read from stdin, its seconds printed."""
-    usual = UsualPipeline(data_root)
+    usual = UsualPipeline(data_root, device)
     for _ in sys.stdin:
         print(usual.epoch(), flush=True)
 
@@ -154,9 +172,10 @@ def usual_worker(data_root: str) -> None:
 class UsualProcess(contextlib.AbstractContextManager):
     """Runs the usual pipeline's epochs, on request, in a child process (`--usual_worker`)."""
 
-    def __init__(self, data_root: str):
+    def __init__(self, data_root: str, device: str):
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--usual_worker", "--data_root", data_root],
+            [sys.executable, __file__, "--usual_worker", "--data_root", data_root, "--device",
+             device],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
 
@@ -178,7 +197,9 @@ def epoch_flops(configs: tuple[str, str], scheme: str, data_root: str) -> dict[s
     into convolutions ("conv") and matrix products ("gemm").
 
     One run of 1 step and one of 3 steps (each validating 128 images) give the cost of a step by
-    difference; what remains of the first is validation, scaled to the whole test split."""
+    difference; what remains of the first is validation, scaled to the whole test split. The
+    linear layers run on ATen here: FlopCounterMode has no formula for oneDNN's op, whose
+    products are the same."""
     train_bs = load_train_config(configs[1], scheme).data.train_bs
     steps_per_epoch = len(load_mnist(data_root, "train")) // train_bs
     val_images = len(load_mnist(data_root, "test"))
@@ -200,35 +221,44 @@ def epoch_flops(configs: tuple[str, str], scheme: str, data_root: str) -> dict[s
     return flops
 
 
-def best_float32_rate(reps: int = 5) -> dict[str, float]:
-    """Best float32 matrix-product rates (FLOP/s) at this thread count: square GEMMs (torch.mm,
-    MKL's sgemm on the CPU) and a 3x3 convolution (oneDNN's direct convolution on the CPU, which
-    may use wider vector instructions than the GEMM library does on a given CPU).
+def best_float32_rate(device: str, reps: int = 5) -> dict[str, float]:
+    """Best float32 rates (FLOP/s) at this thread count on `device`: square matrix products
+    through each library at hand ("gemm_aten": torch.mm, MKL's sgemm on the CPU; "gemm_onednn":
+    oneDNN's linear op, CPU only, where it passes its check), "gemm" the better of them, and a 3x3
+    convolution ("conv": oneDNN's direct convolution on the CPU, which may use wider vector
+    instructions than MKL does on a given CPU; cuDNN on CUDA).
 
-    Each rate is taken from the fastest of `reps` runs, so a moment of load elsewhere on the
-    machine lowers no rate."""
+    Each rate is taken from the fastest of `reps` runs (on CUDA each run waits for the device),
+    so a moment of load elsewhere on the machine lowers no rate."""
+    cuda = device == "cuda"
 
     def fastest(run: Callable[[], object], flops: float) -> float:
-        run()
         times = []
-        for _ in range(reps):
+        for _ in range(reps + 1):  # the first run warms up
             started = time.perf_counter()
             run()
+            if cuda:
+                torch.cuda.synchronize()
             times.append(time.perf_counter() - started)
-        return flops / min(times)
+        return flops / min(times[1:])
 
-    gemm = 0.0
-    for n in (256, 512, 1024, 2048):
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        gemm = max(gemm, fastest(partial(torch.mm, a, b), 2 * n**3))
-    conv = torch.nn.Conv2d(256, 256, 3, padding=1, bias=False)
-    x = torch.randn(32, 256, 16, 16)
+    products = {"gemm_aten": torch.mm}
+    if not cuda and onednn_problem() is None:
+        products["gemm_onednn"] = lambda a, b: onednn_op()(a, b, None, "none", [], "")
+    rates = dict.fromkeys(products, 0.0)
+    for n in (1024, 2048, 4096, 8192) if cuda else (256, 512, 1024, 2048):
+        a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+        for name, product in products.items():
+            rates[name] = max(rates[name], fastest(partial(product, a, b), 2 * n**3))
+    rates["gemm"] = max(rates.values())
+    conv = torch.nn.Conv2d(256, 256, 3, padding=1, bias=False).to(device)
+    x = torch.randn(256 if cuda else 32, 256, 16, 16, device=device)
     with torch.no_grad():
-        conv_rate = fastest(partial(conv, x), 2 * x.numel() * 256 * 9)
-    return {"gemm": gemm, "conv": conv_rate}
+        rates["conv"] = fastest(partial(conv, x), 2 * x.numel() * 256 * 9)
+    return rates
 
 
-def startup_seconds(data_root: str, reps: int = 3) -> float:
+def startup_seconds(data_root: str, device: str, reps: int = 3) -> float:
     """Median seconds from launching train.py to its start line, just before the first step."""
     times = []
     for _ in range(reps):
@@ -237,7 +267,7 @@ def startup_seconds(data_root: str, reps: int = 3) -> float:
             proc = subprocess.Popen(
                 [sys.executable, "train.py", "--scheme", "simple", "--model_config", SIMPLE[0],
                  "--train_config", SIMPLE[1], "--data_root", data_root, "--save_dir", run + "/r",
-                 "--epochs", "1", "--subset", "128", "--device", "cpu"],
+                 "--epochs", "1", "--subset", "128", "--device", device],
                 stdout=subprocess.PIPE, text=True,
             )  # fmt: skip
             while " scheme on " not in proc.stdout.readline():
@@ -247,7 +277,7 @@ def startup_seconds(data_root: str, reps: int = 3) -> float:
     return statistics.median(times)
 
 
-def grid_seconds(reps: int = 5) -> float:
+def grid_seconds(device: str, reps: int = 5) -> float:
     """Median seconds of infer.py's grid view after imports: load, decode, draw, save the PNG."""
     with tempfile.TemporaryDirectory() as folder:
         ckpt = Path(folder) / "model.pth"
@@ -259,7 +289,7 @@ def grid_seconds(reps: int = 5) -> float:
         times = []
         for _ in range(reps):
             started = time.perf_counter()
-            grid(args, torch.device("cpu"), Path(folder) / "grid.png")
+            grid(args, torch.device(device), Path(folder) / "grid.png")
             times.append(time.perf_counter() - started)
     return statistics.median(times)
 
@@ -275,49 +305,71 @@ def cpu() -> dict:
             "flags": [f for f in CPU_FLAGS if f in present]}  # fmt: skip
 
 
-def make_pips_backbone_if_missing(data_root: str) -> None:
-    """Train the composite scheme's MNIST PIPS backbone first when its file is missing, as
-    train.py would at the start of a composite run."""
+def make_pips_backbone_if_missing(data_root: str, device: str = "cpu") -> None:
+    """Train the composite scheme's MNIST PIPS backbone (on `device`) first when its file is
+    missing, as train.py would at the start of a composite run."""
     path = Path(load_model_config(COMPOSITE_MNIST[0]).pips_config.weights_path)
     if not path.is_file():
         print(f"{path}: missing; training it first (under a minute on 2 cores)", flush=True)
-        make_network("pips", path, load_mnist(data_root, "train"), load_mnist(data_root, "test"))
+        make_network("pips", path, load_mnist(data_root, "train", device),
+                     load_mnist(data_root, "test", device))  # fmt: skip
 
 
 def main() -> None:
     args = parse_args()
     if args.usual_worker:
-        usual_worker(args.data_root)
+        usual_worker(args.data_root, args.device)
         return
-    allocator_kept = keep_freed_memory()
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is visible; use --device cpu")
+    allocator_kept = not cuda and keep_freed_memory()
     machine = cpu()
+    device_name = torch.cuda.get_device_name() if cuda else machine["model"]
     print(f"machine: {machine['model']} ({', '.join(machine['flags'])}), {os.cpu_count()} cores, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")  # fmt: skip
-    make_pips_backbone_if_missing(args.data_root)
-    rates_before = best_float32_rate()
-    ours, theirs, ours_bf16 = [], [], []
-    with UsualProcess(args.data_root) as usual:
-        for precision in ("float32", "bfloat16"):  # warm-up
-            project_epoch(SIMPLE, "simple", args.data_root, subset=1280, precision=precision)
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; epochs on "
+          f"{args.device} ({device_name})")  # fmt: skip
+    make_pips_backbone_if_missing(args.data_root, args.device)
+    rates_before = best_float32_rate(args.device)
+    # The simple epoch on each linear backend at hand; the project's is the one "auto" takes.
+    auto = choose("auto", VAE(load_model_config(SIMPLE[0]).model_config),
+                  load_train_config(SIMPLE[1], "simple").data.train_bs,
+                  torch.device(args.device))  # fmt: skip
+    print(f"linear backend (auto): {auto.backend} ({auto.why})", flush=True)
+    backends = ("aten",) if cuda or onednn_problem() else BACKENDS
+    epoch = partial(project_epoch, SIMPLE, "simple", args.data_root, device=args.device)
+    ours, theirs, ours_bf16 = {backend: [] for backend in backends}, [], []
+    with UsualProcess(args.data_root, args.device) as usual:
+        for backend in backends:  # warm-up
+            epoch(subset=1280, linear_backend=backend)
+        epoch(subset=1280, precision="bfloat16")
         usual.epoch()
         for rep in range(args.reps):
-            ours.append(project_epoch(SIMPLE, "simple", args.data_root))
+            for backend in backends:
+                ours[backend].append(epoch(linear_backend=backend))
             theirs.append(usual.epoch())
-            ours_bf16.append(project_epoch(SIMPLE, "simple", args.data_root, precision="bfloat16"))
-            print(f"  rep {rep + 1}: project {ours[-1]:.2f} s, usual {theirs[-1]:.2f} s, project "
-                  f"bfloat16 {ours_bf16[-1]:.2f} s", flush=True)  # fmt: skip
+            ours_bf16.append(epoch(precision="bfloat16", linear_backend=auto.backend))
+            print(f"  rep {rep + 1}: project "
+                  + ", ".join(f"{b} {ours[b][-1]:.2f} s" for b in backends)
+                  + f", usual {theirs[-1]:.2f} s, project bfloat16 {ours_bf16[-1]:.2f} s",
+                  flush=True)  # fmt: skip
+    by_backend = {backend: statistics.median(times) for backend, times in ours.items()}
     results = {
+        "device": args.device, "device_name": device_name,
         "cpu": machine, "torch": torch.__version__, "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(), "reps": args.reps, "keep_freed_memory": allocator_kept,
-        "simple_epoch_s": statistics.median(ours), "usual_epoch_s": statistics.median(theirs),
+        "linear_backend": auto.backend, "linear_backend_why": auto.why,
+        "simple_epoch_s_by_backend": by_backend, "simple_epoch_s": by_backend[auto.backend],
+        "usual_epoch_s": statistics.median(theirs),
         "simple_bf16_epoch_s": statistics.median(ours_bf16),
         "simple_epoch_flop": epoch_flops(SIMPLE, "simple", args.data_root),
     }  # fmt: skip
-    composite = [project_epoch(COMPOSITE_MNIST, "composite", args.data_root)
+    composite = [project_epoch(COMPOSITE_MNIST, "composite", args.data_root,
+                               linear_backend=auto.backend, device=args.device)
                  for _ in range(args.reps)]  # fmt: skip
     results["composite_epoch_s"] = statistics.median(composite)
     results["composite_epoch_flop"] = epoch_flops(COMPOSITE_MNIST, "composite", args.data_root)
-    rates_after = best_float32_rate()
+    rates_after = best_float32_rate(args.device)
     for kind in rates_before:
         results[f"{kind}_gflops"] = max(rates_before[kind], rates_after[kind]) / 1e9
     for scheme in ("simple", "composite"):
@@ -330,17 +382,23 @@ def main() -> None:
         )
     results["speedup_vs_usual"] = results["usual_epoch_s"] / results["simple_epoch_s"]
     results["bf16_speedup_vs_usual"] = results["usual_epoch_s"] / results["simple_bf16_epoch_s"]
-    results["startup_s"] = startup_seconds(args.data_root)
-    results["infer_grid_s"] = grid_seconds()
+    results["startup_s"] = startup_seconds(args.data_root, args.device)
+    results["infer_grid_s"] = grid_seconds(args.device)
 
-    print(f"\nsimple epoch (project)    {results['simple_epoch_s']:7.2f} s   median of {args.reps}")
+    print(f"\nsimple epoch (project)    {results['simple_epoch_s']:7.2f} s   median of "
+          f"{args.reps}, linear layers on {auto.backend} (auto)")  # fmt: skip
+    for backend, seconds in by_backend.items():
+        print(f"  linear layers on {backend:7} {seconds:7.2f} s   "
+              f"{results['usual_epoch_s'] / seconds:.2f}x the usual way")  # fmt: skip
     print(f"simple epoch (usual way)  {results['usual_epoch_s']:7.2f} s   "
           f"project is {results['speedup_vs_usual']:.2f}x faster")  # fmt: skip
     print(f"simple epoch, bfloat16    {results['simple_bf16_epoch_s']:7.2f} s   "
           f"{results['bf16_speedup_vs_usual']:.2f}x faster than the usual way (opt-in "
           "precision, other arithmetic)")  # fmt: skip
-    print(f"best float32 rates        GEMM {results['gemm_gflops']:.0f} GFLOP/s, convolution "
-          f"{results['conv_gflops']:.0f} GFLOP/s")  # fmt: skip
+    gemm = ", ".join(f"{kind[5:]} {results[f'{kind}_gflops']:.0f}" for kind in rates_before
+                     if kind.startswith("gemm_"))  # fmt: skip
+    print(f"best float32 rates        GEMM {results['gemm_gflops']:.0f} GFLOP/s ({gemm}), "
+          f"convolution {results['conv_gflops']:.0f} GFLOP/s")  # fmt: skip
     print(f"simple floor              {results['simple_floor_s']:7.2f} s   "
           f"project is {results['simple_over_floor']:.2f}x the floor")  # fmt: skip
     print(f"composite epoch (MNIST)   {results['composite_epoch_s']:7.2f} s   "

@@ -8,6 +8,8 @@ Each pair alternates bursts of steps in one process, so a load that comes and go
 alike, and prints the medians in ms per step and their ratio. The host-memory pair alternates
 child processes instead (the setting holds for a whole process) and also counts page faults.
 
+    linear backend  oneDNN's linear op           vs ATen's (MKL on the CPU)    simple step
+                    (kept: whichever "auto" takes in this process)
     adam            fused kernel (kept)          vs stock Adam                 simple step
     dropout         nn.Dropout (kept)            vs a torch.rand >= p mask     simple step
     compile         eager VAE (kept)             vs torch.compile(vae)         simple step
@@ -17,9 +19,11 @@ child processes instead (the setting holds for a whole process) and also counts 
 
 A step is training_schemes.optimisation_step, what the training loop does per batch (forward,
 loss, backward, optimiser and scheduler steps, the critic's update included), on real MNIST
-batches, past beta's warm-up with the critic on; this process keeps freed memory as train.py
-does. Then the torch profiler splits one step of each scheme into matrix products,
-convolutions, dropout masks, Adam and the rest.
+batches, past beta's warm-up with the critic on, its linear layers on the backend that the train
+config's "auto" chooses in this process (the linear-backend pair takes each explicitly, the
+host-memory children ATen; the pair is left out where oneDNN's op fails its check); this
+process keeps freed memory as train.py does. Then the torch profiler splits one step of each
+scheme into matrix products, convolutions, dropout masks, Adam and the rest.
 Nothing here is asserted: it prints figures and writes JSON.
 """
 
@@ -40,6 +44,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from bench import COMPOSITE_MNIST, SIMPLE, cpu, make_pips_backbone_if_missing
 from model.components import LinearLayer
+from model.linear_backend import choose, onednn_problem
 from model.pips import direct_distance
 from model.vae import VAE
 from training_schemes import (
@@ -59,7 +64,7 @@ BURST = {"simple": 20, "composite": 3}  # steps per burst: about 0.3 s and 0.6 s
 ALLOCATOR_RUNS = 5  # child processes per allocator variant and scheme
 # Profiler operations by what they do; everything else is "the rest".
 OP_KINDS = {
-    "matrix products": {"aten::mm", "aten::addmm"},
+    "matrix products": {"aten::mm", "aten::addmm", "mkldnn::_linear_pointwise"},
     "convolutions": {"aten::mkldnn_convolution", "aten::convolution_backward"},
     "dropout masks": {"aten::bernoulli_"},
     "Adam": {"aten::_fused_adam_"},
@@ -90,6 +95,7 @@ class RandMaskDropout(nn.Dropout):
 def training_step(
     scheme: str, images: torch.Tensor, fused: bool = True, channels_last: bool = True,
     rand_dropout: bool = False, direct_pips: bool = False, compiled: bool = False,
+    linear_backend: str = "aten",
 ) -> Callable[[int], None]:  # fmt: skip
     """A function of `i` that takes training_schemes.optimisation_step of `scheme` on batch
     `i % steps_per_epoch` of `images`, as the loop takes it or with one alternative switched in,
@@ -101,6 +107,7 @@ def training_step(
     steps_per_epoch = len(images) // bs
     total = train_cfg.num_epochs * steps_per_epoch
     vae = VAE(model_cfg.model_config)
+    vae.set_linear_backend(linear_backend)
     if rand_dropout:
         for layer in vae.modules():
             if isinstance(layer, LinearLayer):
@@ -199,8 +206,18 @@ def main() -> None:
     keep_freed_memory()
     make_pips_backbone_if_missing(args.data_root)
     images = load_mnist(args.data_root, "train").images
-    simple, composite = (partial(training_step, s, images) for s in ("simple", "composite"))
-    pairs = {
+    auto = choose("auto", VAE(load_model_config(SIMPLE[0]).model_config),
+                  load_train_config(SIMPLE[1], "simple").data.train_bs,
+                  torch.device("cpu"))  # fmt: skip
+    print(f"linear backend (auto): {auto.backend} ({auto.why})", flush=True)
+    simple, composite = (partial(training_step, s, images, linear_backend=auto.backend)
+                         for s in ("simple", "composite"))  # fmt: skip
+    pairs = {}
+    if onednn_problem() is None:
+        pairs["linear backend (simple step)"] = alternate(
+            {"onednn": simple(linear_backend="onednn"), "aten": simple(linear_backend="aten")},
+            BURST["simple"], args.bursts)  # fmt: skip
+    pairs |= {
         "adam (simple step)": alternate(
             {"fused": simple(), "stock": simple(fused=False)}, BURST["simple"], args.bursts),
         "dropout (simple step)": alternate(
@@ -241,6 +258,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "cpu": cpu(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "linear_backend": auto.backend, "linear_backend_why": auto.why,
         "bursts": args.bursts, "burst_steps": BURST, "allocator_runs": ALLOCATOR_RUNS,
         "ms": pairs, "page_faults_per_step": faults, "profiled_ms_per_step": breakdown,
     }, indent=2) + "\n")  # fmt: skip

@@ -23,7 +23,8 @@ Under torchrun (one process per GPU, or per CPU share) the processes train one m
 DistributedDataParallel (NCCL on CUDA, gloo on the CPU); train_bs stays the global batch, split
 evenly over the processes, and rank 0 alone writes the run folder and prints.
 The run folder (the config's save_dir, or --save_dir) receives the configs as used
-(model_config.json, train_config.json), metrics.csv (one row per epoch),
+(model_config.json, train_config.json), linear_backend.json (the library the linear layers run
+on, and why), metrics.csv (one row per epoch),
 checkpoint_epoch_NNN.pth every save_every epochs, and final_model.pth; with --tensorboard (or
 the config's "tensorboard": true) also live TensorBoard logs in tensorboard/.
 With pips_config.backbone "mnist_cnn" (configs/model_composite_mnist_config.json) the composite
@@ -32,17 +33,21 @@ scheme first trains the MNIST PIPS backbone into pips_config.weights_path when t
 
 import argparse
 import dataclasses
+import json
 import shlex
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
+from model.linear_backend import Choice
+from model.vae import VAE
 from training_schemes import (
     SCHEMES,
     Interrupted,
     StopRequest,
     check_scheme,
+    linear_backend_choice,
     train,
 )
 from utils.checkpoint import checkpoint_step, load_checkpoint, write_text
@@ -262,7 +267,7 @@ def main() -> None:
 def run(args: argparse.Namespace, cluster: Cluster) -> None:
     """Check everything, then train. Under torchrun each step is agreed by every process, rank 0
     alone handles the run folder and prints, and a failure anywhere stops every process."""
-    device, resume_path, payload = cluster.device, None, None
+    device, resume_path, payload, linear = cluster.device, None, None, None
     with cluster.agreed():
         model_cfg = load_model_config(args.model_config)
         train_cfg = load_train_config(args.train_config, args.scheme)
@@ -318,15 +323,20 @@ def run(args: argparse.Namespace, cluster: Cluster) -> None:
                                 cluster)  # fmt: skip
             write_text(save_dir / "model_config.json", config_json(model_cfg))
             write_text(save_dir / "train_config.json", config_json(train_cfg))
+            linear = linear_backend_choice(train_cfg, VAE(model_cfg.model_config),
+                                           train_cfg.data.train_bs // cluster.world_size, device,
+                                           payload)  # fmt: skip
+            write_text(save_dir / "linear_backend.json", json.dumps(vars(linear)) + "\n")
             print(start_line(args.scheme, train_cfg, len(train_set), len(val_set), save_dir,
-                             cluster, resume_path, payload), flush=True)  # fmt: skip
+                             cluster, resume_path, payload, linear), flush=True)  # fmt: skip
             if train_cfg.tensorboard:
                 print(f"TensorBoard: tensorboard --logdir {save_dir / 'tensorboard'}", flush=True)
-    payload = cluster.broadcast(payload)
+    payload, linear = cluster.broadcast((payload, linear))
     stop = stop_on_signals(cluster)
     try:
         summary = train(args.scheme, model_cfg, train_cfg, train_set, val_set, device, save_dir,
-                        resume=payload, stop=stop, cluster=cluster)  # fmt: skip
+                        resume=payload, stop=stop, cluster=cluster,
+                        linear_backend=linear.backend)  # fmt: skip
     except Interrupted as e:
         if cluster.is_main:
             print(
@@ -347,9 +357,10 @@ def run(args: argparse.Namespace, cluster: Cluster) -> None:
 
 def start_line(
     scheme: str, train_cfg: TrainConfig, train_size: int, val_size: int, save_dir: Path,
-    cluster: Cluster, resume_path: Path | None, payload: dict | None,
+    cluster: Cluster, resume_path: Path | None, payload: dict | None, linear: Choice,
 ) -> str:  # fmt: skip
-    """What is about to run, on what, into where; under torchrun also how the batch is split."""
+    """What is about to run, on what, into where; under torchrun also how the batch is split;
+    which library runs the linear layers, and why."""
     where, train_bs = str(cluster.device), train_cfg.data.train_bs
     if cluster.distributed:
         where = (
@@ -360,7 +371,8 @@ def start_line(
     steps = train_size // train_bs
     return (
         f"{scheme} scheme on {where}: {train_size} training images, {steps} steps x "
-        f"{train_cfg.num_epochs} epochs, {val_size} validation images -> {save_dir}{start}"
+        f"{train_cfg.num_epochs} epochs, {val_size} validation images -> {save_dir}{start}; "
+        f"linear layers: {linear.backend} ({linear.why})"
     )
 
 

@@ -28,6 +28,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
 from model.discriminator import PatchDiscriminator
+from model.linear_backend import Choice, choose
 from model.pips import build_pips
 from model.vae import VAE
 from utils.checkpoint import checkpoint_step, save_checkpoint
@@ -129,6 +130,16 @@ def forward_precision(device: torch.device, precision: str) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
 
 
+def linear_backend_choice(
+    train_cfg: TrainConfig, vae: VAE, batch: int, device: torch.device, resume: dict | None
+) -> Choice:
+    """The backend of the VAE's linear layers for a run on `device` at `batch` rows per step: on
+    resume the one its checkpoint records (ATen in checkpoints from before the choice existed),
+    so that it continues with the same arithmetic; else the train config's, resolved."""
+    saved = resume.get("linear_backend", "aten") if resume is not None else None
+    return choose(train_cfg.linear_backend, vae, batch, device, saved)
+
+
 @dataclass
 class Learners:
     """What an optimisation step updates: the VAE and, in the composite scheme, the critic, each
@@ -228,9 +239,11 @@ def train(
     resume: dict | None = None,
     stop: StopRequest | None = None,
     cluster: Cluster | None = None,
+    linear_backend: str | None = None,
 ) -> RunSummary:
     """Train one run into `save_dir`, or continue one from the checkpoint payload `resume`;
-    under torchrun, this process's part of it (`cluster`; default: one process).
+    under torchrun, this process's part of it (`cluster`; default: one process). The VAE's
+    linear layers run on `linear_backend` (train.py's `linear_backend_choice`; None: chosen here).
 
     On the CPU a resumed run ends bit-identical to the same run left alone: the checkpoint holds
     the weights, optimisers, schedulers, RNG state (every rank's), position in the epoch, the
@@ -244,6 +257,11 @@ def train(
     train_bs = train_cfg.data.train_bs
     steps_per_epoch = len(train_set) // train_bs
     rank_bs = train_bs // cluster.world_size
+    if linear_backend is None:  # rank 0's choice, for every rank
+        choice = linear_backend_choice(train_cfg, vae, rank_bs, device, resume) if (
+            cluster.is_main) else None  # fmt: skip
+        linear_backend = cluster.broadcast(choice).backend
+    vae.set_linear_backend(linear_backend)
     total_steps = train_cfg.num_epochs * steps_per_epoch
     loss_fn = build_loss(scheme, model_cfg, train_cfg, steps_per_epoch, total_steps).to(device)
     # Every rank built the same weights from the seed; from here each draws its own dropout and z.
@@ -333,7 +351,7 @@ def train(
         payload = {
             "scheme": scheme, "epoch": epoch_done, "step": step, "loss": metrics.last("train_loss"),
             "beta": loss_fn.beta(step), "next_epoch": epoch_next, "next_batch": batch_next,
-            "train_size": len(train_set),
+            "train_size": len(train_set), "linear_backend": linear_backend,
             "model_config": dataclasses.asdict(model_cfg),
             "train_config": dataclasses.asdict(train_cfg),
             "model_state_dict": vae.state_dict(),

@@ -4,6 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.linear_backend import Linear
+
 
 class Swish(nn.Module):
     """x * sigmoid(x), computed by the fused SiLU kernel (about 10 % of a composite step saved)."""
@@ -13,11 +15,14 @@ class Swish(nn.Module):
 
 
 class LinearLayer(nn.Module):
-    """Linear (no bias) -> BatchNorm1d -> LeakyReLU(0.2) -> Dropout. Input (N, in) -> (N, out)."""
+    """Linear (no bias) -> BatchNorm1d -> LeakyReLU(0.2) -> Dropout. Input (N, in) -> (N, out).
+
+    The Linear is model.linear_backend's: an nn.Linear whose product runs through the chosen
+    library (ATen unless the VAE's `set_linear_backend` chose another)."""
 
     def __init__(self, in_features: int, out_features: int, dropout: float):
         super().__init__()
-        self.linear = nn.Linear(in_features, out_features, bias=False)
+        self.linear = Linear(in_features, out_features, bias=False)
         self.norm = nn.BatchNorm1d(out_features)
         self.act = nn.LeakyReLU(0.2)
         self.dropout = nn.Dropout(dropout)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from model.components import LinearLayer
+from model.linear_backend import Linear
 from utils.config import MLPConfig
 
 
@@ -16,14 +17,14 @@ class Decoder(nn.Module):
         super().__init__()
         widths = config.hidden_features
         self.image_shape = tuple(image_shape)
-        self.in_layer = nn.Sequential(nn.Linear(latent_dim, widths[0]), nn.LeakyReLU(0.2))
+        self.in_layer = nn.Sequential(Linear(latent_dim, widths[0]), nn.LeakyReLU(0.2))
         self.layers = nn.Sequential(
             *(
                 LinearLayer(a, b, config.dropout)
                 for a, b in zip(widths[:-1], widths[1:], strict=True)
             )
         )
-        self.out_layer = nn.Sequential(nn.Linear(widths[-1], math.prod(image_shape)), nn.Sigmoid())
+        self.out_layer = nn.Sequential(Linear(widths[-1], math.prod(image_shape)), nn.Sigmoid())
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.out_layer(self.layers(self.in_layer(z))).view(-1, *self.image_shape)

@@ -6,6 +6,7 @@ from torch import nn
 from model.components import init_weights
 from model.decoder import Decoder
 from model.encoder import Encoder
+from model.linear_backend import Linear
 from utils.config import VAEConfig
 
 
@@ -22,6 +23,13 @@ class VAE(nn.Module):
         self.encoder = Encoder(config.img_size, config.latent_features, config.encoder)
         self.decoder = Decoder(config.img_size, config.latent_features, config.decoder)
         init_weights(self)
+
+    def set_linear_backend(self, backend: str) -> None:
+        """Run every linear layer's products through `backend` ("aten", the default, or
+        "onednn"; see model/linear_backend.py): the same weights and arithmetic up to rounding."""
+        for layer in self.modules():
+            if isinstance(layer, Linear):
+                layer.set_backend(backend)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mu, logvar = self.encoder(x)

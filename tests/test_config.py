@@ -185,6 +185,7 @@ def check_train_defaults(cfg: TrainConfig, scheme: str) -> None:
     assert cfg.tensorboard is False
     assert cfg.sync_batchnorm is False
     assert cfg.precision == "float32"
+    assert cfg.linear_backend == "auto"
     p = cfg.loss.params
     assert isinstance(p, LossParams)
     assert p.beta == 4.0
@@ -1139,6 +1140,15 @@ BAD_FIELDS = [
         "Infinity",
         "must be a finite number",
         id="type-infinite-lr",
+    ),
+    pytest.param(
+        "simple",
+        TRAIN_SIMPLE,
+        _set("linear_backend", "mkl"),
+        "linear_backend",
+        '"mkl"',
+        'must be "auto", "aten" or "onednn"',
+        id="unknown-linear_backend",
     ),
     # out of range
     pytest.param(

@@ -2,7 +2,7 @@
 slices, a .item() per step) from the same seed: the same to float precision with the same Adam
 kernel, and within a looser bound against stock Adam, whose rounding differs from the fused
 kernel's in the last bit and is amplified where Adam divides near-zero gradients by their
-near-zero running scale."""
+near-zero running scale. With either linear-layer backend (model/linear_backend.py)."""
 
 import math
 import os
@@ -13,9 +13,11 @@ import sys
 import pytest
 import torch
 
+from model.linear_backend import choose
 from model.vae import VAE
 from tests.conftest import REPO, make_mnist_root
 from training_schemes import adam_with_schedule, train
+from utils.checkpoint import load_checkpoint
 from utils.config import load_model_config, load_train_config
 from utils.dataset import epoch_order, load_mnist
 from utils.loss import BetaVAELoss
@@ -23,11 +25,12 @@ from utils.metrics import MetricsLog
 
 
 def plain_epoch(
-    model_cfg, train_cfg, images: torch.Tensor, fused: bool
+    model_cfg, train_cfg, images: torch.Tensor, fused: bool, linear_backend: str = "aten"
 ) -> tuple[dict[str, float], dict]:
     """One epoch written the plain way; returns the mean of each term and the final weights."""
     torch.manual_seed(train_cfg.seed)
     vae = VAE(model_cfg.model_config)
+    vae.set_linear_backend(linear_backend)
     batch = train_cfg.data.train_bs
     steps = len(images) // batch
     loss_fn = BetaVAELoss(train_cfg.loss.params, steps)
@@ -60,15 +63,23 @@ def one_epoch_of_simple(tmp_path, n_train: int) -> tuple:
     return model_cfg, train_cfg, load_mnist(root, "train"), load_mnist(root, "test")
 
 
-def test_fast_and_plain_paths_agree(tmp_path):
+@pytest.mark.parametrize("linear_backend", ["aten", "onednn"])
+def test_fast_and_plain_paths_agree(tmp_path, linear_backend):
     model_cfg, train_cfg, train_set, val_set = one_epoch_of_simple(tmp_path, n_train=4096)
-
+    train_cfg.linear_backend = linear_backend
+    # What the loop runs on: the backend set, or aten where oneDNN's op is missing or wrong.
+    backend = choose(
+        linear_backend, VAE(model_cfg.model_config), train_cfg.data.train_bs, torch.device("cpu")
+    )
     summary = train("simple", model_cfg, train_cfg, train_set, val_set, torch.device("cpu"),
                     tmp_path / "run")  # fmt: skip
     fast_state = torch.load(summary.final_path, weights_only=True)["model_state_dict"]
     assert summary.steps == 32
+    assert load_checkpoint(summary.final_path.parent / "checkpoint_epoch_001.pth")[
+        "linear_backend"] == backend.backend  # fmt: skip
     # The same Adam kernel: the loop, batching and on-device sums change nothing but rounding.
-    same_terms, same_state = plain_epoch(model_cfg, train_cfg, train_set.images, fused=True)
+    same_terms, same_state = plain_epoch(model_cfg, train_cfg, train_set.images, fused=True,
+                                         linear_backend=backend.backend)  # fmt: skip
     for name, value in same_terms.items():
         assert summary.last_row[f"train_{name}"] == pytest.approx(value, rel=1e-6), name
     for name, tensor in same_state.items():
@@ -76,7 +87,8 @@ def test_fast_and_plain_paths_agree(tmp_path):
     # Stock Adam: per step the two kernels differ by one rounding (about 1e-7), which 32 steps
     # amplify by chance: over seeds 42, 1, 2, 3 at 1 and 2 threads the epoch's mean terms differed
     # by up to 8e-4 (loss, recon) and 2.2e-3 (kl, a small term), so the bound is 1e-2. Any change
-    # of batching, schedule or loss is caught at 1e-6 above.
+    # of batching, schedule or loss is caught at 1e-6 above. The plain loop's products run on
+    # ATen: with oneDNN in the fast loop they differ by rounding too, within the same bound.
     stock_terms, _ = plain_epoch(model_cfg, train_cfg, train_set.images, fused=False)
     for name, value in stock_terms.items():
         fast = summary.last_row[f"train_{name}"]

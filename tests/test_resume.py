@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import model.linear_backend as lb
 from tests.conftest import REPO, assert_png, make_mnist_root, run_script, run_with_terminal
 from training_schemes import train
 from utils.checkpoint import load_checkpoint
@@ -22,6 +23,9 @@ from utils.dataset import epoch_order, load_mnist
 from utils.tracking import NonFiniteLossError
 
 STEPS_PER_EPOCH = 32  # 4096 synthetic training images, batch 128
+# The backend the runs below take for their linear layers: set in their config (not "auto",
+# whose timing may choose differently in two processes), or aten where oneDNN's op fails.
+BACKEND = "onednn" if lb.onednn_problem() is None else "aten"
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +36,7 @@ def mnist(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def train_config(tmp_path_factory) -> Path:
     data = json.loads((REPO / "configs/train_simple_config.json").read_text())
-    data.update(save_every=1, keep_checkpoints=None)
+    data.update(save_every=1, keep_checkpoints=None, linear_backend="onednn")
     path = tmp_path_factory.mktemp("cfg") / "train.json"
     path.write_text(json.dumps(data))
     return path
@@ -49,6 +53,9 @@ def uninterrupted(tmp_path_factory, mnist, train_config) -> Path:
     run = tmp_path_factory.mktemp("runs") / "uninterrupted"
     result = run_script(*train_args(mnist, train_config, run))
     assert result.returncode == 0, result.stderr
+    why = "set in the train config)" if BACKEND == "onednn" else "onednn falls back to aten: "
+    assert f"; linear layers: {BACKEND} ({why}" in result.stdout.splitlines()[0]
+    assert json.loads((run / "linear_backend.json").read_text())["backend"] == BACKEND
     return run
 
 
@@ -120,7 +127,32 @@ def test_killed_run_resumes_from_its_last_epoch_checkpoint(tmp_path, mnist, trai
     shutil.copy(uninterrupted / "checkpoint_epoch_001.pth", run)
     resumed = run_script(*train_args(mnist, train_config, run, "--resume", "auto"))
     assert resumed.returncode == 0, resumed.stderr
+    assert f"linear layers: {BACKEND} (the run's own, from its checkpoint)" in resumed.stdout
     assert_same_run(run, uninterrupted)
+
+
+@pytest.mark.parametrize("setting", ["aten", "onednn", "auto"])
+def test_resume_is_bit_identical_on_each_linear_backend(tmp_path, mnist, monkeypatch, setting):
+    # "auto" is timed to take onednn (where its op passes its check); a resumed run takes the
+    # backend its checkpoint records, without timing again.
+    monkeypatch.setattr(lb, "time_backends", lambda *a: {"aten": 1.0, "onednn": 0.5})
+    model_cfg = load_model_config(REPO / "configs/model_simple_config.json")
+    train_cfg = load_train_config(REPO / "configs/train_simple_config.json", "simple")
+    train_cfg.num_epochs, train_cfg.save_every, train_cfg.linear_backend = 2, 1, setting
+    train_set, val_set = load_mnist(mnist, "train"), load_mnist(mnist, "test")
+    train_set.images, train_set.labels = train_set.images[:1024], train_set.labels[:1024]
+    whole = train("simple", model_cfg, train_cfg, train_set, val_set, torch.device("cpu"),
+                  tmp_path / "whole")  # fmt: skip
+    first = load_checkpoint(tmp_path / "whole" / "checkpoint_epoch_001.pth")
+    assert first["linear_backend"] == ("aten" if setting == "aten" else BACKEND)
+
+    monkeypatch.setattr(lb, "time_backends", lambda *a: pytest.fail("timed again on resume"))
+    resumed = train("simple", model_cfg, train_cfg, train_set, val_set, torch.device("cpu"),
+                    tmp_path / "resumed", resume=first)  # fmt: skip
+    a = torch.load(whole.final_path, weights_only=True)["model_state_dict"]
+    b = torch.load(resumed.final_path, weights_only=True)["model_state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.last_row == {**whole.last_row, "seconds": resumed.last_row["seconds"]}
 
 
 def test_resume_may_extend_the_epochs_but_nothing_else(tmp_path, mnist, train_config,

@@ -205,19 +205,24 @@ def test_missing_mnist_files_are_one_clear_line(tmp_path):
     assert "train-images-idx3-ubyte" in line and str(tmp_path / "nowhere" / "MNIST" / "raw") in line
 
 
-def _train_in_process(fake_mnist: Path, save_dir: Path, epochs: int, early_stopping=None):
+def _train_in_process(fake_mnist: Path, save_dir: Path, epochs: int, early_stopping=None,
+                      linear_backend: str = "auto"):  # fmt: skip
     model_cfg = load_model_config(REPO / "configs/model_simple_config.json")
     train_cfg = load_train_config(REPO / "configs/train_simple_config.json", "simple")
     train_cfg.num_epochs, train_cfg.early_stopping = epochs, early_stopping
+    train_cfg.linear_backend = linear_backend
     save_dir.mkdir()
     train_set = load_mnist(fake_mnist, "train", download=False)
     val_set = load_mnist(fake_mnist, "test", download=False)
     return train("simple", model_cfg, train_cfg, train_set, val_set, torch.device("cpu"), save_dir)
 
 
-def test_training_is_deterministic_on_cpu(tmp_path, fake_mnist):
-    a = _train_in_process(fake_mnist, tmp_path / "a", epochs=1)
-    b = _train_in_process(fake_mnist, tmp_path / "b", epochs=1)
+# On one backend; "auto" may time its way to the other backend in a second run, whose products
+# round differently.
+@pytest.mark.parametrize("linear_backend", ["aten", "onednn"])
+def test_training_is_deterministic_on_cpu(tmp_path, fake_mnist, linear_backend):
+    a = _train_in_process(fake_mnist, tmp_path / "a", epochs=1, linear_backend=linear_backend)
+    b = _train_in_process(fake_mnist, tmp_path / "b", epochs=1, linear_backend=linear_backend)
     sa = torch.load(a.final_path, weights_only=True)["model_state_dict"]
     sb = torch.load(b.final_path, weights_only=True)["model_state_dict"]
     assert all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -360,6 +360,10 @@ class TrainConfig:
     # Under torchrun: normalise with the whole global batch's statistics (SyncBatchNorm, CUDA
     # only) rather than each process's share; without torchrun there is nothing to synchronise.
     sync_batchnorm: bool = False
+    # The library of the VAE's linear layers on the CPU (model/linear_backend.py): "auto" times
+    # ATen (MKL) against oneDNN on the model's own shapes at start-up and takes oneDNN where it
+    # is clearly faster; "aten" or "onednn" fixes it. CUDA always takes ATen.
+    linear_backend: str = "auto"
 
     @property
     def vae_optimizer(self) -> AdamParams:
@@ -390,6 +394,12 @@ class TrainConfig:
             "precision",
             self.precision,
             'must be "float32" or "bfloat16" (autocast)',
+        )
+        _need(
+            self.linear_backend in ("auto", "aten", "onednn"),
+            "linear_backend",
+            self.linear_backend,
+            'must be "auto", "aten" or "onednn"',
         )
 
 
