@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from utils.errors import ConfigError
+from utils.legacy import is_round1_train, upgrade_model_config, upgrade_train_config
 
 T = TypeVar("T")
 
@@ -529,8 +530,6 @@ def config_from_dict(data: dict, cls: type[T], source: str) -> T:
     """Build `cls` from a parsed JSON object (a config file, or the copy a checkpoint keeps, where
     fields added to `cls` since it was saved take their defaults); files in round 1's layout are
     read through utils/legacy.py first. A problem raises one-line ConfigError naming `source`."""
-    from utils.legacy import upgrade_model_config, upgrade_train_config
-
     if cls is ModelConfig:
         data = upgrade_model_config(data)
     elif issubclass(cls, TrainConfig):
@@ -549,8 +548,6 @@ def load_model_config(path: str | Path) -> ModelConfig:
 def load_train_config(path: str | Path, scheme: str) -> TrainConfig:
     """The training file `path` in `scheme`'s layout. A file whose optimizer block is in the
     other scheme's layout is refused with the --scheme that reads it."""
-    from utils.legacy import is_round1_train
-
     data = read_json(path)
     optimizer = data.get("optimizer")
     if isinstance(optimizer, dict) and optimizer and not is_round1_train(data):
@@ -573,7 +570,7 @@ def with_overrides(config: T, overrides: dict[str, tuple[str, Any]]) -> T:
     try:
         changed.check()
     except _FieldProblem as p:
-        flag = next(f for k, (f, _) in overrides.items() if k == p.where)
+        flag = overrides[p.where][0] if p.where in overrides else p.where
         raise ConfigError(f"{flag} {_show(p.value)}: {p.problem}") from None
     return changed
 
