@@ -17,11 +17,11 @@ child processes instead (the setting holds for a whole process) and also counts 
     pips distance   expanded form (kept)         vs the direct formula         composite step
     host memory     freed memory kept (kept)     vs glibc's defaults           both steps
 
-A step is training_schemes.optimisation_step, what the training loop does per batch (forward,
-loss, backward, optimiser and scheduler steps, the critic's update included), on real MNIST
-batches, past beta's warm-up with the critic on, its linear layers on the backend that the train
-config's "auto" chooses in this process (the linear-backend pair takes each explicitly, the
-host-memory children ATen; the pair is left out where oneDNN's op fails its check); this
+A step is the scheme's `step` (training_schemes.SCHEMES), what the training loop does per batch
+(forward, loss, backward, optimiser and scheduler steps, the critic's update included), on real
+MNIST batches, past beta's warm-up with the critic on, its linear layers on the backend that the
+train config's "auto" chooses in this process (the linear-backend pair takes each explicitly,
+the host-memory children ATen; the pair is left out where oneDNN's op fails its check); this
 process keeps freed memory as train.py does. Then the torch profiler splits one step of each
 scheme into matrix products, convolutions, dropout masks, Adam and the rest.
 Nothing here is asserted: it prints figures and writes JSON.
@@ -47,15 +47,10 @@ from model.components import LinearLayer
 from model.linear_backend import choose, onednn_problem
 from model.pips import direct_distance
 from model.vae import VAE
-from training_schemes import (
-    Learners,
-    adam_with_schedule,
-    build_loss,
-    check_scheme,
-    optimisation_step,
-)
+from training_schemes import SCHEMES, adam_with_schedule, check_scheme
 from utils.config import load_model_config, load_train_config
 from utils.dataset import load_mnist
+from utils.distributed import Cluster
 from utils.loss import CompositeLoss
 from utils.misc import keep_freed_memory, run_cli
 
@@ -97,44 +92,41 @@ def training_step(
     rand_dropout: bool = False, direct_pips: bool = False, compiled: bool = False,
     linear_backend: str = "aten",
 ) -> Callable[[int], None]:  # fmt: skip
-    """A function of `i` that takes training_schemes.optimisation_step of `scheme` on batch
-    `i % steps_per_epoch` of `images`, as the loop takes it or with one alternative switched in,
-    at a step past beta's warm-up and (composite) the critic's switch-on."""
+    """A function of `i` that takes the scheme's optimisation step (`step` of its class in
+    training_schemes.SCHEMES) on batch `i % steps_per_epoch` of `images`, as the loop takes it or
+    with one alternative switched in, at a step past beta's warm-up and (composite) the critic's
+    switch-on."""
     model_cfg = check_scheme(scheme, load_model_config(CONFIGS[scheme][0]), CONFIGS[scheme][0])
     train_cfg = load_train_config(CONFIGS[scheme][1], scheme)
     torch.manual_seed(0)
     bs = train_cfg.data.train_bs
     steps_per_epoch = len(images) // bs
     total = train_cfg.num_epochs * steps_per_epoch
-    vae = VAE(model_cfg.model_config)
-    vae.set_linear_backend(linear_backend)
+    learner = SCHEMES[scheme](model_cfg, train_cfg, steps_per_epoch, Cluster(torch.device("cpu")),
+                                      linear_backend)  # fmt: skip
+    vae, loss_fn = learner.vae, learner.loss
     if rand_dropout:
         for layer in vae.modules():
             if isinstance(layer, LinearLayer):
                 layer.dropout = RandMaskDropout(layer.dropout.p)
-    loss_fn = build_loss(scheme, model_cfg, train_cfg, steps_per_epoch, total)
     if not channels_last:
         loss_fn.to(memory_format=torch.contiguous_format)
     if direct_pips:
         loss_fn.pips.forward = partial(direct_distance, loss_fn.pips)
-    critic_learner = ()
-    if isinstance(loss_fn, CompositeLoss):
-        critic = loss_fn.discriminator
-        critic_adam = adam_with_schedule(
-            critic.parameters(), train_cfg.optimizer.params_d, train_cfg.scheduler.params_d, total
+    if not fused:
+        learner.opt_g, learner.sched_g = adam_with_schedule(
+            vae.parameters(), train_cfg.vae_optimizer, train_cfg.vae_schedule, total, fused=False
         )
-        critic_learner = (critic, *critic_adam)
-    generator = adam_with_schedule(vae.parameters(), train_cfg.vae_optimizer,
-                                   train_cfg.vae_schedule, total, fused=fused)  # fmt: skip
-    learners = Learners(torch.compile(vae) if compiled else vae, *generator, *critic_learner)
+    if compiled:
+        learner.vae_replica = torch.compile(vae)
     step_on = total // 2
-    critic_off = critic_learner and not loss_fn.discriminator_on(step_on)
+    critic_off = isinstance(loss_fn, CompositeLoss) and not loss_fn.discriminator_on(step_on)
     if loss_fn.beta(step_on) != train_cfg.loss.params.beta or critic_off:
         raise RuntimeError(f"step {step_on} is not past beta's warm-up and the critic's start")
 
     def step(i: int) -> None:
         x = images[(i % steps_per_epoch) * bs : (i % steps_per_epoch + 1) * bs]
-        optimisation_step(learners, loss_fn, x, step_on, train_cfg.precision)
+        learner.step(x, step_on)
 
     return step
 

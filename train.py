@@ -10,6 +10,9 @@ r"""Train a beta-VAE on MNIST, alone (simple) or with a PatchGAN critic and PIPS
         --train_config configs/train_simple_config.json --epochs 1 --subset 2048 \
         --save_dir runs/quick
     python train.py --scheme simple --model_config configs/model_simple_config.json \
+        --train_config configs/train_simple_config.json --set loss.params.beta=2 \
+        --set 'save_dir="runs/beta2"'
+    python train.py --scheme simple --model_config configs/model_simple_config.json \
         --train_config configs/train_simple_config.json --tensorboard
     tensorboard --logdir checkpoints/simple/tensorboard
     torchrun --standalone --nproc_per_node 2 train.py --scheme simple \
@@ -41,11 +44,11 @@ from pathlib import Path
 from typing import Any
 
 from model.linear_backend import Choice
-from model.vae import VAE
 from training_schemes import (
     SCHEMES,
     Interrupted,
     StopRequest,
+    check_resumable,
     check_scheme,
     linear_backend_choice,
     train,
@@ -55,22 +58,19 @@ from utils.classifier import make_network
 from utils.config import (
     ModelConfig,
     TrainConfig,
-    config_from_dict,
     config_json,
     load_model_config,
     load_train_config,
+    parse_settings,
     with_overrides,
 )
-from utils.dataset import load_mnist
+from utils.dataset import MNISTSplit, load_mnist
 from utils.distributed import Cluster, join
-from utils.errors import CheckpointError, UserError
+from utils.errors import UserError
 from utils.misc import keep_freed_memory, pick_device, run_cli
 
 # Weights a run folder keeps besides its checkpoint_*.pth: a new run never starts over them.
 SAVED = ("final_model.pth", "best_model.pth")
-# Fields that may change on resume: the run's length, where the continued run is written, and
-# whether it also logs to TensorBoard (a logging choice that changes nothing in the run).
-RESUMABLE_CHANGES = {"num_epochs", "save_dir", "tensorboard"}
 
 
 def positive_int(text: str) -> int:
@@ -86,7 +86,7 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument(
         "--scheme",
-        choices=SCHEMES,
+        choices=list(SCHEMES),
         default="composite",
         help="simple: beta-VAE; composite: + critic + PIPS (default, as in the reference)",
     )
@@ -96,7 +96,22 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--data_root", default="data/", help="folder holding MNIST/raw/ (default data/)")
     p.add_argument("--save_dir", help="run folder; overrides the config's save_dir")
-    p.add_argument("--epochs", type=positive_int, help="overrides the config's num_epochs")
+    p.add_argument(
+        "--epochs",
+        type=positive_int,
+        help="overrides the config's num_epochs; the LR schedules and the critic's switch-on "
+        "scale with it, beta's warm-up (loss.params.warmup_epochs, in epochs) does not",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change one config field (repeatable): KEY a dotted path into the training or the "
+        "model config, VALUE JSON, e.g. --set loss.params.beta=2 --set "
+        "model_config.latent_features=16; checked as the file is, kept in the run folder's "
+        "configs",
+    )
     p.add_argument("--subset", type=positive_int, help="train on the first N training images only")
     p.add_argument("--seed", type=int, help="overrides the config's seed")
     p.add_argument(
@@ -156,19 +171,6 @@ def newest_checkpoint(save_dir: Path) -> Path:
     return max(readable, key=readable.get)
 
 
-def first_difference(saved: Any, current: Any, where: str = "") -> tuple[str, Any, Any] | None:
-    """(dotted field, saved value, current value) of the first difference between two config
-    dicts, ignoring the top-level RESUMABLE_CHANGES; None when they agree."""
-    if isinstance(saved, dict) and isinstance(current, dict):
-        for key in sorted(saved.keys() | current.keys()):
-            if where or key not in RESUMABLE_CHANGES:
-                found = first_difference(saved.get(key), current.get(key), f"{where}{key}.")
-                if found:
-                    return found
-        return None
-    return None if saved == current else (where.rstrip("."), saved, current)
-
-
 def check_processes(train_cfg: TrainConfig, cluster: Cluster, train_path: str) -> None:
     """train_bs is the global batch, so it must split evenly over the processes; SyncBatchNorm
     exists for CUDA only."""
@@ -182,46 +184,6 @@ def check_processes(train_cfg: TrainConfig, cluster: Cluster, train_path: str) -
         raise UserError(
             f"{train_path}: field 'sync_batchnorm' = true needs CUDA devices (PyTorch's "
             "SyncBatchNorm runs on GPUs only); set it to false to train on the CPU"
-        )
-
-
-def check_resumable(
-    payload: dict, path: Path, scheme: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
-    train_size: int, config_paths: tuple[str, str], cluster: Cluster,
-) -> None:  # fmt: skip
-    """Refuse a checkpoint that cannot continue this run: weights only, other settings, or
-    another number of processes."""
-    if "next_epoch" not in payload:
-        raise CheckpointError(
-            f"{path}: holds weights only (no training state); resume from a "
-            "checkpoint_*.pth written by this train.py"
-        )
-    if payload["scheme"] != scheme:
-        raise UserError(
-            f"{path}: is a {payload['scheme']} run; resume it with --scheme {payload['scheme']}"
-        )
-    for name, config, config_path in zip(
-        ("model_config", "train_config"), (model_cfg, train_cfg), config_paths, strict=True
-    ):
-        saved = config_from_dict(payload[name], type(config), f"{path} ({name})")
-        found = first_difference(dataclasses.asdict(saved), dataclasses.asdict(config))
-        if found:
-            field, saved, current = found
-            raise UserError(
-                f"{config_path}: field '{field}' is {current!r} but the run used {saved!r}; "
-                "only the epoch count may change on resume"
-            )
-    if payload["train_size"] != train_size:
-        raise UserError(
-            f"--subset: the run trained on {payload['train_size']} images, this call on "
-            f"{train_size}; pass --subset {payload['train_size']}"
-        )
-    processes = payload.get("world_size", 1)
-    if processes != cluster.world_size:
-        raise UserError(
-            f"{path}: the run trained in {processes} processes, this call has "
-            f"{cluster.world_size}; resume it with {processes} (torchrun's --nnodes x "
-            "--nproc_per_node, or a plain python train.py for 1)"
         )
 
 
@@ -267,75 +229,25 @@ def main() -> None:
 def run(args: argparse.Namespace, cluster: Cluster) -> None:
     """Check everything, then train. Under torchrun each step is agreed by every process, rank 0
     alone handles the run folder and prints, and a failure anywhere stops every process."""
-    device, resume_path, payload, linear = cluster.device, None, None, None
     with cluster.agreed():
-        model_cfg = load_model_config(args.model_config)
-        train_cfg = load_train_config(args.train_config, args.scheme)
-        overrides = {
-            "num_epochs": ("--epochs", args.epochs),
-            "seed": ("--seed", args.seed),
-            "save_dir": ("--save_dir", args.save_dir),
-            "tensorboard": ("--tensorboard", args.tensorboard or None),
-        }
-        train_cfg = with_overrides(
-            train_cfg, {k: fv for k, fv in overrides.items() if fv[1] is not None}
-        )
-        model_cfg = check_scheme(args.scheme, model_cfg, args.model_config)
-        check_processes(train_cfg, cluster, args.train_config)
+        model_cfg, train_cfg = read_configs(args, cluster)
         save_dir = Path(train_cfg.save_dir)
-        if cluster.is_main:
-            prepare_save_dir(save_dir, resuming=args.resume is not None)
-            if args.resume is not None:
-                resume_path = newest_checkpoint(save_dir) if args.resume == "auto" else Path(
-                    args.resume)  # fmt: skip
-                payload = load_checkpoint(resume_path, device)
-
+        resume_path, payload = open_run_folder(args, save_dir, cluster)
     with cluster.agreed():
-        train_set = load_mnist(args.data_root, "train", device, download=not args.no_download)
-        val_set = load_mnist(args.data_root, "test", device, download=False)
-        img_size = model_cfg.model_config.img_size
-        if list(train_set.images.shape[1:]) != img_size:
-            raise UserError(
-                f"{args.model_config}: field 'model_config.img_size' = {img_size} does not match "
-                f"the data's {list(train_set.images.shape[1:])}; set it to that"
-            )
-        pips_cfg = model_cfg.pips_config if args.scheme == "composite" else None
-        backbone = Path(pips_cfg.weights_path) if pips_cfg and pips_cfg.weights_path else None
-        if cluster.is_main and backbone is not None and not backbone.is_file():
-            # The MNIST PIPS backbone is made once, on the full training split, before any subset
-            # (by rank 0; the others load it once this block has ended).
-            make_network("pips", backbone, train_set, val_set)
-        if args.subset is not None:
-            if not train_cfg.data.train_bs <= args.subset <= len(train_set):
-                raise UserError(
-                    f"--subset {args.subset}: must be between train_bs "
-                    f"({train_cfg.data.train_bs}) and the {len(train_set)} training images"
-                )
-            train_set = dataclasses.replace(
-                train_set,
-                images=train_set.images[: args.subset],
-                labels=train_set.labels[: args.subset],
-            )
+        train_set, val_set = read_data(args, model_cfg, train_cfg, cluster)
+        linear = None
         if cluster.is_main:
             if resume_path is not None:
                 check_resumable(payload, resume_path, args.scheme, model_cfg, train_cfg,
                                 len(train_set), (args.model_config, args.train_config),
                                 cluster)  # fmt: skip
-            write_text(save_dir / "model_config.json", config_json(model_cfg))
-            write_text(save_dir / "train_config.json", config_json(train_cfg))
-            linear = linear_backend_choice(train_cfg, VAE(model_cfg.model_config),
-                                           train_cfg.data.train_bs // cluster.world_size, device,
-                                           payload)  # fmt: skip
-            write_text(save_dir / "linear_backend.json", json.dumps(vars(linear)) + "\n")
-            print(start_line(args.scheme, train_cfg, len(train_set), len(val_set), save_dir,
-                             cluster, resume_path, payload, linear), flush=True)  # fmt: skip
-            if train_cfg.tensorboard:
-                print(f"TensorBoard: tensorboard --logdir {save_dir / 'tensorboard'}", flush=True)
+            linear = record_start(args, model_cfg, train_cfg, train_set, val_set, cluster,
+                                  resume_path, payload)  # fmt: skip
     payload, linear = cluster.broadcast((payload, linear))
     stop = stop_on_signals(cluster)
     try:
-        summary = train(args.scheme, model_cfg, train_cfg, train_set, val_set, device, save_dir,
-                        resume=payload, stop=stop, cluster=cluster,
+        summary = train(args.scheme, model_cfg, train_cfg, train_set, val_set, cluster.device,
+                        save_dir, resume=payload, stop=stop, cluster=cluster,
                         linear_backend=linear.backend)  # fmt: skip
     except Interrupted as e:
         if cluster.is_main:
@@ -353,6 +265,110 @@ def run(args: argparse.Namespace, cluster: Cluster) -> None:
             f"model -> {summary.final_path}",
             flush=True,
         )
+
+
+def read_configs(args: argparse.Namespace, cluster: Cluster) -> tuple[ModelConfig, TrainConfig]:
+    """The two configs as this run uses them: each file with its --set changes, then the flags,
+    every value through the same checks; the model config as the scheme needs it."""
+    model_settings, train_settings = parse_settings(args.set, args.scheme)
+    model_cfg = load_model_config(args.model_config, model_settings)
+    train_cfg = load_train_config(args.train_config, args.scheme, train_settings)
+    overrides = {
+        "num_epochs": ("--epochs", args.epochs),
+        "seed": ("--seed", args.seed),
+        "save_dir": ("--save_dir", args.save_dir),
+        "tensorboard": ("--tensorboard", args.tensorboard or None),
+    }
+    train_cfg = with_overrides(
+        train_cfg, {k: fv for k, fv in overrides.items() if fv[1] is not None}
+    )
+    model_cfg = check_scheme(args.scheme, model_cfg, args.model_config)
+    check_processes(train_cfg, cluster, args.train_config)
+    return model_cfg, train_cfg
+
+
+def open_run_folder(
+    args: argparse.Namespace, save_dir: Path, cluster: Cluster
+) -> tuple[Path | None, dict | None]:
+    """Rank 0 prepares the run folder and, with --resume, reads the checkpoint to continue:
+    (its path, its payload), or (None, None) for a new run."""
+    if not cluster.is_main:
+        return None, None
+    prepare_save_dir(save_dir, resuming=args.resume is not None)
+    if args.resume is None:
+        return None, None
+    path = newest_checkpoint(save_dir) if args.resume == "auto" else Path(args.resume)
+    return path, load_checkpoint(path, cluster.device)
+
+
+def read_data(
+    args: argparse.Namespace, model_cfg: ModelConfig, train_cfg: TrainConfig, cluster: Cluster
+) -> tuple[MNISTSplit, MNISTSplit]:
+    """The training split (cut to --subset) and the test split, checked against the model; the
+    MNIST PIPS backbone is made first when the composite scheme needs it and it is missing."""
+    device = cluster.device
+    train_set = load_mnist(args.data_root, "train", device, download=not args.no_download)
+    val_set = load_mnist(args.data_root, "test", device, download=False)
+    img_size = model_cfg.model_config.img_size
+    if list(train_set.images.shape[1:]) != img_size:
+        raise UserError(
+            f"{args.model_config}: field 'model_config.img_size' = {img_size} does not match "
+            f"the data's {list(train_set.images.shape[1:])}; set it to that"
+        )
+    pips_cfg = model_cfg.pips_config if args.scheme == "composite" else None
+    backbone = Path(pips_cfg.weights_path) if pips_cfg and pips_cfg.weights_path else None
+    if cluster.is_main and backbone is not None and not backbone.is_file():
+        # The MNIST PIPS backbone is made once, on the full training split, before any subset
+        # (by rank 0; the others load it once this block has ended).
+        make_network("pips", backbone, train_set, val_set)
+    if args.subset is not None:
+        if not train_cfg.data.train_bs <= args.subset <= len(train_set):
+            raise UserError(
+                f"--subset {args.subset}: must be between train_bs "
+                f"({train_cfg.data.train_bs}) and the {len(train_set)} training images"
+            )
+        train_set = dataclasses.replace(
+            train_set,
+            images=train_set.images[: args.subset],
+            labels=train_set.labels[: args.subset],
+        )
+    return train_set, val_set
+
+
+def record_start(
+    args: argparse.Namespace, model_cfg: ModelConfig, train_cfg: TrainConfig,
+    train_set: MNISTSplit, val_set: MNISTSplit, cluster: Cluster, resume_path: Path | None,
+    payload: dict | None,
+) -> Choice:  # fmt: skip
+    """Rank 0: write the configs as used and the linear layers' backend into the run folder, and
+    print what is about to run (and, for a run shorter than its beta warm-up, that beta will not
+    reach its value). Returns the backend choice."""
+    save_dir, batch = Path(train_cfg.save_dir), train_cfg.data.train_bs // cluster.world_size
+    write_text(save_dir / "model_config.json", config_json(model_cfg))
+    write_text(save_dir / "train_config.json", config_json(train_cfg))
+    linear = linear_backend_choice(train_cfg, model_cfg, batch, cluster.device, payload)
+    write_text(save_dir / "linear_backend.json", json.dumps(vars(linear)) + "\n")
+    print(start_line(args.scheme, train_cfg, len(train_set), len(val_set), save_dir, cluster,
+                     resume_path, payload, linear), flush=True)  # fmt: skip
+    warning = short_warmup(train_cfg)
+    if warning:
+        print(warning, flush=True)
+    if train_cfg.tensorboard:
+        print(f"TensorBoard: tensorboard --logdir {save_dir / 'tensorboard'}", flush=True)
+    return linear
+
+
+def short_warmup(train_cfg: TrainConfig) -> str | None:
+    """One line when the run ends before beta's warm-up does (loss.params.warmup_epochs counts
+    epochs, so --epochs shortens the LR schedules but not the warm-up); None otherwise."""
+    params, epochs = train_cfg.loss.params, train_cfg.num_epochs
+    if epochs >= params.warmup_epochs:
+        return None
+    return (
+        f"note: num_epochs {epochs} < loss.params.warmup_epochs {params.warmup_epochs:g}, so beta "
+        f"ends at {params.beta * epochs / params.warmup_epochs:.3g} of {params.beta:g} (the "
+        "warm-up counts epochs; --epochs does not shorten it)"
+    )
 
 
 def start_line(

@@ -1,13 +1,16 @@
-"""The training loop shared by both schemes.
+"""The two training schemes, and the loop that trains either.
 
     simple:    beta-VAE: lambda_recon * recon + beta * KL (beta warm-up, free bits)
     composite: the same VAE + lambda_pips * PIPS + lambda_disc * PatchGAN adversarial term,
-               and a discriminator trained from step int(params_d.warmup_ratio * total_steps)
+               and a critic trained from step int(params_d.warmup_ratio * total_steps)
 
-One loop runs both: the scheme's loss object decides what a step computes, and the composite
-scheme adds one discriminator update per step. Reading order is execution order: model, loss,
-optimisers, then epochs of (train steps, validation, metrics row, checkpoint, early stopping).
-train.py is the entry point; nothing here parses arguments or exits.
+`SCHEMES` maps each --scheme to its class. A scheme owns its networks, optimisers and LR
+schedules: it checks the model config it needs, takes one optimisation step, reports its learning
+rates, and hands over its part of the checkpoint as a `state_dict()` / `load_state_dict()` pair
+(under the reference's keys). `Progress` is where the run stands (step, position, the epoch's term
+sums, early stopping, metrics rows), with its own state pair. `train()` reads top to bottom: build
+the scheme, restore on resume, then epochs of `run_epoch` and `finish_epoch`, checkpoints, and the
+final model. train.py is the entry point; nothing here parses arguments or exits.
 
 Under torchrun the same loop runs in every process (utils/distributed.py): the VAE and the critic
 are wrapped in DistributedDataParallel, each rank takes its share of every global batch of
@@ -21,6 +24,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,63 +36,29 @@ from model.linear_backend import Choice, choose
 from model.pips import build_pips
 from model.vae import VAE
 from utils.checkpoint import checkpoint_step, save_checkpoint
-from utils.config import AdamParams, ModelConfig, PIPSConfig, ScheduleParams, TrainConfig
+from utils.config import (
+    AdamParams,
+    ModelConfig,
+    PIPSConfig,
+    ScheduleParams,
+    TrainConfig,
+    config_from_dict,
+)
 from utils.dataset import MNISTSplit, epoch_order, eval_batches, rank_share, train_batches
 from utils.distributed import Cluster, parameter_fingerprint
-from utils.errors import UserError
+from utils.errors import CheckpointError, UserError
 from utils.loss import BetaVAELoss, CompositeLoss, Terms
 from utils.metrics import MetricsLog
 from utils.misc import warmup_cosine
 from utils.tensorboard_log import TensorBoardLog
 from utils.tracking import EarlyStopping, NonFiniteWatch, TermAverager
 
-SCHEMES = ("simple", "composite")
 LIVE_LOSS_EVERY = 25  # steps between progress-bar / TensorBoard updates (each syncs the device)
 CHECK_EVERY = 50  # steps between checks for a non-finite loss (each one syncs the device)
 INTERRUPT_CHECKPOINT = "checkpoint_interrupted.pth"
-
-
-# The reference's checkpoint keys for the VAE's optimiser and LR schedule, by scheme; the
-# composite scheme's critic adds optimizer_d_state_dict and scheduler_d_state_dict.
-VAE_OPTIMISER_KEYS = {
-    "simple": ("optimizer_state_dict", "scheduler_state_dict"),
-    "composite": ("optimizer_g_state_dict", "scheduler_g_state_dict"),
-}
-
-
-def check_scheme(scheme: str, model_cfg: ModelConfig, model_path: str) -> ModelConfig:
-    """The model config as `scheme` uses it: the composite scheme needs the critic, and without a
-    pips_config takes the reference's perceptual loss (ImageNet VGG16), which is written in."""
-    if scheme != "composite":
-        return model_cfg
-    if model_cfg.discriminator_config is None:
-        raise UserError(
-            f"{model_path}: the composite scheme needs 'discriminator_config'; see "
-            "configs/model_composite_config.json, or pass --scheme simple"
-        )
-    return dataclasses.replace(model_cfg, pips_config=model_cfg.pips_config or PIPSConfig())
-
-
-def build_loss(
-    scheme: str,
-    model_cfg: ModelConfig,
-    train_cfg: TrainConfig,
-    steps_per_epoch: int,
-    total_steps: int,
-) -> BetaVAELoss:
-    if scheme == "simple":
-        return BetaVAELoss(train_cfg.loss.params, steps_per_epoch)
-    critic = PatchDiscriminator(model_cfg.discriminator_config)
-    # Channels-last convolutions run faster on CPU (bench_ab.py times both); the arithmetic is
-    # the same.
-    return CompositeLoss(
-        train_cfg.loss.params,
-        steps_per_epoch,
-        total_steps,
-        train_cfg.optimizer.params_d.warmup_ratio,
-        critic.to(memory_format=torch.channels_last),
-        build_pips(model_cfg.pips_config).to(memory_format=torch.channels_last),
-    )
+# Fields that may change on resume: the run's length, where the continued run is written, and
+# whether it also logs to TensorBoard (a logging choice that changes nothing in the run).
+RESUMABLE_CHANGES = {"num_epochs", "save_dir", "tensorboard"}
 
 
 def adam_with_schedule(
@@ -100,9 +70,9 @@ def adam_with_schedule(
     reference uses); None for a constant LR (`schedule` null). The caller steps the schedule after
     each update of its network.
 
-    The fused kernel does the same arithmetic as stock Adam in one pass over all parameters, a
-    fraction of stock Adam's time on the CPU (bench_ab.py times both); `fused=False` gives stock
-    Adam (the reference path of bench.py and the tests).
+    The fused kernel does the same arithmetic as stock Adam in one pass over all parameters
+    (bench_ab.py times both); `fused=False` gives stock Adam (the reference path of bench.py and
+    the tests).
     """
     optimizer = torch.optim.Adam(params, lr=adam.lr, weight_decay=adam.weight_decay, fused=fused)
     if schedule is None:
@@ -111,17 +81,23 @@ def adam_with_schedule(
     return optimizer, LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total_steps))
 
 
-def check_same_backbone(saved: str | None, current: str, model_cfg: ModelConfig) -> None:
-    """Refuse to resume a composite run against PIPS weights other than those it trained with
-    (`saved`: their fingerprint in the checkpoint; None in checkpoints written before it was)."""
-    if saved is not None and saved != current:
-        pips = model_cfg.pips_config
-        source = pips.weights_path or f"the {pips.backbone} backbone ({pips.weights} weights)"
-        raise UserError(
-            f"{source}: the PIPS backbone's weights are not those this run trained against "
-            f"(fingerprint {current}, the checkpoint's {saved}); put that file back, or start a "
-            "new run"
-        )
+def update(optimizer: torch.optim.Adam, schedule: LambdaLR | None, loss: torch.Tensor) -> None:
+    """One optimiser step on `loss`'s gradients, then its schedule's step (if it has one)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if schedule is not None:
+        schedule.step()
+
+
+def load_optimiser(
+    optimizer: torch.optim.Adam, schedule: LambdaLR | None, optimizer_state: dict,
+    schedule_state: dict | None,
+) -> None:  # fmt: skip
+    """Restore an optimiser and its schedule (None, with a null state, for a constant LR)."""
+    optimizer.load_state_dict(optimizer_state)
+    if schedule is not None:
+        schedule.load_state_dict(schedule_state)
 
 
 def forward_precision(device: torch.device, precision: str) -> torch.autocast:
@@ -130,78 +106,241 @@ def forward_precision(device: torch.device, precision: str) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
 
 
+class SimpleScheme:
+    """beta-VAE. Owns the VAE (and, under torchrun, its DistributedDataParallel replica), the
+    loss with its beta schedule, and the VAE's Adam and LR schedule."""
+
+    name = "simple"
+    # The reference's checkpoint keys for the VAE's optimiser and LR schedule.
+    optimiser_keys = ("optimizer_state_dict", "scheduler_state_dict")
+
+    @staticmethod
+    def check_model(model_cfg: ModelConfig, model_path: str) -> ModelConfig:
+        """The model config as this scheme uses it (the simple scheme ignores the critic's and
+        the perceptual loss's blocks)."""
+        return model_cfg
+
+    def __init__(
+        self, model_cfg: ModelConfig, train_cfg: TrainConfig, steps_per_epoch: int,
+        cluster: Cluster, linear_backend: str,
+    ):  # fmt: skip
+        total_steps = train_cfg.num_epochs * steps_per_epoch
+        self.precision, self.linear_backend = train_cfg.precision, linear_backend
+        self.vae = VAE(model_cfg.model_config).to(cluster.device)
+        self.vae.set_linear_backend(linear_backend)
+        self.loss = self.make_loss(model_cfg, train_cfg, steps_per_epoch, total_steps)
+        self.loss.to(cluster.device)
+        # Every rank built the same weights from the seed; from here each draws its own dropout
+        # and z.
+        cluster.seed_streams()
+        self.vae_replica = cluster.wrap(self.vae, train_cfg.sync_batchnorm)
+        self.opt_g, self.sched_g = adam_with_schedule(
+            self.vae.parameters(), train_cfg.vae_optimizer, train_cfg.vae_schedule, total_steps
+        )
+
+    def make_loss(self, model_cfg: ModelConfig, train_cfg: TrainConfig, steps_per_epoch: int,
+                  total_steps: int) -> BetaVAELoss:  # fmt: skip
+        return BetaVAELoss(train_cfg.loss.params, steps_per_epoch)
+
+    @property
+    def networks(self) -> list[nn.Module]:
+        """The networks being trained (for buffer syncing and the replicas' weight check)."""
+        return [self.vae]
+
+    @property
+    def train_terms(self) -> tuple[str, ...]:
+        """The terms a step reports, in logging order: the generator's, then the critic's."""
+        return self.loss.term_names + self.loss.critic_term_names
+
+    def train(self, mode: bool = True) -> None:
+        self.vae.train(mode)
+        self.loss.train(mode)
+
+    def generator_step(self, x: torch.Tensor, step: int) -> tuple[Terms, torch.Tensor]:
+        """The VAE's update on batch `x` at global step `step`: its detached loss terms and its
+        reconstruction of `x`."""
+        with forward_precision(x.device, self.precision):
+            x_hat, mu, logvar = self.vae_replica(x)
+            loss, terms = self.loss.generator_loss(x_hat, x, mu, logvar, step)
+        update(self.opt_g, self.sched_g, loss)
+        return terms, x_hat
+
+    def step(self, x: torch.Tensor, step: int) -> Terms:
+        """One optimisation step on batch `x` at global step `step`; its detached loss terms."""
+        return self.generator_step(x, step)[0]
+
+    def learning_rates(self) -> dict[str, float]:
+        return {"lr_g": self.opt_g.param_groups[0]["lr"]}
+
+    def state_dict(self) -> dict:
+        optimizer_key, schedule_key = self.optimiser_keys
+        return {
+            "model_state_dict": self.vae.state_dict(),
+            "encoder_state_dict": self.vae.encoder.state_dict(),
+            "decoder_state_dict": self.vae.decoder.state_dict(),
+            optimizer_key: self.opt_g.state_dict(),
+            schedule_key: self.sched_g.state_dict() if self.sched_g is not None else None,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        optimizer_key, schedule_key = self.optimiser_keys
+        self.vae.load_state_dict(state["model_state_dict"])
+        load_optimiser(self.opt_g, self.sched_g, state[optimizer_key], state[schedule_key])
+
+
+class CompositeScheme(SimpleScheme):
+    """The simple scheme's VAE + PIPS + a PatchGAN critic with its own Adam and LR schedule. The
+    critic learns from its switch-on step; its schedule counts critic updates, as the reference's
+    does."""
+
+    name = "composite"
+    optimiser_keys = ("optimizer_g_state_dict", "scheduler_g_state_dict")
+
+    @staticmethod
+    def check_model(model_cfg: ModelConfig, model_path: str) -> ModelConfig:
+        """The composite scheme needs the critic, and without a pips_config takes the
+        reference's perceptual loss (ImageNet VGG16), which is written in."""
+        if model_cfg.discriminator_config is None:
+            raise UserError(
+                f"{model_path}: the composite scheme needs 'discriminator_config'; see "
+                "configs/model_composite_config.json, or pass --scheme simple"
+            )
+        return dataclasses.replace(model_cfg, pips_config=model_cfg.pips_config or PIPSConfig())
+
+    def __init__(
+        self, model_cfg: ModelConfig, train_cfg: TrainConfig, steps_per_epoch: int,
+        cluster: Cluster, linear_backend: str,
+    ):  # fmt: skip
+        super().__init__(model_cfg, train_cfg, steps_per_epoch, cluster, linear_backend)
+        self.pips_config = model_cfg.pips_config
+        self.critic = self.loss.discriminator
+        self.critic_replica = cluster.wrap(self.critic, train_cfg.sync_batchnorm)
+        self.opt_d, self.sched_d = adam_with_schedule(
+            self.critic.parameters(), train_cfg.optimizer.params_d, train_cfg.scheduler.params_d,
+            train_cfg.num_epochs * steps_per_epoch,
+        )  # fmt: skip
+        # Checkpoints record which perceptual weights the run trains against, so that a resume
+        # against another backbone file (made again, or replaced) is refused, not silently mixed.
+        self.pips_fingerprint = parameter_fingerprint([self.loss.pips])
+
+    def make_loss(self, model_cfg: ModelConfig, train_cfg: TrainConfig, steps_per_epoch: int,
+                  total_steps: int) -> CompositeLoss:  # fmt: skip
+        # Channels-last convolutions run faster on CPU (bench_ab.py times both); the arithmetic
+        # is the same.
+        return CompositeLoss(
+            train_cfg.loss.params, steps_per_epoch, total_steps,
+            train_cfg.optimizer.params_d.warmup_ratio,
+            PatchDiscriminator(model_cfg.discriminator_config).to(
+                memory_format=torch.channels_last),
+            build_pips(model_cfg.pips_config).to(memory_format=torch.channels_last),
+        )  # fmt: skip
+
+    @property
+    def networks(self) -> list[nn.Module]:
+        return [self.vae, self.critic]
+
+    def step(self, x: torch.Tensor, step: int) -> Terms:
+        """The VAE's update, then from its switch-on the critic's on the same reconstructions;
+        the critic's terms join the generator's."""
+        terms, x_hat = self.generator_step(x, step)
+        if self.loss.discriminator_on(step):
+            with forward_precision(x.device, self.precision):
+                loss_d, critic_terms = self.loss.discriminator_loss(
+                    x_hat.detach(), x, self.critic_replica
+                )
+            update(self.opt_d, self.sched_d, loss_d)
+            terms.update(critic_terms)
+        return terms
+
+    def learning_rates(self) -> dict[str, float]:
+        return {**super().learning_rates(), "lr_d": self.opt_d.param_groups[0]["lr"]}
+
+    def state_dict(self) -> dict:
+        return {
+            **super().state_dict(),
+            "discriminator_state_dict": self.critic.state_dict(),
+            "optimizer_d_state_dict": self.opt_d.state_dict(),
+            "scheduler_d_state_dict": self.sched_d.state_dict() if self.sched_d else None,
+            "pips_fingerprint": self.pips_fingerprint,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Also refuses a run that trained against other PIPS weights (checkpoints written
+        before the fingerprint existed carry none and are taken as they are)."""
+        saved = state.get("pips_fingerprint")
+        if saved is not None and saved != self.pips_fingerprint:
+            pips = self.pips_config
+            source = pips.weights_path or f"the {pips.backbone} backbone ({pips.weights} weights)"
+            raise UserError(
+                f"{source}: the PIPS backbone's weights are not those this run trained against "
+                f"(fingerprint {self.pips_fingerprint}, the checkpoint's {saved}); put that file "
+                "back, or start a new run"
+            )
+        super().load_state_dict(state)
+        self.critic.load_state_dict(state["discriminator_state_dict"])
+        load_optimiser(self.opt_d, self.sched_d, state["optimizer_d_state_dict"],
+                       state["scheduler_d_state_dict"])  # fmt: skip
+
+
+SCHEMES: dict[str, type[SimpleScheme]] = {"simple": SimpleScheme, "composite": CompositeScheme}
+
+
+def check_scheme(scheme: str, model_cfg: ModelConfig, model_path: str) -> ModelConfig:
+    """The model config as `scheme` uses it (see each scheme's `check_model`)."""
+    return SCHEMES[scheme].check_model(model_cfg, model_path)
+
+
 def linear_backend_choice(
-    train_cfg: TrainConfig, vae: VAE, batch: int, device: torch.device, resume: dict | None
-) -> Choice:
+    train_cfg: TrainConfig, model_cfg: ModelConfig, batch: int, device: torch.device,
+    resume: dict | None,
+) -> Choice:  # fmt: skip
     """The backend of the VAE's linear layers for a run on `device` at `batch` rows per step: on
     resume the one its checkpoint records (ATen in checkpoints from before the choice existed),
-    so that it continues with the same arithmetic; else the train config's, resolved."""
+    so that it continues with the same arithmetic; else the train config's, resolved. (Timing
+    the backends draws from its own generator, not the global one.)"""
     saved = resume.get("linear_backend", "aten") if resume is not None else None
-    return choose(train_cfg.linear_backend, vae, batch, device, saved)
+    return choose(train_cfg.linear_backend, VAE(model_cfg.model_config), batch, device, saved)
 
 
-@dataclass
-class Learners:
-    """What an optimisation step updates: the VAE and, in the composite scheme, the critic, each
-    as the module to call (under torchrun its DistributedDataParallel wrapper), with its Adam and
-    LR schedule (None: a constant LR)."""
+class Progress:
+    """Where a run stands and what it has recorded: the global step, the next epoch and batch,
+    the current epoch's term sums, early stopping, and the metrics rows (written to
+    metrics.csv by rank 0). `state_dict()` / `load_state_dict()` are its part of the checkpoint;
+    the term sums differ between ranks and travel with each rank's RNG state (`rank_state`)."""
 
-    vae: nn.Module
-    opt_g: torch.optim.Adam
-    sched_g: LambdaLR | None
-    critic: nn.Module | None = None
-    opt_d: torch.optim.Adam | None = None
-    sched_d: LambdaLR | None = None
+    def __init__(self, metrics: MetricsLog, stopper: EarlyStopping | None):
+        self.metrics, self.stopper = metrics, stopper
+        self.step, self.next_epoch, self.next_batch = 0, 1, 0
+        self.epoch_terms = TermAverager()
 
-    def __post_init__(self):
-        if (self.critic is None) != (self.opt_d is None) or (
-            self.critic is None and self.sched_d is not None
-        ):
-            raise ValueError("Learners: the critic, its Adam and its schedule come together")
+    def should_stop(self, epoch: int, train_loss: float, vae: VAE) -> bool:
+        return self.stopper is not None and self.stopper.should_stop(epoch, train_loss, vae)
 
+    def state_dict(self) -> dict:
+        state = {"step": self.step, "next_epoch": self.next_epoch, "next_batch": self.next_batch,
+                 "metrics_rows": list(self.metrics.rows)}  # fmt: skip
+        if self.stopper is not None:
+            state["early_stopping"] = self.stopper.state_dict()
+        return state
 
-def optimisation_step(
-    learners: Learners, loss_fn: BetaVAELoss, x: torch.Tensor, step: int, precision: str
-) -> Terms:
-    """One batch `x` at global step `step`: the generator's update, then (composite scheme) from
-    its switch-on step the critic's. Each schedule steps after its own network's update, so the
-    critic's counts critic updates, as the reference's does. Returns the step's detached loss
-    terms, the critic's from its switch-on."""
-    with forward_precision(x.device, precision):
-        x_hat, mu, logvar = learners.vae(x)
-        loss, terms = loss_fn.generator_loss(x_hat, x, mu, logvar, step)
-    learners.opt_g.zero_grad(set_to_none=True)
-    loss.backward()
-    learners.opt_g.step()
-    if learners.sched_g is not None:
-        learners.sched_g.step()
-    if isinstance(loss_fn, CompositeLoss) and loss_fn.discriminator_on(step):
-        with forward_precision(x.device, precision):
-            loss_d, critic_terms = loss_fn.discriminator_loss(x_hat.detach(), x, learners.critic)
-        learners.opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        learners.opt_d.step()
-        if learners.sched_d is not None:
-            learners.sched_d.step()
-        terms.update(critic_terms)
-    return terms
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.next_epoch = state["step"], state["next_epoch"]
+        self.next_batch, self.metrics.rows = state["next_batch"], list(state["metrics_rows"])
+        if self.stopper is not None:
+            self.stopper.load_state_dict(state["early_stopping"])
 
+    def rank_state(self, device: torch.device) -> dict:
+        """What differs between ranks and decides what happens next: RNG, partial term sums."""
+        state = {"epoch_terms": self.epoch_terms.state_dict(), "rng_state": torch.get_rng_state()}
+        if device.type == "cuda":
+            state["cuda_rng_state"] = torch.cuda.get_rng_state(device)
+        return state
 
-@torch.inference_mode()
-def validate(
-    vae: VAE, loss_fn: BetaVAELoss, val_set: MNISTSplit, batch_size: int, step: int,
-    cluster: Cluster,
-) -> dict[str, float]:  # fmt: skip
-    """Generator loss terms over the whole validation split, eval mode (decodes mu). Under
-    torchrun each rank takes every world_size-th batch and the sums are added up over ranks."""
-    vae.eval()
-    loss_fn.eval()
-    averager = TermAverager()
-    batches = eval_batches(val_set, batch_size)
-    for x, _ in itertools.islice(batches, cluster.rank, None, cluster.world_size):
-        x_hat, mu, logvar = vae(x)
-        averager.add(loss_fn.generator_loss(x_hat, x, mu, logvar, step)[1], weight=len(x))
-    return cluster.sum_terms(averager, loss_fn.term_names).means(loss_fn.term_names)
+    def load_rank_state(self, state: dict, device: torch.device) -> None:
+        self.epoch_terms.load_state_dict(state["epoch_terms"])
+        torch.set_rng_state(state["rng_state"])
+        if device.type == "cuda" and "cuda_rng_state" in state:
+            torch.cuda.set_rng_state(state["cuda_rng_state"], device)
 
 
 class StopRequest:
@@ -228,254 +367,278 @@ class RunSummary:
     last_row: dict[str, float]
 
 
+@dataclass
+class Run:
+    """What the parts of the loop share: the scheme being trained and its progress, the configs,
+    the data, the processes, the run folder, and the optional live views."""
+
+    scheme: SimpleScheme
+    progress: Progress
+    model_cfg: ModelConfig
+    train_cfg: TrainConfig
+    train_set: MNISTSplit
+    val_set: MNISTSplit
+    cluster: Cluster
+    save_dir: Path
+    stop: StopRequest
+    board: TensorBoardLog | None
+    watch: NonFiniteWatch
+    show_bar: bool
+    live_loss: bool  # read the loss every LIVE_LOSS_EVERY steps (a collective under torchrun)
+    last_good: str = "none yet"  # the newest checkpoint written, for error messages
+    epoch_started: float = 0.0
+
+
 def train(
-    scheme: str,
-    model_cfg: ModelConfig,
-    train_cfg: TrainConfig,
-    train_set: MNISTSplit,
-    val_set: MNISTSplit,
-    device: torch.device,
-    save_dir: Path,
-    resume: dict | None = None,
-    stop: StopRequest | None = None,
-    cluster: Cluster | None = None,
+    scheme: str, model_cfg: ModelConfig, train_cfg: TrainConfig, train_set: MNISTSplit,
+    val_set: MNISTSplit, device: torch.device, save_dir: Path, resume: dict | None = None,
+    stop: StopRequest | None = None, cluster: Cluster | None = None,
     linear_backend: str | None = None,
-) -> RunSummary:
+) -> RunSummary:  # fmt: skip
     """Train one run into `save_dir`, or continue one from the checkpoint payload `resume`;
     under torchrun, this process's part of it (`cluster`; default: one process). The VAE's
-    linear layers run on `linear_backend` (train.py's `linear_backend_choice`; None: chosen here).
+    linear layers run on `linear_backend` (None: chosen here, as train.py chooses it).
 
     On the CPU a resumed run ends bit-identical to the same run left alone: the checkpoint holds
     the weights, optimisers, schedulers, RNG state (every rank's), position in the epoch, the
     epoch's partial term sums (every rank's), early-stopping state and the metrics rows so far.
     """
     cluster = cluster or Cluster(device)
-    torch.manual_seed(train_cfg.seed)
-    vae = VAE(model_cfg.model_config).to(device)
-    # train_bs is the global batch: the step count, and with it every schedule, is the same for
-    # any number of processes.
-    train_bs = train_cfg.data.train_bs
-    steps_per_epoch = len(train_set) // train_bs
-    rank_bs = train_bs // cluster.world_size
     if linear_backend is None:  # rank 0's choice, for every rank
-        choice = linear_backend_choice(train_cfg, vae, rank_bs, device, resume) if (
+        batch = train_cfg.data.train_bs // cluster.world_size
+        choice = linear_backend_choice(train_cfg, model_cfg, batch, device, resume) if (
             cluster.is_main) else None  # fmt: skip
         linear_backend = cluster.broadcast(choice).backend
-    vae.set_linear_backend(linear_backend)
-    total_steps = train_cfg.num_epochs * steps_per_epoch
-    loss_fn = build_loss(scheme, model_cfg, train_cfg, steps_per_epoch, total_steps).to(device)
-    # Every rank built the same weights from the seed; from here each draws its own dropout and z.
-    cluster.seed_streams()
-    vae_replica = cluster.wrap(vae, train_cfg.sync_batchnorm)
-    opt_g, sched_g = adam_with_schedule(
-        vae.parameters(), train_cfg.vae_optimizer, train_cfg.vae_schedule, total_steps
-    )
-    opt_g_key, sched_g_key = VAE_OPTIMISER_KEYS[scheme]
-    critic = loss_fn.discriminator if isinstance(loss_fn, CompositeLoss) else None
-    networks, critic_learner = [vae], ()
-    if critic is not None:
-        networks.append(critic)
-        opt_d, sched_d = adam_with_schedule(
-            critic.parameters(), train_cfg.optimizer.params_d, train_cfg.scheduler.params_d,
-            total_steps,
-        )  # fmt: skip
-        critic_learner = (cluster.wrap(critic, train_cfg.sync_batchnorm), opt_d, sched_d)
-        # Checkpoints record which perceptual weights the run trains against, so that a resume
-        # against another backbone file (made again, or replaced) is refused, not silently mixed.
-        pips_print = parameter_fingerprint([loss_fn.pips])
-    learners = Learners(vae_replica, opt_g, sched_g, *critic_learner)
+    torch.manual_seed(train_cfg.seed)
+    steps_per_epoch = len(train_set) // train_cfg.data.train_bs
+    learner = SCHEMES[scheme](model_cfg, train_cfg, steps_per_epoch, cluster, linear_backend)
+    run = start_run(learner, model_cfg, train_cfg, train_set, val_set, cluster, save_dir, stop)
+    progress = run.progress
+    if resume is not None:
+        with cluster.agreed():
+            learner.load_state_dict(resume)
+        progress.load_state_dict(resume)
+        progress.load_rank_state(
+            resume["rank_states"][cluster.rank] if cluster.distributed else resume, device
+        )
+    epoch, stopped_early = progress.next_epoch - 1, False
+    for epoch in range(progress.next_epoch, train_cfg.num_epochs + 1):
+        run_epoch(run, epoch)
+        row = finish_epoch(run, epoch)
+        stopped_early = cluster.main_decides(progress.should_stop(epoch, row["train_loss"],
+                                                                  learner.vae))  # fmt: skip
+        if epoch % train_cfg.save_every == 0 or epoch == train_cfg.num_epochs or stopped_early:
+            save(run, save_dir / f"checkpoint_epoch_{epoch:03d}.pth", epoch)
+            if cluster.is_main:
+                prune_checkpoints(save_dir, train_cfg.keep_checkpoints, progress.step)
+        if stopped_early:
+            save_best_model(run, epoch)
+            break
+        signum = cluster.agreed_signal(run.stop.signal)
+        if signum is not None and epoch < train_cfg.num_epochs:
+            raise interrupt(run, signum, epoch)
+    final_path = save_final_model(run, epoch)
+    last_row = progress.metrics.rows[-1] if progress.metrics.rows else {}
+    return RunSummary(epoch, progress.step, stopped_early, final_path, last_row)
 
-    train_terms = loss_fn.term_names + loss_fn.critic_term_names
-    columns = ["epoch", "step", *(f"train_{t}" for t in train_terms),
-               *(f"val_{t}" for t in loss_fn.term_names), "beta", "lr_g",
-               *(["lr_d"] if critic is not None else []), "seconds"]  # fmt: skip
-    metrics = MetricsLog(save_dir / "metrics.csv", columns)
-    stopper = EarlyStopping(train_cfg.early_stopping.patience, train_cfg.early_stopping.tol) if (
-        train_cfg.early_stopping) else None  # fmt: skip
+
+def start_run(
+    learner: SimpleScheme, model_cfg: ModelConfig, train_cfg: TrainConfig, train_set: MNISTSplit,
+    val_set: MNISTSplit, cluster: Cluster, save_dir: Path, stop: StopRequest | None,
+) -> Run:  # fmt: skip
+    """The run's shared parts at step 0: progress with its metrics columns and early stopping,
+    the non-finite watch, and (rank 0) the progress bar and TensorBoard when wanted."""
+    loss_terms = learner.loss.term_names
+    columns = ["epoch", "step", *(f"train_{t}" for t in learner.train_terms),
+               *(f"val_{t}" for t in loss_terms), "beta", *learner.learning_rates(),
+               "seconds"]  # fmt: skip
+    stopping = train_cfg.early_stopping
+    stopper = EarlyStopping(stopping.patience, stopping.tol) if stopping else None
+    progress = Progress(MetricsLog(save_dir / "metrics.csv", columns), stopper)
     board = TensorBoardLog(save_dir, model_cfg, train_cfg) if (
         train_cfg.tensorboard and cluster.is_main) else None  # fmt: skip
-    watch = NonFiniteWatch(train_terms, device)
-    averager = TermAverager()
-    stop = stop or StopRequest()
-    step, next_epoch, next_batch = 0, 1, 0
-    last_good = "none yet"
-
-    if resume is not None:
-        vae.load_state_dict(resume["model_state_dict"])
-        load_optimiser(opt_g, sched_g, resume[opt_g_key], resume[sched_g_key])
-        if critic is not None:
-            with cluster.agreed():
-                check_same_backbone(resume.get("pips_fingerprint"), pips_print, model_cfg)
-            critic.load_state_dict(resume["discriminator_state_dict"])
-            load_optimiser(opt_d, sched_d, resume["optimizer_d_state_dict"],
-                           resume["scheduler_d_state_dict"])  # fmt: skip
-        if stopper is not None:
-            stopper.load_state_dict(resume["early_stopping"])
-        metrics.rows = list(resume["metrics_rows"])
-        step, next_epoch, next_batch = resume["step"], resume["next_epoch"], resume["next_batch"]
-        own = resume["rank_states"][cluster.rank] if cluster.distributed else resume
-        averager.load_state_dict(own["epoch_terms"])
-        torch.set_rng_state(own["rng_state"])
-        if device.type == "cuda" and "cuda_rng_state" in own:
-            torch.cuda.set_rng_state(own["cuda_rng_state"], device)
-
-    def check_finite() -> None:
-        """Stop every rank, without saving, once any rank has seen a non-finite loss term."""
-        with cluster.agreed():
-            watch.check(last_good)
-
-    def rank_state() -> dict:
-        """What differs between ranks and decides what happens next: RNG, partial term sums."""
-        state = {"epoch_terms": averager.state_dict(), "rng_state": torch.get_rng_state()}
-        if device.type == "cuda":
-            state["cuda_rng_state"] = torch.cuda.get_rng_state(device)
-        return state
-
-    def save(path: Path, epoch_done: int, epoch_next: int, batch_next: int) -> None:
-        """Write everything that decides what happens next (after checking it is finite and,
-        under torchrun, that every replica holds the same weights); rank 0 writes."""
-        nonlocal last_good
-        check_finite()
-        rank_states = cluster.gather(rank_state())
-        fingerprint = cluster.same_weights(networks, step)
-        with cluster.agreed():
-            if cluster.is_main:
-                save_checkpoint(checkpoint(epoch_done, epoch_next, batch_next, rank_states,
-                                           fingerprint), path)  # fmt: skip
-        last_good = str(path)
-
-    def checkpoint(epoch_done: int, epoch_next: int, batch_next: int, rank_states: list[dict],
-                   fingerprint: str | None) -> dict:  # fmt: skip
-        """The checkpoint: rank 0's modules and state at the top level, as one process writes
-        it; under torchrun also the world size, every rank's state and the weights' fingerprint."""
-        payload = {
-            "scheme": scheme, "epoch": epoch_done, "step": step, "loss": metrics.last("train_loss"),
-            "beta": loss_fn.beta(step), "next_epoch": epoch_next, "next_batch": batch_next,
-            "train_size": len(train_set), "linear_backend": linear_backend,
-            "model_config": dataclasses.asdict(model_cfg),
-            "train_config": dataclasses.asdict(train_cfg),
-            "model_state_dict": vae.state_dict(),
-            "encoder_state_dict": vae.encoder.state_dict(),
-            "decoder_state_dict": vae.decoder.state_dict(),
-            opt_g_key: opt_g.state_dict(),
-            sched_g_key: sched_g.state_dict() if sched_g is not None else None,
-            "epoch_terms": rank_states[0]["epoch_terms"],
-            "metrics_rows": list(metrics.rows),
-            "rng_state": rank_states[0]["rng_state"],
-        }  # fmt: skip
-        if device.type == "cuda":
-            payload["cuda_rng_state"] = rank_states[0]["cuda_rng_state"]
-        if cluster.distributed:
-            payload.update(world_size=cluster.world_size, rank_states=rank_states,
-                           replica_fingerprint=fingerprint)  # fmt: skip
-        if critic is not None:
-            payload.update(
-                discriminator_state_dict=critic.state_dict(),
-                optimizer_d_state_dict=opt_d.state_dict(),
-                scheduler_d_state_dict=sched_d.state_dict() if sched_d is not None else None,
-                pips_fingerprint=pips_print,
-            )
-        if stopper is not None:
-            payload["early_stopping"] = stopper.state_dict()
-        return payload
-
-    def interrupt(signum: int, epoch_done: int, epoch_next: int, batch_next: int) -> Interrupted:
-        path = save_dir / INTERRUPT_CHECKPOINT
-        save(path, epoch_done, epoch_next, batch_next)
-        return Interrupted(signum, path, epoch_next, step)
-
     show_bar = cluster.is_main and sys.stderr.isatty()
     # Reading the live loss is a collective under torchrun, so every rank follows rank 0's need.
     live_loss = cluster.main_decides(show_bar or board is not None)
-    epoch, stopped_early, row = next_epoch - 1, False, metrics.rows[-1] if metrics.rows else {}
-    for epoch in range(next_epoch, train_cfg.num_epochs + 1):
-        started = time.perf_counter()
-        first_batch = next_batch if epoch == next_epoch else 0
-        if first_batch == 0:
-            averager = TermAverager()
-        vae.train()
-        loss_fn.train()
-        order = epoch_order(len(train_set), train_cfg.seed, epoch, device)
-        share = rank_share(order, train_bs, cluster.rank, cluster.world_size)
-        batches = train_batches(train_set.images, rank_bs, share[first_batch * rank_bs :])
-        bar = tqdm(batches, total=steps_per_epoch, initial=first_batch, leave=False,
-                   desc=f"epoch {epoch}/{train_cfg.num_epochs}", disable=not show_bar)  # fmt: skip
-        for batch_index, x in enumerate(bar, start=first_batch):
-            terms = optimisation_step(learners, loss_fn, x, step, train_cfg.precision)
-            averager.add(terms)
-            watch.observe(terms, step)
-            step += 1
-            if step % CHECK_EVERY == 0:
-                check_finite()
-            if step % LIVE_LOSS_EVERY == 0 and live_loss:
-                values = cluster.mean(torch.stack(list(terms.values()))).tolist()
-                live = dict(zip(terms, values, strict=True))
-                bar.set_postfix(loss=f"{live['loss']:.3f}")
-                if board is not None:
-                    board.add_step(step, live, loss_fn.beta(step), opt_g.param_groups[0]["lr"])
-            signum = cluster.agreed_signal(stop.signal)
-            if signum is not None and batch_index + 1 < steps_per_epoch:
-                raise interrupt(signum, epoch - 1, epoch, batch_index + 1)
+    watch = NonFiniteWatch(learner.train_terms, cluster.device)
+    return Run(learner, progress, model_cfg, train_cfg, train_set, val_set, cluster, save_dir,
+               stop or StopRequest(), board, watch, show_bar, live_loss)  # fmt: skip
 
-        check_finite()
-        cluster.sync_buffers(networks)
-        with forward_precision(device, train_cfg.precision):
-            val_terms = validate(vae, loss_fn, val_set, train_cfg.data.val_bs, step, cluster)
-        train_means = cluster.sum_terms(averager, train_terms).means(train_terms)
-        row = {"epoch": epoch, "step": step,
-               **{f"train_{k}": v for k, v in train_means.items()},
-               **{f"val_{k}": v for k, v in val_terms.items()},
-               "beta": loss_fn.beta(step), "lr_g": opt_g.param_groups[0]["lr"]}  # fmt: skip
-        if critic is not None:
-            row["lr_d"] = opt_d.param_groups[0]["lr"]
-        row["seconds"] = time.perf_counter() - started
-        with cluster.agreed():
-            if cluster.is_main:
-                metrics.append(row)
-                if board is not None:
-                    board.add_epoch(row, vae, val_set)
-                print(epoch_summary(row, train_cfg.num_epochs), flush=True)
 
-        stopped_early = cluster.main_decides(
-            stopper is not None and stopper.should_stop(epoch, row["train_loss"], vae)
-        )
-        if epoch % train_cfg.save_every == 0 or epoch == train_cfg.num_epochs or stopped_early:
-            save(save_dir / f"checkpoint_epoch_{epoch:03d}.pth", epoch, epoch + 1, 0)
-            if cluster.is_main:
-                prune_checkpoints(save_dir, train_cfg.keep_checkpoints, step)
-        if stopped_early:
-            with cluster.agreed():
-                if cluster.is_main:
-                    save_checkpoint({"model_state_dict": stopper.best_state,
-                                     "epoch": stopper.best_epoch, "loss": stopper.best_loss},
-                                    save_dir / "best_model.pth")  # fmt: skip
-                    print(f"early stop after epoch {epoch}: train loss has not improved by more "
-                          f"than {stopper.tol} for {stopper.patience} epochs; best epoch "
-                          f"{stopper.best_epoch} -> {save_dir / 'best_model.pth'}",
-                          flush=True)  # fmt: skip
-            break
-        signum = cluster.agreed_signal(stop.signal)
-        if signum is not None and epoch < train_cfg.num_epochs:
-            raise interrupt(signum, epoch, epoch + 1, 0)
+def run_epoch(run: Run, epoch: int) -> None:
+    """The epoch's optimisation steps from where the run stands in it. A signal stops the run
+    after the step it arrived in, with a resumable checkpoint (`Interrupted`)."""
+    progress, cluster, cfg = run.progress, run.cluster, run.train_cfg
+    run.epoch_started = time.perf_counter()
+    first_batch = progress.next_batch
+    if first_batch == 0:
+        progress.epoch_terms = TermAverager()
+    run.scheme.train()
+    steps_per_epoch = len(run.train_set) // cfg.data.train_bs
+    rank_bs = cfg.data.train_bs // cluster.world_size
+    order = epoch_order(len(run.train_set), cfg.seed, epoch, cluster.device)
+    share = rank_share(order, cfg.data.train_bs, cluster.rank, cluster.world_size)
+    batches = train_batches(run.train_set.images, rank_bs, share[first_batch * rank_bs :])
+    bar = tqdm(batches, total=steps_per_epoch, initial=first_batch, leave=False,
+               desc=f"epoch {epoch}/{cfg.num_epochs}", disable=not run.show_bar)  # fmt: skip
+    for batch_index, x in enumerate(bar, start=first_batch):
+        terms = run.scheme.step(x, progress.step)
+        progress.epoch_terms.add(terms)
+        run.watch.observe(terms, progress.step)
+        progress.step += 1
+        if progress.step % CHECK_EVERY == 0:
+            check_finite(run)
+        if progress.step % LIVE_LOSS_EVERY == 0 and run.live_loss:
+            show_live_loss(run, bar, terms)
+        signum = cluster.agreed_signal(run.stop.signal)
+        if signum is not None and batch_index + 1 < steps_per_epoch:
+            progress.next_epoch, progress.next_batch = epoch, batch_index + 1
+            raise interrupt(run, signum, epoch - 1)
 
-    final_path = save_dir / "final_model.pth"
+
+def show_live_loss(run: Run, bar: tqdm, terms: Terms) -> None:
+    """The step's loss terms (averaged over ranks) on the progress bar and in TensorBoard."""
+    values = run.cluster.mean(torch.stack(list(terms.values()))).tolist()
+    live = dict(zip(terms, values, strict=True))
+    bar.set_postfix(loss=f"{live['loss']:.3f}")
+    if run.board is not None:
+        step, lr_g = run.progress.step, run.scheme.learning_rates()["lr_g"]
+        run.board.add_step(step, live, run.scheme.loss.beta(step), lr_g)
+
+
+def finish_epoch(run: Run, epoch: int) -> dict[str, float]:
+    """Validate, and record the epoch's row (metrics.csv, TensorBoard, one printed line)."""
+    learner, progress, cluster, cfg = run.scheme, run.progress, run.cluster, run.train_cfg
+    check_finite(run)
+    cluster.sync_buffers(learner.networks)
+    with forward_precision(cluster.device, cfg.precision):
+        val_terms = validate(learner.vae, learner.loss, run.val_set, cfg.data.val_bs,
+                             progress.step, cluster)  # fmt: skip
+    train_means = cluster.sum_terms(progress.epoch_terms, learner.train_terms).means(
+        learner.train_terms)  # fmt: skip
+    row = {"epoch": epoch, "step": progress.step,
+           **{f"train_{k}": v for k, v in train_means.items()},
+           **{f"val_{k}": v for k, v in val_terms.items()},
+           "beta": learner.loss.beta(progress.step), **learner.learning_rates(),
+           "seconds": time.perf_counter() - run.epoch_started}  # fmt: skip
     with cluster.agreed():
         if cluster.is_main:
-            if board is not None:
-                board.close()
-            save_checkpoint({"model_state_dict": vae.state_dict(), "epoch": epoch, "step": step,
-                             "scheme": scheme}, final_path)  # fmt: skip
-    return RunSummary(epoch, step, stopped_early, final_path, row)
+            progress.metrics.append(row)
+            if run.board is not None:
+                run.board.add_epoch(row, learner.vae, run.val_set)
+            print(epoch_summary(row, cfg.num_epochs), flush=True)
+    progress.next_epoch, progress.next_batch = epoch + 1, 0
+    return row
 
 
-def load_optimiser(
-    optimizer: torch.optim.Adam, schedule: LambdaLR | None, optimizer_state: dict,
-    schedule_state: dict | None,
+@torch.inference_mode()
+def validate(
+    vae: VAE, loss_fn: BetaVAELoss, val_set: MNISTSplit, batch_size: int, step: int,
+    cluster: Cluster,
+) -> dict[str, float]:  # fmt: skip
+    """Generator loss terms over the whole validation split, eval mode (decodes mu). Under
+    torchrun each rank takes every world_size-th batch and the sums are added up over ranks."""
+    vae.eval()
+    loss_fn.eval()
+    averager = TermAverager()
+    batches = eval_batches(val_set, batch_size)
+    for x, _ in itertools.islice(batches, cluster.rank, None, cluster.world_size):
+        x_hat, mu, logvar = vae(x)
+        averager.add(loss_fn.generator_loss(x_hat, x, mu, logvar, step)[1], weight=len(x))
+    return cluster.sum_terms(averager, loss_fn.term_names).means(loss_fn.term_names)
+
+
+def check_finite(run: Run) -> None:
+    """Stop every rank, without saving, once any rank has seen a non-finite loss term."""
+    with run.cluster.agreed():
+        run.watch.check(run.last_good)
+
+
+def save(run: Run, path: Path, epoch_done: int) -> None:
+    """Write everything that decides what happens next, after checking it is finite and, under
+    torchrun, that every replica holds the same weights; rank 0 writes. The checkpoint holds rank
+    0's modules and state at the top level, as one process writes it; under torchrun also the
+    world size, every rank's state and the weights' fingerprint."""
+    learner, progress, cluster = run.scheme, run.progress, run.cluster
+    check_finite(run)
+    rank_states = cluster.gather(progress.rank_state(cluster.device))
+    fingerprint = cluster.same_weights(learner.networks, progress.step)
+    with cluster.agreed():
+        if cluster.is_main:
+            payload = {
+                "scheme": learner.name, "epoch": epoch_done,
+                "loss": progress.metrics.last("train_loss"),
+                "beta": learner.loss.beta(progress.step), "train_size": len(run.train_set),
+                "linear_backend": learner.linear_backend,
+                "model_config": dataclasses.asdict(run.model_cfg),
+                "train_config": dataclasses.asdict(run.train_cfg),
+                **progress.state_dict(), **learner.state_dict(), **rank_states[0],
+            }  # fmt: skip
+            if cluster.distributed:
+                payload.update(world_size=cluster.world_size, rank_states=rank_states,
+                               replica_fingerprint=fingerprint)  # fmt: skip
+            save_checkpoint(payload, path)
+    run.last_good = str(path)
+
+
+def check_resumable(
+    payload: dict, path: Path, scheme: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
+    train_size: int, config_paths: tuple[str, str], cluster: Cluster,
 ) -> None:  # fmt: skip
-    """Restore an optimiser and its schedule (None, with a null state, for a constant LR)."""
-    optimizer.load_state_dict(optimizer_state)
-    if schedule is not None:
-        schedule.load_state_dict(schedule_state)
+    """Refuse a checkpoint that cannot continue this run: weights only, other settings, or
+    another number of processes."""
+    if "next_epoch" not in payload:
+        raise CheckpointError(
+            f"{path}: holds weights only (no training state); resume from a "
+            "checkpoint_*.pth written by this train.py"
+        )
+    if payload["scheme"] != scheme:
+        raise UserError(
+            f"{path}: is a {payload['scheme']} run; resume it with --scheme {payload['scheme']}"
+        )
+    for name, config, config_path in zip(
+        ("model_config", "train_config"), (model_cfg, train_cfg), config_paths, strict=True
+    ):
+        saved = config_from_dict(payload[name], type(config), f"{path} ({name})")
+        found = first_difference(dataclasses.asdict(saved), dataclasses.asdict(config))
+        if found:
+            field, saved, current = found
+            raise UserError(
+                f"{config_path}: field '{field}' is {current!r} but the run used {saved!r}; "
+                "only the epoch count may change on resume"
+            )
+    if payload["train_size"] != train_size:
+        raise UserError(
+            f"--subset: the run trained on {payload['train_size']} images, this call on "
+            f"{train_size}; pass --subset {payload['train_size']}"
+        )
+    processes = payload.get("world_size", 1)
+    if processes != cluster.world_size:
+        raise UserError(
+            f"{path}: the run trained in {processes} processes, this call has "
+            f"{cluster.world_size}; resume it with {processes} (torchrun's --nnodes x "
+            "--nproc_per_node, or a plain python train.py for 1)"
+        )
+
+
+def first_difference(saved: Any, current: Any, where: str = "") -> tuple[str, Any, Any] | None:
+    """(dotted field, saved value, current value) of the first difference between two config
+    dicts, ignoring the top-level RESUMABLE_CHANGES; None when they agree."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        for key in sorted(saved.keys() | current.keys()):
+            if where or key not in RESUMABLE_CHANGES:
+                found = first_difference(saved.get(key), current.get(key), f"{where}{key}.")
+                if found:
+                    return found
+        return None
+    return None if saved == current else (where.rstrip("."), saved, current)
+
+
+def interrupt(run: Run, signum: int, epoch_done: int) -> Interrupted:
+    """Checkpoint where the run stands, as the loop's answer to signal `signum`."""
+    path = run.save_dir / INTERRUPT_CHECKPOINT
+    save(run, path, epoch_done)
+    return Interrupted(signum, path, run.progress.next_epoch, run.progress.step)
 
 
 def prune_checkpoints(save_dir: Path, keep: int | None, step: int) -> None:
@@ -488,18 +651,40 @@ def prune_checkpoints(save_dir: Path, keep: int | None, step: int) -> None:
         interrupted.unlink()
 
 
+def save_best_model(run: Run, epoch: int) -> None:
+    """On an early stop: the best epoch's weights to best_model.pth, and one line saying why."""
+    stopper, path = run.progress.stopper, run.save_dir / "best_model.pth"
+    with run.cluster.agreed():
+        if run.cluster.is_main:
+            save_checkpoint({"model_state_dict": stopper.best_state, "epoch": stopper.best_epoch,
+                             "loss": stopper.best_loss}, path)  # fmt: skip
+            print(f"early stop after epoch {epoch}: train loss has not improved by more than "
+                  f"{stopper.tol} for {stopper.patience} epochs; best epoch {stopper.best_epoch} "
+                  f"-> {path}", flush=True)  # fmt: skip
+
+
+def save_final_model(run: Run, epoch: int) -> Path:
+    """The trained VAE's weights to final_model.pth (rank 0), closing TensorBoard."""
+    path = run.save_dir / "final_model.pth"
+    with run.cluster.agreed():
+        if run.cluster.is_main:
+            if run.board is not None:
+                run.board.close()
+            save_checkpoint({"model_state_dict": run.scheme.vae.state_dict(), "epoch": epoch,
+                             "step": run.progress.step, "scheme": run.scheme.name},
+                            path)  # fmt: skip
+    return path
+
+
 def epoch_summary(row: dict[str, float], num_epochs: int) -> str:
     """One line per epoch: the main terms of train and validation, beta, LR and time."""
-
-    def terms(prefix: str) -> str:
-        return " ".join(
-            f"{k[len(prefix) :]} {v:.4g}"
-            for k, v in row.items()
-            if k.startswith(prefix) and not math.isnan(v)
-        )
-
+    terms = {
+        prefix: " ".join(f"{k[len(prefix) :]} {v:.4g}" for k, v in row.items()
+                         if k.startswith(prefix) and not math.isnan(v))
+        for prefix in ("train_", "val_")
+    }  # fmt: skip
     return (
-        f"epoch {row['epoch']}/{num_epochs} step {row['step']} | train {terms('train_')} | "
-        f"val {terms('val_')} | beta {row['beta']:.3g} lr_g {row['lr_g']:.3g} | "
+        f"epoch {row['epoch']}/{num_epochs} step {row['step']} | train {terms['train_']} | "
+        f"val {terms['val_']} | beta {row['beta']:.3g} lr_g {row['lr_g']:.3g} | "
         f"{row['seconds']:.1f} s"
     )

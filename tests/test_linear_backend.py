@@ -207,7 +207,5 @@ def test_a_checkpoint_from_before_the_choice_resumes_on_aten(monkeypatch):
     monkeypatch.setattr(lb, "time_backends", lambda *a: pytest.fail("timed on resume"))
     train_cfg = load_train_config(REPO / "configs/train_simple_config.json", "simple")
     train_cfg.linear_backend = "onednn"
-    choice = linear_backend_choice(
-        train_cfg, VAE(simple_config().model_config), 128, CPU, resume={"step": 9}
-    )
+    choice = linear_backend_choice(train_cfg, simple_config(), 128, CPU, resume={"step": 9})
     assert (choice.backend, choice.why) == ("aten", "the run's own, from its checkpoint")

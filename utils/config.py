@@ -526,26 +526,86 @@ def read_json(path: str | Path) -> dict:
     return data
 
 
-def config_from_dict(data: dict, cls: type[T], source: str) -> T:
+def config_from_dict(
+    data: dict, cls: type[T], source: str, settings: dict[str, Any] | None = None
+) -> T:
     """Build `cls` from a parsed JSON object (a config file, or the copy a checkpoint keeps, where
     fields added to `cls` since it was saved take their defaults); files in round 1's layout are
-    read through utils/legacy.py first. A problem raises one-line ConfigError naming `source`."""
+    read through utils/legacy.py first. `settings` ({dotted key: value}, train.py's --set) change
+    the object before it is checked, so they pass the same checks as the file. A problem raises
+    one-line ConfigError naming `source`, or the --set that caused it."""
     if cls is ModelConfig:
         data = upgrade_model_config(data)
     elif issubclass(cls, TrainConfig):
         data = upgrade_train_config(data, composite=issubclass(cls, CompositeTrainConfig))
+    settings = settings or {}
+    for key, value in settings.items():
+        data = _set_dotted(data, key, value)
     try:
         return _build(cls, data)
     except _FieldProblem as p:
         value = "" if p.value is None and "missing" in p.problem else f" = {_show(p.value)}"
+        setting = next((k for k in settings if p.where == k or p.where.startswith(k + ".")), None)
+        if setting is not None:
+            source = f"--set {setting}={_show(settings[setting])}"
         raise ConfigError(f"{source}: field '{p.where}'{value} {p.problem}") from None
 
 
-def load_model_config(path: str | Path) -> ModelConfig:
-    return config_from_dict(read_json(path), ModelConfig, str(path))
+def _set_dotted(data: dict, key: str, value: Any) -> dict:
+    """A copy of `data` with the field at dotted path `key` set to `value`; objects missing or
+    null on the way are created."""
+    head, _, rest = key.partition(".")
+    if not rest:
+        return {**data, head: value}
+    inner = data.get(head)
+    if inner is None:
+        inner = {}
+    if not isinstance(inner, dict):
+        raise ConfigError(
+            f"--set {key}=...: field '{head}' is {_show(inner)}, not an object, so it has no "
+            f"field '{rest}'"
+        )
+    return {**data, head: _set_dotted(inner, rest, value)}
 
 
-def load_train_config(path: str | Path, scheme: str) -> TrainConfig:
+def parse_settings(texts: list[str], scheme: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """train.py's --set KEY=VALUE arguments as ({model config key: value}, {training config key:
+    value}): KEY is a dotted field path whose first part says which config it changes; VALUE is
+    JSON. A malformed one raises one-line ConfigError saying how to write it."""
+    model_keys = [f.name for f in dataclasses.fields(ModelConfig)]
+    train_keys = [f.name for f in dataclasses.fields(TRAIN_CONFIGS[scheme])]
+    model, train = {}, {}
+    for text in texts:
+        key, equals, raw = text.partition("=")
+        if not equals or any(part == "" for part in key.split(".")):
+            raise ConfigError(
+                f"--set {text}: write KEY=VALUE with KEY a dotted field path, e.g. "
+                "--set loss.params.beta=2"
+            )
+        try:
+            value = json.loads(raw)
+        except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
+            raise ConfigError(
+                f"--set {text}: the value {raw!r} is not JSON; write strings in double quotes, "
+                f"e.g. --set '{key}=\"{raw}\"'"
+            ) from None
+        top = key.split(".")[0]
+        if top not in model_keys + train_keys:
+            raise ConfigError(
+                f"--set {text}: '{top}' is neither a training config field "
+                f"({', '.join(train_keys)}) nor a model config field ({', '.join(model_keys)})"
+            )
+        (model if top in model_keys else train)[key] = value
+    return model, train
+
+
+def load_model_config(path: str | Path, settings: dict[str, Any] | None = None) -> ModelConfig:
+    return config_from_dict(read_json(path), ModelConfig, str(path), settings)
+
+
+def load_train_config(
+    path: str | Path, scheme: str, settings: dict[str, Any] | None = None
+) -> TrainConfig:
     """The training file `path` in `scheme`'s layout. A file whose optimizer block is in the
     other scheme's layout is refused with the --scheme that reads it."""
     data = read_json(path)
@@ -560,7 +620,7 @@ def load_train_config(path: str | Path, scheme: str) -> TrainConfig:
                     f"{other}, or a {scheme}-scheme config such as "
                     f"configs/train_{scheme}_config.json"
                 )
-    return config_from_dict(data, TRAIN_CONFIGS[scheme], str(path))
+    return config_from_dict(data, TRAIN_CONFIGS[scheme], str(path), settings)
 
 
 def with_overrides(config: T, overrides: dict[str, tuple[str, Any]]) -> T:
