@@ -54,10 +54,11 @@ from training_schemes import (
     check_scheme,
     optimisation_step,
 )
+from utils.cli import run_cli
 from utils.config import load_model_config, load_train_config
 from utils.dataset import load_mnist
 from utils.loss import CompositeLoss
-from utils.misc import keep_freed_memory, run_cli
+from utils.memory import keep_freed_memory
 
 CONFIGS = {"simple": SIMPLE, "composite": COMPOSITE_MNIST}
 BURST = {"simple": 20, "composite": 3}  # steps per burst: about 0.3 s and 0.6 s on 2 cores

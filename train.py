@@ -51,7 +51,7 @@ from training_schemes import (
     train,
 )
 from utils.checkpoint import checkpoint_step, load_checkpoint, write_text
-from utils.classifier import make_network
+from utils.cli import pick_device, run_cli
 from utils.config import (
     ModelConfig,
     TrainConfig,
@@ -64,7 +64,8 @@ from utils.config import (
 from utils.dataset import load_mnist
 from utils.distributed import Cluster, join
 from utils.errors import CheckpointError, UserError
-from utils.misc import keep_freed_memory, pick_device, run_cli
+from utils.memory import keep_freed_memory
+from utils.networks import make_network
 
 # Weights a run folder keeps besides its checkpoint_*.pth: a new run never starts over them.
 SAVED = ("final_model.pth", "best_model.pth")
