@@ -120,9 +120,8 @@ class DiscriminatorConfig:
 @dataclass
 class PIPSConfig:
     """Perceptual loss backbone (this repo's addition; the reference always uses ImageNet VGG16).
-    Unset fields take the backbone's defaults from model/backbones.py: vgg16 224 / "imagenet"
-    (downloaded by torchvision into torch's hub cache when missing); mnist_cnn 28 / "mnist" / its
-    default weights_path."""
+    Unset fields take the backbone's defaults, and the checks its limits, from the table in
+    model/backbones.py."""
 
     backbone: str = DEFAULT_BACKBONE
     input_size: int | None = None
