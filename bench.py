@@ -54,12 +54,13 @@ from torch.utils.flop_counter import FlopCounterMode
 from model.linear_backend import BACKENDS, choose, onednn_op, onednn_problem
 from model.vae import VAE
 from training_schemes import adam_with_schedule, check_scheme, train
-from utils.classifier import make_network
+from utils.cli import run_cli
 from utils.config import load_model_config, load_train_config
 from utils.dataset import load_mnist
 from utils.errors import UserError
 from utils.loss import BetaVAELoss
-from utils.misc import keep_freed_memory, run_cli
+from utils.memory import keep_freed_memory
+from utils.networks import make_network
 from utils.views import grid
 
 SIMPLE = ("configs/model_simple_config.json", "configs/train_simple_config.json")

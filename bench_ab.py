@@ -48,11 +48,12 @@ from model.linear_backend import choose, onednn_problem
 from model.pips import direct_distance
 from model.vae import VAE
 from training_schemes import SCHEMES, adam_with_schedule, check_scheme
+from utils.cli import run_cli
 from utils.config import load_model_config, load_train_config
 from utils.dataset import load_mnist
 from utils.distributed import Cluster
 from utils.loss import CompositeLoss
-from utils.misc import keep_freed_memory, run_cli
+from utils.memory import keep_freed_memory
 
 CONFIGS = {"simple": SIMPLE, "composite": COMPOSITE_MNIST}
 BURST = {"simple": 20, "composite": 3}  # steps per burst: about 0.3 s and 0.6 s on 2 cores

@@ -29,8 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from utils.cli import run_cli
 from utils.errors import UserError
-from utils.misc import run_cli
 
 REPO = Path(__file__).resolve().parent
 CONFIGS = {

@@ -20,12 +20,12 @@ import torch
 
 from model.mnist_cnn import NETWORKS, StagedCNN
 from utils.checkpoint import write_text
-from utils.classifier import load_network, make_network
+from utils.cli import pick_device, run_cli
 from utils.dataset import load_mnist
 from utils.errors import UserError
-from utils.misc import pick_device, run_cli
+from utils.networks import load_network, make_network
 from utils.quality import frechet_distance, sharpness
-from utils.views import decode, encode_means, latent_grid, load_vae, test_split
+from utils.trained_vae import decode, encode_means, latent_grid, load_vae, test_split
 
 BATCH = 1000
 CONFIDENT = 0.9

@@ -34,8 +34,8 @@ Test images come from <data_root>/MNIST/raw/; every picture is one batched decod
 import argparse
 from pathlib import Path
 
+from utils.cli import pick_device, run_cli
 from utils.errors import UserError
-from utils.misc import pick_device, run_cli
 from utils.views import VIEWS
 
 

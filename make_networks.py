@@ -13,10 +13,10 @@ import argparse
 from pathlib import Path
 
 from model.mnist_cnn import NETWORKS
-from utils.classifier import make_network
+from utils.cli import pick_device, run_cli
 from utils.dataset import load_mnist
 from utils.errors import UserError
-from utils.misc import pick_device, run_cli
+from utils.networks import make_network
 
 
 def parse_args() -> argparse.Namespace:

@@ -54,7 +54,7 @@ from training_schemes import (
     train,
 )
 from utils.checkpoint import checkpoint_step, load_checkpoint, write_text
-from utils.classifier import make_network
+from utils.cli import pick_device, run_cli
 from utils.config import (
     ModelConfig,
     TrainConfig,
@@ -67,7 +67,9 @@ from utils.config import (
 from utils.dataset import MNISTSplit, load_mnist
 from utils.distributed import Cluster, join
 from utils.errors import UserError
-from utils.misc import keep_freed_memory, pick_device, run_cli
+from utils.memory import keep_freed_memory
+from utils.networks import make_network
+from utils.tensorboard_log import require_tensorboard
 
 # Weights a run folder keeps besides its checkpoint_*.pth: a new run never starts over them.
 SAVED = ("final_model.pth", "best_model.pth")
@@ -284,6 +286,8 @@ def read_configs(args: argparse.Namespace, cluster: Cluster) -> tuple[ModelConfi
     )
     model_cfg = check_scheme(args.scheme, model_cfg, args.model_config)
     check_processes(train_cfg, cluster, args.train_config)
+    if train_cfg.tensorboard and cluster.is_main:
+        require_tensorboard()
     return model_cfg, train_cfg
 
 

@@ -33,7 +33,6 @@ from tqdm import tqdm
 
 from model.discriminator import PatchDiscriminator
 from model.linear_backend import Choice, choose
-from model.pips import build_pips
 from model.vae import VAE
 from utils.checkpoint import checkpoint_step, save_checkpoint
 from utils.config import (
@@ -48,8 +47,9 @@ from utils.dataset import MNISTSplit, epoch_order, eval_batches, rank_share, tra
 from utils.distributed import Cluster, parameter_fingerprint
 from utils.errors import CheckpointError, UserError
 from utils.loss import BetaVAELoss, CompositeLoss, Terms
-from utils.metrics import MetricsLog
-from utils.misc import warmup_cosine
+from utils.lr_schedule import warmup_cosine
+from utils.metrics_csv import MetricsLog
+from utils.networks import build_pips
 from utils.tensorboard_log import TensorBoardLog
 from utils.tracking import EarlyStopping, NonFiniteWatch, TermAverager
 

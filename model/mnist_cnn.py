@@ -4,7 +4,7 @@ Both take (N, 1, 28, 28) in [0, 1] as they are (no resize, no normalisation) and
 stages whose last stage gives the 10 digit logits. The PIPS loss compares the outputs of the
 `pips` network's stages; evaluate.py grades samples with the `eval` network, a different
 architecture trained from a different seed, so a model is never graded by the network it was
-trained against. utils/classifier.py trains, saves and loads them.
+trained against. utils/networks.py trains, saves and loads them.
 """
 
 from collections.abc import Callable
@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from model.backbones import BACKBONES
 
 
 class StagedCNN(nn.Module):
@@ -67,6 +69,6 @@ class NetworkSpec:
 
 
 NETWORKS = {
-    "pips": NetworkSpec(pips_cnn, 1, "checkpoints/mnist_pips_cnn.pth", "PIPS backbone CNN"),
+    "pips": NetworkSpec(pips_cnn, 1, BACKBONES["mnist_cnn"].weights_path, "PIPS backbone CNN"),
     "eval": NetworkSpec(eval_cnn, 2, "checkpoints/mnist_eval_net.pth", "evaluation CNN"),
 }

@@ -3,63 +3,20 @@
 For each slice, both feature maps are unit-normalised along channels, squared differences are
 averaged over (C, H, W) per image, the slice terms are summed, and the batch is averaged.
 (Computed in an expanded form, equal within float rounding: see `_mean_sq_distance_to_unit_target`.)
-The backbones differ only in their slices and input preparation:
-
-    vgg16:     five slices of VGG16 `features` (the reference); grayscale repeated to 3 channels,
-               resized to input_size (224), ImageNet mean/std normalisation
-    mnist_cnn: the four stages of the MNIST CNN in model/mnist_cnn.py; 28x28 grayscale as it is
+The backbones (model/backbones.py) differ only in their slices and input preparation;
+utils/networks.py `build_pips` loads a backbone's weights and cuts it into slices.
 
 The backbone is frozen and kept in eval mode; gradients flow only into the first argument.
 """
 
-import pickle
 from collections.abc import Iterable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import VGG16_Weights, vgg16
 
-from utils.classifier import load_network
-from utils.config import PIPSConfig
-from utils.errors import CheckpointError
-
-VGG16_SLICES = ((0, 4), (4, 9), (9, 16), (16, 23), (23, 30))
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def vgg16_weights_file() -> Path:
-    """Where torchvision keeps the ImageNet VGG16 `features` weights (torch's hub cache)."""
-    name = Path(VGG16_Weights.IMAGENET1K_FEATURES.url).name
-    return Path(torch.hub.get_dir()) / "checkpoints" / name
-
-
-def _vgg16_features(weights: str) -> nn.Sequential:
-    """VGG16's `features`; ImageNet weights come from torch's hub cache, downloaded by
-    torchvision when missing (as the reference does). Offline, a failed download is one line
-    saying where the file goes and how to train without it."""
-    if weights == "random":
-        return vgg16(weights=None).features
-    path = vgg16_weights_file()
-    cached = path.is_file()
-    try:
-        return vgg16(weights=VGG16_Weights.IMAGENET1K_FEATURES).features
-    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as e:
-        # URLError is an OSError; a damaged file raises any of the others.
-        cause = (str(getattr(e, "reason", "") or e).splitlines() or [type(e).__name__])[0]
-        if cached:
-            raise CheckpointError(
-                f"{path}: not a readable VGG16 weights file ({cause}); delete it, and it is "
-                "downloaded again"
-            ) from None
-        raise CheckpointError(
-            f"PIPS needs the ImageNet VGG16 weights file {path.name} in {path.parent}/ and "
-            f"downloading it from {VGG16_Weights.IMAGENET1K_FEATURES.url} failed ({cause}); "
-            "copy the file there, or train offline with the MNIST backbone "
-            "(--model_config configs/model_composite_mnist_config.json)"
-        ) from None
 
 
 EPS = 1e-10  # added to each pixel's channel norm before dividing by it
@@ -149,13 +106,3 @@ def direct_distance(pips: PIPS, x_hat: torch.Tensor, x: torch.Tensor) -> torch.T
     return sum(
         (_unit_channels(a) - _unit_channels(b)).pow(2).mean(dim=(1, 2, 3)) for a, b in pairs
     ).mean()
-
-
-def build_pips(config: PIPSConfig) -> PIPS:
-    """The PIPS loss of `config`. mnist_cnn reads config.weights_path, which must exist already
-    (train.py makes it first; so does `python make_networks.py --network pips`)."""
-    if config.backbone == "vgg16":
-        features = _vgg16_features(config.weights)
-        slices = (features[a:b] for a, b in VGG16_SLICES)
-        return PIPS(slices, config.input_size, imagenet=True)
-    return PIPS(load_network("pips", Path(config.weights_path)).stages, config.input_size, False)

@@ -12,10 +12,10 @@ import evaluate
 from model.vae import VAE
 from tests.conftest import REPO, run_script
 from utils.checkpoint import save_checkpoint
-from utils.classifier import load_network, make_network
 from utils.config import load_model_config
 from utils.dataset import load_mnist
 from utils.errors import CheckpointError
+from utils.networks import load_network, make_network
 from utils.quality import frechet_distance, frechet_from_stats, laplacian_variance, sharpness
 
 KEYS = (

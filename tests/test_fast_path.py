@@ -21,7 +21,7 @@ from utils.checkpoint import load_checkpoint
 from utils.config import load_model_config, load_train_config
 from utils.dataset import epoch_order, load_mnist
 from utils.loss import BetaVAELoss
-from utils.metrics import MetricsLog
+from utils.metrics_csv import MetricsLog
 
 
 def plain_epoch(
@@ -121,7 +121,7 @@ def test_bfloat16_autocast_keeps_float32_weights_and_tracks_the_float32_run(tmp_
 
 CHURN = """
 import resource, sys, torch
-from utils.misc import keep_freed_memory
+from utils.memory import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 torch.set_num_threads(1)

@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 
 from model.discriminator import PatchDiscriminator
-from model.pips import build_pips
 from model.vae import VAE
 from training_schemes import adam_with_schedule
 from utils.config import (
@@ -19,7 +18,8 @@ from utils.config import (
     load_model_config,
 )
 from utils.loss import BetaVAELoss, CompositeLoss, kl_per_sample, reconstruction_error
-from utils.misc import warmup_cosine
+from utils.lr_schedule import warmup_cosine
+from utils.networks import build_pips
 
 
 def test_reconstruction_error_sums_pixels_and_averages_images():

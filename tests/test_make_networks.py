@@ -2,7 +2,7 @@
 that is already there unless --force, and refuses --path with both networks."""
 
 from tests.conftest import run_script
-from utils.classifier import load_network
+from utils.networks import load_network
 
 
 def test_makes_one_network_into_path_then_keeps_it_unless_forced(tmp_path, fake_mnist):

@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from model.pips import PIPS, build_pips, direct_distance, vgg16_weights_file
-from utils.classifier import make_network
+from model.pips import PIPS, direct_distance
 from utils.config import PIPSConfig
 from utils.dataset import load_mnist
 from utils.errors import CheckpointError
+from utils.networks import build_pips, make_network, vgg16_weights_file
 
 
 @pytest.fixture(scope="module")

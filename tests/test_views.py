@@ -19,10 +19,10 @@ import train as train_script
 from model.vae import VAE
 from tests.conftest import REPO, infer_argv, run_script
 from training_schemes import train
+from utils.cli import run_cli
 from utils.config import load_model_config, load_train_config
 from utils.dataset import load_mnist
 from utils.errors import UserError
-from utils.misc import run_cli
 
 TEST_IMAGES = 256  # the fake_mnist test split
 

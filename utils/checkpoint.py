@@ -16,15 +16,33 @@ from utils.errors import CheckpointError, UserError
 from utils.legacy import upgrade_checkpoint
 
 
+def _umask() -> int:
+    """The process's umask, read on each write (a caller may change it). Linux shows it in
+    /proc/self/status; elsewhere os.umask, which can only read it by setting it, sets the most
+    private mask for that instant (a file another thread creates then is private, never open)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return umask
+
+
 def atomic_write(path: Path, write: Any) -> None:
     """Call write(file_object) on a temporary file beside `path`, then rename it into place,
-    so a crash at any instant leaves either the old file or the complete new one."""
+    so a crash at any instant leaves either the old file or the complete new one. The file gets
+    the mode a plain open() would give it (mkstemp's temporary file is private, 0o600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:

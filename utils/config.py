@@ -18,15 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from model.backbones import BACKBONES, DEFAULT_BACKBONE
 from utils.errors import ConfigError
 from utils.legacy import is_round1_train, upgrade_model_config, upgrade_train_config
 
 T = TypeVar("T")
-
-# The weights each perceptual backbone can use: VGG16's ImageNet file (or random, smoke tests
-# only), or the MNIST CNN that model/mnist_cnn.py defines and the project trains itself.
-PIPS_WEIGHTS = {"vgg16": ("imagenet", "random"), "mnist_cnn": ("mnist",)}
-MNIST_CNN_INPUT = 28
 
 
 class _FieldProblem(Exception):
@@ -124,62 +120,68 @@ class DiscriminatorConfig:
 @dataclass
 class PIPSConfig:
     """Perceptual loss backbone (this repo's addition; the reference always uses ImageNet VGG16).
-    Unset fields take the backbone's defaults: vgg16 224 / "imagenet" (downloaded by torchvision
-    into torch's hub cache when missing); mnist_cnn 28 / "mnist" / its default weights_path."""
+    Unset fields take the backbone's defaults, and the checks its limits, from the table in
+    model/backbones.py."""
 
-    backbone: str = "vgg16"
+    backbone: str = DEFAULT_BACKBONE
     input_size: int | None = None
     weights: str | None = None
     weights_path: str | None = None
 
     def __post_init__(self) -> None:
-        mnist = self.backbone == "mnist_cnn"
+        # An unknown backbone takes the default's values; check() then names the backbone.
+        spec = BACKBONES.get(self.backbone, BACKBONES[DEFAULT_BACKBONE])
         if self.input_size is None:
-            self.input_size = MNIST_CNN_INPUT if mnist else 224
+            self.input_size = spec.input_size
         if self.weights is None:
-            self.weights = "mnist" if mnist else "imagenet"
-        if mnist and self.weights_path is None:
-            self.weights_path = "checkpoints/mnist_pips_cnn.pth"
+            self.weights = spec.weights[0]
+        if self.weights_path is None:
+            self.weights_path = spec.weights_path
 
     def check(self) -> None:
         _need(
-            self.backbone in PIPS_WEIGHTS,
+            self.backbone in BACKBONES,
             "backbone",
             self.backbone,
-            f"must be one of {', '.join(PIPS_WEIGHTS)}",
+            f"must be one of {', '.join(BACKBONES)}",
         )
-        if self.backbone == "vgg16":
+        spec = BACKBONES[self.backbone]
+        if spec.fixed_input_size:
             _need(
-                self.input_size >= 16,
+                self.input_size == spec.input_size,
                 "input_size",
                 self.input_size,
-                "must be >= 16 (VGG16's four pooling stages), e.g. 224",
+                f"must be {spec.input_size} for {self.backbone} ({spec.input_size_reason})",
             )
+        else:
+            _need(
+                self.input_size >= spec.min_input_size,
+                "input_size",
+                self.input_size,
+                f"must be >= {spec.min_input_size} ({spec.input_size_reason}), "
+                f"e.g. {spec.input_size}",
+            )
+        if spec.weights_path is None:
+            with_files = [name for name, s in BACKBONES.items() if s.weights_path is not None]
             _need(
                 self.weights_path is None,
                 "weights_path",
                 self.weights_path,
-                "applies to backbone mnist_cnn only; VGG16's weights come from torch's hub cache",
+                f"applies to backbone {' or '.join(with_files)} only; {spec.title}'s weights "
+                f"come from {spec.weights_source}",
             )
         else:
-            _need(
-                self.input_size == MNIST_CNN_INPUT,
-                "input_size",
-                self.input_size,
-                f"must be {MNIST_CNN_INPUT} for mnist_cnn (its linear head is sized for 28x28)",
-            )
             _need(
                 self.weights_path.strip() != "",
                 "weights_path",
                 self.weights_path,
-                "must name a file, e.g. checkpoints/mnist_pips_cnn.pth",
+                f"must name a file, e.g. {spec.weights_path}",
             )
-        allowed = PIPS_WEIGHTS[self.backbone]
         _need(
-            self.weights in allowed,
+            self.weights in spec.weights,
             "weights",
             self.weights,
-            f"must be one of {', '.join(allowed)} for backbone {self.backbone}",
+            f"must be one of {', '.join(spec.weights)} for backbone {self.backbone}",
         )
 
 
@@ -201,12 +203,17 @@ class ModelConfig:
                 self.discriminator_config.im_channels,
                 f"must equal the images' channels, model_config.img_size[0] = {channels}",
             )
-        if self.pips_config is not None and self.pips_config.backbone == "mnist_cnn":
+        pips = self.pips_config
+        if (
+            pips is not None
+            and pips.backbone in BACKBONES
+            and BACKBONES[pips.backbone].grayscale_only
+        ):
             _need(
                 channels == 1,
                 "model_config.img_size",
                 self.model_config.img_size,
-                "must have 1 channel for pips_config.backbone mnist_cnn (a grayscale CNN)",
+                f"must have 1 channel for pips_config.backbone {pips.backbone} (a grayscale CNN)",
             )
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from utils.errors import DataError
+from utils.errors import DataError, first_line
 
 MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -58,6 +58,15 @@ class MNISTSplit:
         return len(self.labels)
 
 
+def _download_cause(error: Exception) -> str:
+    """One line naming why the download failed. torchvision's MNIST gathers every mirror's error
+    into one RuntimeError ("Error downloading <file>:", then "Tried <mirror>, got:" and the error,
+    per mirror); the last mirror's error is named, any other exception's first line."""
+    lines = str(error).splitlines()
+    causes = [lines[i + 1] for i, line in enumerate(lines[:-1]) if line.endswith(", got:")]
+    return causes[-1].strip() if causes else first_line(error)
+
+
 def _fetch_missing(root: Path, missing: list[str]) -> None:
     """Try torchvision's download; if it fails, say which files go where."""
     from torchvision.datasets import MNIST
@@ -68,7 +77,7 @@ def _fetch_missing(root: Path, missing: list[str]) -> None:
     except Exception as e:  # any download failure ends in the same instruction to the user
         raise DataError(
             f"MNIST files missing from {mnist_raw_dir(root)}/: {', '.join(missing)} "
-            f"(download failed: {type(e).__name__}); copy the four uncompressed IDX files there, "
+            f"(download failed: {_download_cause(e)}); copy the four uncompressed IDX files there, "
             "or pass --data_root DIR whose MNIST/raw/ holds them"
         ) from None
 

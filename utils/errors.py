@@ -19,3 +19,10 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint that is missing, unreadable, or does not fit the model."""
+
+
+def first_line(error: BaseException) -> str:
+    """What went wrong, for a one-line message: the first line of the exception's reason
+    (URLError) or message, else its type name."""
+    text = str(getattr(error, "reason", "") or error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

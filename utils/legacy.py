@@ -12,7 +12,7 @@ import copy
 import math
 from typing import Any
 
-from utils.misc import warmup_cosine
+from utils.lr_schedule import warmup_cosine
 
 # Keys that only round 1's layouts have.
 _ROUND1_MODEL_KEYS = {"latent_dim", "image_shape", "encoder_config", "decoder_config"}

@@ -2,7 +2,8 @@
 
     tensorboard --logdir checkpoints/simple/tensorboard
 
-tensorboard itself is imported only when a run turns this on, so other runs do not pay for it.
+tensorboard itself is an optional package (pip install tensorboard), imported only when a run
+turns this on, so other runs neither need it nor pay for importing it.
 """
 
 import math
@@ -15,9 +16,24 @@ from torchvision.utils import make_grid
 from model.vae import VAE
 from utils.config import ModelConfig, TrainConfig, config_json
 from utils.dataset import MNISTSplit
+from utils.errors import UserError
 
 SAMPLES_PER_SIDE = 8  # the epoch picture of samples is 8 x 8 decodes of fixed z ~ N(0, I)
 RECONSTRUCTED = 8  # test images shown above their reconstructions each epoch
+
+
+def require_tensorboard() -> type:
+    """torch's SummaryWriter; without the tensorboard package, one UserError line saying how to
+    install it or turn the logging off. An entry script calls it at start-up, before training,
+    when the config asks for TensorBoard."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError(
+            "--tensorboard / the config's 'tensorboard': needs the tensorboard package "
+            "(pip install tensorboard), or set it to false"
+        ) from None
+    return SummaryWriter
 
 
 class TensorBoardLog:
@@ -26,9 +42,7 @@ class TensorBoardLog:
     reconstructions."""
 
     def __init__(self, save_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig):
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(str(save_dir / "tensorboard"))
+        self.writer = require_tensorboard()(str(save_dir / "tensorboard"))
         for name, config in (("model_config", model_cfg), ("train_config", train_cfg)):
             # TensorBoard renders text as Markdown; indented lines show the JSON verbatim.
             self.writer.add_text(name, textwrap.indent(config_json(config), "    "))

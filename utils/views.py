@@ -20,12 +20,17 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
 from model.vae import VAE  # noqa: E402
-from utils.checkpoint import load_checkpoint, load_state, vae_state_from  # noqa: E402
-from utils.config import load_model_config  # noqa: E402
-from utils.dataset import MNISTSplit, load_mnist  # noqa: E402
+from utils.dataset import MNISTSplit  # noqa: E402
 from utils.errors import UserError  # noqa: E402
+from utils.trained_vae import (  # noqa: E402
+    GRID_LIMIT,
+    decode,
+    encode_means,
+    latent_grid,
+    load_vae,
+    test_split,
+)
 
-GRID_LIMIT = 3.0
 DPI = 100
 TERM_NAMES = {
     "loss": "total loss",
@@ -37,14 +42,7 @@ TERM_NAMES = {
     "disc": "critic loss",
 }
 
-# Shared helpers: loading, batched encoding and decoding, tiling, figures.
-
-
-def load_vae(model_config: str, ckpt_path: str, device: torch.device) -> VAE:
-    """The VAE of `model_config` with the weights of `ckpt_path`, in eval mode on `device`."""
-    vae = VAE(load_model_config(model_config).model_config)
-    load_state(vae, vae_state_from(load_checkpoint(ckpt_path, device), ckpt_path), ckpt_path)
-    return vae.to(device).eval()
+# Shared helpers: tiling, figures.
 
 
 def checkpoint_name(ckpt_path: str) -> str:
@@ -56,18 +54,6 @@ def checkpoint_name(ckpt_path: str) -> str:
 def need_2d(vae: VAE, model_config: str) -> None:
     if vae.latent_dim < 2:
         raise UserError(f"{model_config}: latent_dim is {vae.latent_dim}; the 2-D grid needs >= 2")
-
-
-def test_split(args: argparse.Namespace, device: torch.device, *vaes: VAE) -> MNISTSplit:
-    """The MNIST test split from --data_root, checked against each model's image shape."""
-    split = load_mnist(args.data_root, "test", device)
-    for vae in vaes:
-        if tuple(split.images.shape[1:]) != vae.decoder.image_shape:
-            raise UserError(
-                f"{args.data_root}: test images are {list(split.images.shape[1:])} but the model "
-                f"makes {list(vae.decoder.image_shape)}; pass the model config of the checkpoint"
-            )
-    return split
 
 
 def check_index(index: int, split: MNISTSplit) -> int:
@@ -85,22 +71,6 @@ def test_images(args: argparse.Namespace, split: MNISTSplit) -> tuple[torch.Tens
     chosen = slice(first, first + args.grid_size)
     labels = split.labels[chosen].tolist()
     return split.images[chosen], [f"#{first + i}: {d}" for i, d in enumerate(labels)]
-
-
-def model_device(vae: VAE) -> torch.device:
-    return next(vae.parameters()).device
-
-
-@torch.inference_mode()
-def encode_means(vae: VAE, images: torch.Tensor) -> torch.Tensor:
-    """Images (N, C, H, W) in [0, 1] -> posterior means (N, latent_dim) on the CPU, one pass."""
-    return vae.encoder(images.to(model_device(vae)))[0].float().cpu()
-
-
-@torch.inference_mode()
-def decode(vae: VAE, z: torch.Tensor) -> torch.Tensor:
-    """Codes (N, latent_dim) -> images (N, C, H, W) in [0, 1] on the CPU, one decoder pass."""
-    return vae.decoder(z.to(model_device(vae))).float().cpu()
 
 
 def tile(images: torch.Tensor, per_row: int) -> torch.Tensor:
@@ -126,16 +96,6 @@ def save_figure(fig, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
-
-
-def latent_grid(latent_dim: int, grid_size: int) -> torch.Tensor:
-    """(grid_size^2, latent_dim) codes in row-major display order, as the reference draws them:
-    z[0] rises from left to right, z[1] from the top row (-3) down to the bottom row (+3)."""
-    values = torch.linspace(-GRID_LIMIT, GRID_LIMIT, grid_size)
-    rows, cols = torch.meshgrid(values, values, indexing="ij")
-    z = torch.zeros(grid_size * grid_size, latent_dim)
-    z[:, 0], z[:, 1] = cols.flatten(), rows.flatten()
-    return z
 
 
 def draw_latent_grid(ax, vae: VAE, grid_size: int) -> None:

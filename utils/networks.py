@@ -1,23 +1,33 @@
-"""Train, save and load the two MNIST CNNs of model/mnist_cnn.py with one routine.
+"""The networks that come with weights from files: the two MNIST CNNs of model/mnist_cnn.py
+(trained, saved and loaded here with one routine), VGG16 (torchvision's ImageNet weights), and
+the PIPS loss cut from either backbone (model/backbones.py says how).
 
 `make_network` trains a network from its seed on a training split (Adam, batch 128, a couple of
 epochs: about 99 % test accuracy on real MNIST), prints one line saying what it trains and where
 it saves it, and saves it atomically; `load_network` reads it back and refuses, in one line, a
-file that is unreadable or holds another network.
+file that is unreadable or holds another network. `build_pips` loads a backbone's layers and
+cuts them into the slices its table entry lists.
 """
 
+import pickle
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torchvision.models import VGG16_Weights, vgg16
 from tqdm import tqdm
 
+from model.backbones import BACKBONES
 from model.mnist_cnn import NETWORKS, StagedCNN
+from model.pips import PIPS
 from utils.checkpoint import load_checkpoint, load_state, save_checkpoint
+from utils.config import PIPSConfig
 from utils.dataset import MNISTSplit, epoch_order, eval_batches, train_batches
-from utils.errors import CheckpointError
+from utils.errors import CheckpointError, first_line
 
 EPOCHS = 2
 BATCH_SIZE = 128
@@ -93,3 +103,56 @@ def load_network(name: str, path: Path, device: torch.device | str = "cpu") -> S
     net = NETWORKS[name].build()
     load_state(net, payload["state_dict"], path)
     return net.to(device).eval().requires_grad_(False)
+
+
+def vgg16_weights_file() -> Path:
+    """Where torchvision keeps the ImageNet VGG16 `features` weights (torch's hub cache)."""
+    name = Path(VGG16_Weights.IMAGENET1K_FEATURES.url).name
+    return Path(torch.hub.get_dir()) / "checkpoints" / name
+
+
+def vgg16_features(config: PIPSConfig) -> nn.Sequential:
+    """VGG16's `features` with config.weights; ImageNet weights come from torch's hub cache,
+    downloaded by torchvision when missing (as the reference does). Offline, a failed download is
+    one line saying where the file goes and how to train without it."""
+    if config.weights == "random":
+        return vgg16(weights=None).features
+    path = vgg16_weights_file()
+    cached = path.is_file()
+    try:
+        return vgg16(weights=VGG16_Weights.IMAGENET1K_FEATURES).features
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as e:
+        # URLError is an OSError; a damaged file raises any of the others.
+        cause = first_line(e)
+        if cached:
+            raise CheckpointError(
+                f"{path}: not a readable VGG16 weights file ({cause}); delete it, and it is "
+                "downloaded again"
+            ) from None
+        raise CheckpointError(
+            f"PIPS needs the ImageNet VGG16 weights file {path.name} in {path.parent}/ and "
+            f"downloading it from {VGG16_Weights.IMAGENET1K_FEATURES.url} failed ({cause}); "
+            "copy the file there, or train offline with the MNIST backbone "
+            "(--model_config configs/model_composite_mnist_config.json)"
+        ) from None
+
+
+def mnist_cnn_stages(config: PIPSConfig) -> nn.ModuleList:
+    """The stages of the MNIST PIPS CNN in config.weights_path, which must exist already
+    (train.py makes it first; so does `python make_networks.py --network pips`)."""
+    return load_network("pips", Path(config.weights_path)).stages
+
+
+# Each backbone's chain of layers with its weights, which model/backbones.py's slices index.
+BACKBONE_LAYERS: dict[str, Callable[[PIPSConfig], nn.Sequential | nn.ModuleList]] = {
+    "vgg16": vgg16_features,
+    "mnist_cnn": mnist_cnn_stages,
+}
+
+
+def build_pips(config: PIPSConfig) -> PIPS:
+    """The PIPS loss of `config`: its backbone's layers, cut into the backbone's slices."""
+    spec = BACKBONES[config.backbone]
+    layers = BACKBONE_LAYERS[config.backbone](config)
+    slices = (nn.Sequential(*layers[start:end]) for start, end in spec.slices)
+    return PIPS(slices, config.input_size, spec.imagenet)
