@@ -36,7 +36,9 @@ scheme first trains the MNIST PIPS backbone into pips_config.weights_path when t
 
 import argparse
 import dataclasses
+import fcntl
 import json
+import os
 import shlex
 import signal
 import sys
@@ -71,6 +73,9 @@ from utils.misc import keep_freed_memory, pick_device, run_cli
 
 # Weights a run folder keeps besides its checkpoint_*.pth: a new run never starts over them.
 SAVED = ("final_model.pth", "best_model.pth")
+# The file whose OS lock says which process trains in a run folder (it holds that pid).
+RUN_LOCK = ".train.lock"
+HELD_LOCKS = []  # the open lock files: a lock lasts as long as its file stays open
 
 
 def positive_int(text: str) -> int:
@@ -290,15 +295,39 @@ def read_configs(args: argparse.Namespace, cluster: Cluster) -> tuple[ModelConfi
 def open_run_folder(
     args: argparse.Namespace, save_dir: Path, cluster: Cluster
 ) -> tuple[Path | None, dict | None]:
-    """Rank 0 prepares the run folder and, with --resume, reads the checkpoint to continue:
-    (its path, its payload), or (None, None) for a new run."""
+    """Rank 0 prepares the run folder, takes it for this process (`lock_run_folder`) and, with
+    --resume, reads the checkpoint to continue: (its path, its payload), or (None, None) for a
+    new run."""
     if not cluster.is_main:
         return None, None
     prepare_save_dir(save_dir, resuming=args.resume is not None)
+    lock_run_folder(save_dir)
     if args.resume is None:
         return None, None
     path = newest_checkpoint(save_dir) if args.resume == "auto" else Path(args.resume)
     return path, load_checkpoint(path, cluster.device)
+
+
+def lock_run_folder(save_dir: Path) -> None:
+    """Take the run folder for this process until it exits (an OS lock on its RUN_LOCK file,
+    which the OS releases on any exit, kill -9 included), so that two train.py never write one
+    run folder; a folder another process holds is refused, naming its pid."""
+    handle = open(save_dir / RUN_LOCK, "a+")  # noqa: SIM115 (held open for the process's life)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "unknown"
+        handle.close()
+        raise UserError(
+            f"{save_dir}: in use by another train.py (pid {owner}); wait for it to end, or "
+            "choose another --save_dir"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    HELD_LOCKS.append(handle)
 
 
 def read_data(
