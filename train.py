@@ -75,6 +75,7 @@ from utils.misc import keep_freed_memory, pick_device, run_cli
 SAVED = ("final_model.pth", "best_model.pth")
 # The file whose OS lock says which process trains in a run folder (it holds that pid).
 RUN_LOCK = ".train.lock"
+REPO = Path(__file__).resolve().parent
 HELD_LOCKS = []  # the open lock files: a lock lasts as long as its file stays open
 
 
@@ -146,15 +147,23 @@ def parse_args() -> argparse.Namespace:
 def prepare_save_dir(save_dir: Path, resuming: bool) -> Path:
     """Create the run folder and check it is writable. A new run refuses a folder that holds a
     checkpoint or a final model, so nothing is overwritten; a folder a run left before its first
-    checkpoint (configs, metrics of unsaved epochs) is free to start in again."""
-    held = sorted(p.name for p in save_dir.glob("*.pth") if p.name in SAVED or
-                  p.name.startswith("checkpoint_"))  # fmt: skip
-    if held and not resuming:
-        raise UserError(
-            f"{save_dir}: already holds a run ({held[0]}); resume it with --resume auto, "
-            "or choose another --save_dir"
-        )
+    checkpoint (configs, metrics of unsaved epochs) is free to start in again. The filesystem's
+    root and the repository's own folder are never run folders."""
     try:
+        resolved = save_dir.resolve()
+        if resolved in (Path(resolved.anchor), REPO):
+            what = "the repository's folder" if resolved == REPO else "the filesystem root"
+            raise UserError(
+                f"{save_dir}: is {what}, not a run folder; choose a folder of its own "
+                "(--save_dir, or the train config's save_dir), e.g. checkpoints/NAME"
+            )
+        held = sorted(p.name for p in save_dir.glob("*.pth") if p.name in SAVED or
+                      p.name.startswith("checkpoint_"))  # fmt: skip
+        if held and not resuming:
+            raise UserError(
+                f"{save_dir}: already holds a run ({held[0]}); resume it with --resume auto, "
+                "or choose another --save_dir"
+            )
         save_dir.mkdir(parents=True, exist_ok=True)
         (save_dir / ".write_test").touch()
         (save_dir / ".write_test").unlink()
@@ -350,6 +359,11 @@ def read_data(
         # The MNIST PIPS backbone is made once, on the full training split, before any subset
         # (by rank 0; the others load it once this block has ended).
         make_network("pips", backbone, train_set, val_set)
+    if train_cfg.data.train_bs > len(train_set):
+        raise UserError(
+            f"{args.train_config}: field 'data.train_bs' = {train_cfg.data.train_bs} is more than "
+            f"the {len(train_set)} training images, so an epoch would take no step; lower it"
+        )
     if args.subset is not None:
         if not train_cfg.data.train_bs <= args.subset <= len(train_set):
             raise UserError(

@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import REPO, config_variant, run_script
+from tests.conftest import REPO, config_variant, make_mnist_root, run_script
 from train import HELD_LOCKS, RUN_LOCK, lock_run_folder
 from training_schemes import INTERRUPT_CHECKPOINT, prune_checkpoints
 from utils.errors import UserError
@@ -160,3 +160,33 @@ def test_the_run_id_survives_a_resume(tmp_path, fake_mnist, finished):
     rows = (run / "metrics.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]
     assert json.loads((run / "train_config.json").read_text())["num_epochs"] == 3
+
+
+@pytest.mark.parametrize(
+    ("save_dir", "problem"),
+    [
+        ("/", "is the filesystem root, not a run folder"),
+        (str(REPO), "is the repository's folder, not a run folder"),
+        (f"/tmp/{'x' * 300}/run", "cannot write the run folder (File name too long)"),
+    ],
+)
+def test_a_save_dir_that_cannot_be_a_run_folder_is_one_line(save_dir, problem):
+    result = run_script(*simple_args(REPO / "data", save_dir, "--epochs", "1"))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: {save_dir}: {problem}"), result.stderr
+    assert result.stderr.count("\n") == 1
+    assert not (REPO / "final_model.pth").exists() and not (REPO / "metrics.csv").exists()
+
+
+def test_a_batch_larger_than_the_training_split_is_one_line(tmp_path):
+    mnist = make_mnist_root(tmp_path / "mnist", n_train=100, n_test=32)
+    run = tmp_path / "run"
+    args = simple_args(mnist, run, "--epochs", "1")
+    del args[args.index("--subset") : args.index("--subset") + 2]
+    result = run_script(*args)
+    assert result.returncode == 2
+    assert result.stderr == (
+        "error: configs/train_simple_config.json: field 'data.train_bs' = 128 is more than the "
+        "100 training images, so an epoch would take no step; lower it\n"
+    )
+    assert not (run / "final_model.pth").exists()
