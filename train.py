@@ -36,7 +36,9 @@ scheme first trains the MNIST PIPS backbone into pips_config.weights_path when t
 
 import argparse
 import dataclasses
+import fcntl
 import json
+import os
 import shlex
 import signal
 import sys
@@ -73,6 +75,10 @@ from utils.tensorboard_log import require_tensorboard
 
 # Weights a run folder keeps besides its checkpoint_*.pth: a new run never starts over them.
 SAVED = ("final_model.pth", "best_model.pth")
+# The file whose OS lock says which process trains in a run folder (it holds that pid).
+RUN_LOCK = ".train.lock"
+REPO = Path(__file__).resolve().parent
+HELD_LOCKS = []  # the open lock files: a lock lasts as long as its file stays open
 
 
 def positive_int(text: str) -> int:
@@ -143,15 +149,23 @@ def parse_args() -> argparse.Namespace:
 def prepare_save_dir(save_dir: Path, resuming: bool) -> Path:
     """Create the run folder and check it is writable. A new run refuses a folder that holds a
     checkpoint or a final model, so nothing is overwritten; a folder a run left before its first
-    checkpoint (configs, metrics of unsaved epochs) is free to start in again."""
-    held = sorted(p.name for p in save_dir.glob("*.pth") if p.name in SAVED or
-                  p.name.startswith("checkpoint_"))  # fmt: skip
-    if held and not resuming:
-        raise UserError(
-            f"{save_dir}: already holds a run ({held[0]}); resume it with --resume auto, "
-            "or choose another --save_dir"
-        )
+    checkpoint (configs, metrics of unsaved epochs) is free to start in again. The filesystem's
+    root and the repository's own folder are never run folders."""
     try:
+        resolved = save_dir.resolve()
+        if resolved in (Path(resolved.anchor), REPO):
+            what = "the repository's folder" if resolved == REPO else "the filesystem root"
+            raise UserError(
+                f"{save_dir}: is {what}, not a run folder; choose a folder of its own "
+                "(--save_dir, or the train config's save_dir), e.g. checkpoints/NAME"
+            )
+        held = sorted(p.name for p in save_dir.glob("*.pth") if p.name in SAVED or
+                      p.name.startswith("checkpoint_"))  # fmt: skip
+        if held and not resuming:
+            raise UserError(
+                f"{save_dir}: already holds a run ({held[0]}); resume it with --resume auto, "
+                "or choose another --save_dir"
+            )
         save_dir.mkdir(parents=True, exist_ok=True)
         (save_dir / ".write_test").touch()
         (save_dir / ".write_test").unlink()
@@ -294,15 +308,39 @@ def read_configs(args: argparse.Namespace, cluster: Cluster) -> tuple[ModelConfi
 def open_run_folder(
     args: argparse.Namespace, save_dir: Path, cluster: Cluster
 ) -> tuple[Path | None, dict | None]:
-    """Rank 0 prepares the run folder and, with --resume, reads the checkpoint to continue:
-    (its path, its payload), or (None, None) for a new run."""
+    """Rank 0 prepares the run folder, takes it for this process (`lock_run_folder`) and, with
+    --resume, reads the checkpoint to continue: (its path, its payload), or (None, None) for a
+    new run."""
     if not cluster.is_main:
         return None, None
     prepare_save_dir(save_dir, resuming=args.resume is not None)
+    lock_run_folder(save_dir)
     if args.resume is None:
         return None, None
     path = newest_checkpoint(save_dir) if args.resume == "auto" else Path(args.resume)
     return path, load_checkpoint(path, cluster.device)
+
+
+def lock_run_folder(save_dir: Path) -> None:
+    """Take the run folder for this process until it exits (an OS lock on its RUN_LOCK file,
+    which the OS releases on any exit, kill -9 included), so that two train.py never write one
+    run folder; a folder another process holds is refused, naming its pid."""
+    handle = open(save_dir / RUN_LOCK, "a+")  # noqa: SIM115 (held open for the process's life)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "unknown"
+        handle.close()
+        raise UserError(
+            f"{save_dir}: in use by another train.py (pid {owner}); wait for it to end, or "
+            "choose another --save_dir"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    HELD_LOCKS.append(handle)
 
 
 def read_data(
@@ -325,6 +363,11 @@ def read_data(
         # The MNIST PIPS backbone is made once, on the full training split, before any subset
         # (by rank 0; the others load it once this block has ended).
         make_network("pips", backbone, train_set, val_set)
+    if train_cfg.data.train_bs > len(train_set):
+        raise UserError(
+            f"{args.train_config}: field 'data.train_bs' = {train_cfg.data.train_bs} is more than "
+            f"the {len(train_set)} training images, so an epoch would take no step; lower it"
+        )
     if args.subset is not None:
         if not train_cfg.data.train_bs <= args.subset <= len(train_set):
             raise UserError(

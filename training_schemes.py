@@ -22,6 +22,7 @@ import itertools
 import math
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from tqdm import tqdm
 from model.discriminator import PatchDiscriminator
 from model.linear_backend import Choice, choose
 from model.vae import VAE
-from utils.checkpoint import checkpoint_step, save_checkpoint
+from utils.checkpoint import checkpoint_fields, save_checkpoint
 from utils.config import (
     AdamParams,
     ModelConfig,
@@ -312,13 +313,15 @@ class Progress:
         self.metrics, self.stopper = metrics, stopper
         self.step, self.next_epoch, self.next_batch = 0, 1, 0
         self.epoch_terms = TermAverager()
+        # Names the run in its checkpoints, so that pruning removes only files it wrote itself.
+        self.run_id = uuid.uuid4().hex
 
     def should_stop(self, epoch: int, train_loss: float, vae: VAE) -> bool:
         return self.stopper is not None and self.stopper.should_stop(epoch, train_loss, vae)
 
     def state_dict(self) -> dict:
         state = {"step": self.step, "next_epoch": self.next_epoch, "next_batch": self.next_batch,
-                 "metrics_rows": list(self.metrics.rows)}  # fmt: skip
+                 "metrics_rows": list(self.metrics.rows), "run_id": self.run_id}  # fmt: skip
         if self.stopper is not None:
             state["early_stopping"] = self.stopper.state_dict()
         return state
@@ -326,6 +329,7 @@ class Progress:
     def load_state_dict(self, state: dict) -> None:
         self.step, self.next_epoch = state["step"], state["next_epoch"]
         self.next_batch, self.metrics.rows = state["next_batch"], list(state["metrics_rows"])
+        self.run_id = state.get("run_id", self.run_id)  # none in checkpoints from before it
         if self.stopper is not None:
             self.stopper.load_state_dict(state["early_stopping"])
 
@@ -430,7 +434,8 @@ def train(
         if epoch % train_cfg.save_every == 0 or epoch == train_cfg.num_epochs or stopped_early:
             save(run, save_dir / f"checkpoint_epoch_{epoch:03d}.pth", epoch)
             if cluster.is_main:
-                prune_checkpoints(save_dir, train_cfg.keep_checkpoints, progress.step)
+                prune_checkpoints(save_dir, train_cfg.keep_checkpoints, progress.run_id,
+                                  progress.step)  # fmt: skip
         if stopped_early:
             save_best_model(run, epoch)
             break
@@ -585,12 +590,19 @@ def check_resumable(
     payload: dict, path: Path, scheme: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
     train_size: int, config_paths: tuple[str, str], cluster: Cluster,
 ) -> None:  # fmt: skip
-    """Refuse a checkpoint that cannot continue this run: weights only, other settings, or
-    another number of processes."""
+    """Refuse a checkpoint that cannot continue this run: weights only, another run folder's,
+    other settings, another number of processes, or a run that has ended."""
     if "next_epoch" not in payload:
         raise CheckpointError(
             f"{path}: holds weights only (no training state); resume from a "
             "checkpoint_*.pth written by this train.py"
+        )
+    own_folder = path.resolve().parent
+    if own_folder != Path(train_cfg.save_dir).resolve():
+        raise UserError(
+            f"{path}: is a checkpoint of the run in {own_folder}, and a checkpoint resumes in "
+            f"its own run folder: pass --save_dir {own_folder} (to branch a run, copy the "
+            "checkpoint into an empty folder and resume there)"
         )
     if payload["scheme"] != scheme:
         raise UserError(
@@ -619,6 +631,24 @@ def check_resumable(
             f"{cluster.world_size}; resume it with {processes} (torchrun's --nnodes x "
             "--nproc_per_node, or a plain python train.py for 1)"
         )
+    check_unfinished(payload, path, train_cfg)
+
+
+def check_unfinished(payload: dict, path: Path, train_cfg: TrainConfig) -> None:
+    """Refuse to continue a run that has ended: stopped early (its early-stopping state says so),
+    or through all of this call's epochs."""
+    stopping, stopper = train_cfg.early_stopping, payload.get("early_stopping")
+    if stopping and stopper and stopper["bad_epochs"] >= stopping.patience:
+        raise UserError(
+            f"{path}: the run stopped early after epoch {payload['epoch']} (its best weights are "
+            "in best_model.pth) and has nothing left to train; start a new run in another "
+            "--save_dir"
+        )
+    if payload["next_epoch"] > train_cfg.num_epochs:
+        raise UserError(
+            f"{path}: the run has finished its {payload['epoch']} epochs; to train it further "
+            f"pass --epochs N with N > {payload['epoch']}"
+        )
 
 
 def first_difference(saved: Any, current: Any, where: str = "") -> tuple[str, Any, Any] | None:
@@ -641,13 +671,17 @@ def interrupt(run: Run, signum: int, epoch_done: int) -> Interrupted:
     return Interrupted(signum, path, run.progress.next_epoch, run.progress.step)
 
 
-def prune_checkpoints(save_dir: Path, keep: int | None, step: int) -> None:
-    """Keep the newest `keep` periodic checkpoints (all when None); drop an older interrupt one."""
-    periodic = sorted(save_dir.glob("checkpoint_epoch_*.pth"))
+def prune_checkpoints(save_dir: Path, keep: int | None, run_id: str, step: int) -> None:
+    """Keep the newest `keep` periodic checkpoints of run `run_id` (all when None), newest by the
+    step each file records, and drop its interrupt checkpoint once an older step than `step`.
+    Files of other runs, or that are not checkpoints, are left alone."""
+    own = {path: found[1] for path in save_dir.glob("checkpoint_*.pth")
+           if (found := checkpoint_fields(path, "run_id", "step"))[0] == run_id}  # fmt: skip
+    interrupted = save_dir / INTERRUPT_CHECKPOINT
+    periodic = sorted((p for p in own if p != interrupted), key=own.get)
     for old in periodic[:-keep] if keep else []:
         old.unlink()
-    interrupted = save_dir / INTERRUPT_CHECKPOINT
-    if interrupted.exists() and checkpoint_step(interrupted) < step:
+    if own.get(interrupted, step) < step:
         interrupted.unlink()
 
 

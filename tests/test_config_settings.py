@@ -2,6 +2,7 @@
 file is, and recorded in the run folder; and the one line for a run shorter than beta's warm-up."""
 
 import json
+import os
 
 import pytest
 
@@ -125,3 +126,24 @@ def test_train_records_settings_in_the_run_folder_and_refuses_a_bad_one(tmp_path
         "error: --set loss.params.beta=-1: field 'loss.params.beta' = -1.0 must be >= 0"
     ], failed.stderr
     assert not refused.exists()
+
+
+def test_a_key_given_twice_is_refused_not_silently_the_last(tmp_path):
+    path = tmp_path / "train.json"
+    text = SIMPLE_TRAIN.read_text()
+    path.write_text(text.replace('"seed": 42,', '"seed": 42, "seed": 7,', 1))
+    assert '"seed": 7' in path.read_text()
+    with pytest.raises(ConfigError) as caught:
+        load_train_config(path, "simple")
+    assert str(caught.value) == f'{path}: key "seed" appears twice in one object; keep one'
+
+
+def test_a_fifo_as_config_is_refused_at_once_not_waited_on(tmp_path, fake_mnist):
+    fifo = tmp_path / "config.json"
+    os.mkfifo(fifo)
+    result = run_script("train.py", "--scheme", "simple", "--model_config", str(fifo),
+                        "--train_config", "configs/train_simple_config.json", "--data_root",
+                        str(fake_mnist), "--save_dir", str(tmp_path / "run"),
+                        timeout=60)  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr == f"error: {fifo}: is not a regular file; point at a .json config\n"

@@ -84,13 +84,22 @@ def load_checkpoint(path: str | Path, map_location: torch.device | str = "cpu") 
     return upgrade_checkpoint(payload)
 
 
-def checkpoint_step(path: Path) -> int:
-    """The step a checkpoint was written at, read lazily; -1 when the file is unreadable."""
+def checkpoint_fields(path: Path, *keys: str) -> tuple[Any, ...]:
+    """The values of `keys` in a checkpoint, read lazily (None for a key it lacks); all None
+    when the file is not a readable checkpoint."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return int(payload.get("step", -1))
     except Exception:  # an unreadable file is simply not a candidate
-        return -1
+        return (None,) * len(keys)
+    if not isinstance(payload, dict):
+        return (None,) * len(keys)
+    return tuple(payload.get(key) for key in keys)
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step a checkpoint was written at; -1 when the file is unreadable or records none."""
+    (step,) = checkpoint_fields(path, "step")
+    return step if isinstance(step, int) else -1
 
 
 def vae_state_from(payload: dict[str, Any], path: str | Path) -> dict[str, torch.Tensor]:

@@ -515,11 +515,33 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """A JSON object's pairs as a dict, refusing a key given twice (json keeps the last)."""
+    data = {}
+    for key, value in pairs:
+        if key in data:
+            raise _DuplicateKey(key)
+        data[key] = value
+    return data
+
+
 def read_json(path: str | Path) -> dict:
     """The JSON object in file `path`; a file that is not one raises one-line ConfigError."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"{path}: is not a regular file; point at a .json config")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(), object_pairs_hook=_unique_keys)
+    except _DuplicateKey as e:
+        raise ConfigError(
+            f"{path}: key {json.dumps(e.key)} appears twice in one object; keep one"
+        ) from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config ({e.strerror}); check the path") from None
     except json.JSONDecodeError as e:

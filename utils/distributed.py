@@ -12,9 +12,12 @@ so `python train.py` runs exactly as before.
 
 import hashlib
 import os
+import socket
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -27,6 +30,10 @@ from utils.errors import UserError
 from utils.tracking import TermAverager
 
 TORCHRUN_ENV = ("RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+# How long the processes wait for each other at start-up before one line ends them (torchrun
+# starts its processes together; a stray WORLD_SIZE without peers would otherwise wait 30 min).
+RENDEZVOUS_TIMEOUT = "RENDEZVOUS_TIMEOUT"
+DEFAULT_RENDEZVOUS_SECONDS = 120
 
 
 class ReplicasDiverged(UserError):
@@ -210,14 +217,76 @@ def check_same_fingerprints(prints: list[str], step: int) -> None:
             )
 
 
-def _env_int(name: str) -> int:
+def _env_int(name: str, world_size: int) -> int:
     try:
         return int(os.environ[name])
     except (KeyError, ValueError):
         raise UserError(
-            f"WORLD_SIZE is {os.environ['WORLD_SIZE']} but {name} is "
-            f"{os.environ.get(name, 'unset')!r}; start several processes with torchrun"
+            f"WORLD_SIZE is {world_size} but {name} is {os.environ.get(name, 'unset')!r}; start "
+            "several processes with torchrun, or unset WORLD_SIZE to train in one process"
         ) from None
+
+
+def _world_size() -> int:
+    text = os.environ.get("WORLD_SIZE", "1")
+    if not text.isdigit() or int(text) < 1:
+        raise UserError(
+            f"WORLD_SIZE is {text!r}: it must be a whole number of processes >= 1 (torchrun "
+            "sets it); unset it to train in one process"
+        )
+    return int(text)
+
+
+def rendezvous_seconds() -> int:
+    """How long the processes wait for each other at start-up: RENDEZVOUS_TIMEOUT seconds."""
+    text = os.environ.get(RENDEZVOUS_TIMEOUT, str(DEFAULT_RENDEZVOUS_SECONDS))
+    if not text.isdigit() or int(text) < 1:
+        raise UserError(f"{RENDEZVOUS_TIMEOUT} is {text!r}: it must be a whole number of seconds")
+    return int(text)
+
+
+def _meet(rank: int, world_size: int) -> dist.Store:
+    """The store the processes meet at (MASTER_ADDR:MASTER_PORT, as torchrun sets them), once
+    all have joined; a process still alone after rendezvous_seconds() stops with one line."""
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
+    if missing:
+        raise UserError(
+            f"WORLD_SIZE is {world_size} but {missing[0]} is unset; start several processes "
+            "with torchrun (it sets both), or unset WORLD_SIZE to train in one process"
+        )
+    host, port, seconds = os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"], rendezvous_seconds()
+    where = f"{host}:{port}"
+    fix = (
+        "start every process with torchrun, or unset WORLD_SIZE and RANK to train in one "
+        f"process ({RENDEZVOUS_TIMEOUT} sets the wait)"
+    )
+    if rank != 0 and not _reachable(host, port, seconds):
+        raise UserError(f"rank {rank}: nothing answers at {where} after {seconds} s; {fix}")
+    try:
+        store, _, _ = next(
+            dist.rendezvous("env://", rank, world_size, timeout=timedelta(seconds=seconds))
+        )
+    except (RuntimeError, ValueError) as e:  # DistStoreError and DistNetworkError included
+        cause = (str(e).splitlines() or [type(e).__name__])[0]
+        raise UserError(
+            f"rank {rank}: the {world_size} processes did not all meet at {where} within "
+            f"{seconds} s ({cause}); {fix}"
+        ) from None
+    return store
+
+
+def _reachable(host: str, port: str, seconds: int) -> bool:
+    """Whether something accepts connections at host:port within `seconds` (probed with a plain
+    socket first, so that an absent master is one line, not the store client's retry log)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+            return True
+        except (OSError, ValueError):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.5)
 
 
 @contextmanager
@@ -225,11 +294,12 @@ def join(device: torch.device) -> Iterator[Cluster]:
     """The Cluster that torchrun's environment describes, its process group started (NCCL on
     CUDA, each process on device cuda:LOCAL_RANK; gloo on the CPU) and ended on leaving; a
     one-process Cluster on `device` without torchrun or with one process."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = _world_size()
     if world_size == 1:
         yield Cluster(device)
         return
-    rank, local_rank, local_world_size = (_env_int(name) for name in TORCHRUN_ENV)
+    rank, local_rank, local_world_size = (_env_int(name, world_size) for name in TORCHRUN_ENV)
+    store = _meet(rank, world_size)
     if device.type == "cuda":
         visible = torch.cuda.device_count()
         if local_world_size > visible:
@@ -239,9 +309,10 @@ def join(device: torch.device) -> Iterator[Cluster]:
             )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-        dist.init_process_group("nccl", device_id=device)
+        dist.init_process_group("nccl", store=store, rank=rank, world_size=world_size,
+                                device_id=device)  # fmt: skip
     else:
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size)
     try:
         control = dist.new_group(backend="gloo") if device.type == "cuda" else None
         yield Cluster(device, rank, world_size, local_world_size, control)

@@ -1,0 +1,192 @@
+"""A run folder belongs to one run and one process: a checkpoint resumes only in its own folder,
+an ended run is not trained on, a second train.py is refused while one runs, and pruning removes
+only the run's own older checkpoints (by the step each records)."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import REPO, config_variant, make_mnist_root, run_script
+from train import HELD_LOCKS, RUN_LOCK, lock_run_folder
+from training_schemes import INTERRUPT_CHECKPOINT, prune_checkpoints
+from utils.errors import UserError
+
+
+def simple_args(mnist, run, *flags: str, train_config="configs/train_simple_config.json"):
+    return ["train.py", "--scheme", "simple", "--model_config",
+            "configs/model_simple_config.json", "--train_config", str(train_config),
+            "--data_root", str(mnist), "--subset", "128", "--device", "cpu", "--save_dir",
+            str(run), *flags]  # fmt: skip
+
+
+def contents(folder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name != RUN_LOCK}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, fake_mnist):
+    """A finished 2-epoch run (a checkpoint every epoch)."""
+    folder = tmp_path_factory.mktemp("finished")
+    cfg = config_variant(folder, "configs/train_simple_config.json", {"save_every": 1})
+    run = folder / "run"
+    done = run_script(*simple_args(fake_mnist, run, "--epochs", "2", train_config=cfg))
+    assert done.returncode == 0, done.stderr
+    return run, cfg
+
+
+def test_a_checkpoint_resumes_only_in_its_own_folder(tmp_path, fake_mnist, finished):
+    run, cfg = finished
+    other = tmp_path / "other"
+    made = run_script(*simple_args(fake_mnist, other, "--epochs", "1", train_config=cfg))
+    assert made.returncode == 0, made.stderr
+    before = contents(other)
+    elsewhere = str(run / "checkpoint_epoch_001.pth")
+    refused = run_script(
+        *simple_args(fake_mnist, other, "--epochs", "2", "--resume", elsewhere, train_config=cfg)
+    )
+    assert refused.returncode == 2
+    assert refused.stderr == (
+        f"error: {run / 'checkpoint_epoch_001.pth'}: is a checkpoint of the run in {run}, and a "
+        f"checkpoint resumes in its own run folder: pass --save_dir {run} (to branch a run, copy "
+        "the checkpoint into an empty folder and resume there)\n"
+    )
+    assert contents(other) == before
+
+
+def test_a_finished_run_is_not_trained_on_unless_given_more_epochs(fake_mnist, finished):
+    run, cfg = finished
+    before = contents(run)
+    again = run_script(*simple_args(fake_mnist, run, "--epochs", "2", "--resume", "auto",
+                                    train_config=cfg))  # fmt: skip
+    assert again.returncode == 2
+    assert again.stderr == (
+        f"error: {run / 'checkpoint_epoch_002.pth'}: the run has finished its 2 epochs; to train "
+        "it further pass --epochs N with N > 2\n"
+    )
+    assert contents(run) == before
+
+
+def test_an_early_stopped_run_is_not_resumed(tmp_path, fake_mnist):
+    # No epoch beats the first by more than the tolerance: the run stops after epoch 2 of 5.
+    stopping = {"early_stopping": {"patience": 1, "tol": 1e9}, "num_epochs": 5}
+    cfg = config_variant(tmp_path, "configs/train_simple_config.json", stopping)
+    run = tmp_path / "run"
+    first = run_script(*simple_args(fake_mnist, run, train_config=cfg))
+    assert first.returncode == 0, first.stderr
+    assert "early stop after epoch 2" in first.stdout
+    before = contents(run)
+    again = run_script(*simple_args(fake_mnist, run, "--resume", "auto", train_config=cfg))
+    assert again.returncode == 2
+    assert again.stderr == (
+        f"error: {run / 'checkpoint_epoch_002.pth'}: the run stopped early after epoch 2 (its "
+        "best weights are in best_model.pth) and has nothing left to train; start a new run in "
+        "another --save_dir\n"
+    )
+    assert contents(run) == before
+
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from train import lock_run_folder
+lock_run_folder(Path(sys.argv[1]))
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_one_process_at_a_time_owns_a_run_folder(tmp_path, fake_mnist):
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run)], cwd=REPO,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        with pytest.raises(UserError) as caught:
+            lock_run_folder(run)
+        assert str(caught.value) == (
+            f"{run}: in use by another train.py (pid {holder.pid}); wait for it to end, or "
+            "choose another --save_dir"
+        )
+        second = run_script(*simple_args(fake_mnist, run, "--epochs", "1"))
+        assert second.returncode == 2
+        assert second.stderr == f"error: {caught.value}\n"
+        assert sorted(p.name for p in run.iterdir()) == [RUN_LOCK]
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # kill -9 released it: the folder is free again.
+    lock_run_folder(run)
+    assert (run / RUN_LOCK).read_text().strip() == str(os.getpid())
+    HELD_LOCKS.pop().close()
+
+
+def write_checkpoint(path, run_id, step):
+    torch.save({"run_id": run_id, "step": step, "model_state_dict": {}}, path)
+
+
+def test_pruning_keeps_the_newest_by_step_and_only_touches_the_runs_own_files(tmp_path):
+    for epoch in (998, 999, 1000):
+        write_checkpoint(tmp_path / f"checkpoint_epoch_{epoch:03d}.pth", "this", epoch)
+    write_checkpoint(tmp_path / "checkpoint_epoch_001.pth", "another run", 1)
+    (tmp_path / "checkpoint_epoch_005.pth").write_bytes(b"not a checkpoint")
+    write_checkpoint(tmp_path / INTERRUPT_CHECKPOINT, "this", 500)
+    prune_checkpoints(tmp_path, 2, "this", 1000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint_epoch_001.pth", "checkpoint_epoch_005.pth", "checkpoint_epoch_1000.pth",
+        "checkpoint_epoch_999.pth"]  # fmt: skip
+    # Another run's interrupt checkpoint stays, whatever its step.
+    write_checkpoint(tmp_path / INTERRUPT_CHECKPOINT, "another run", 3)
+    prune_checkpoints(tmp_path, None, "this", 1000)
+    assert (tmp_path / INTERRUPT_CHECKPOINT).exists()
+
+
+def test_the_run_id_survives_a_resume(tmp_path, fake_mnist, finished):
+    run = shutil.copytree(finished[0], tmp_path / "run")
+    cfg = finished[1]
+    ids = {torch.load(p, weights_only=True)["run_id"] for p in run.glob("checkpoint_*.pth")}
+    assert len(ids) == 1 and len(ids.pop()) == 32
+    extended = run_script(*simple_args(fake_mnist, run, "--epochs", "3", "--resume", "auto",
+                                       train_config=cfg))  # fmt: skip
+    assert extended.returncode == 0, extended.stderr
+    ids = {torch.load(p, weights_only=True)["run_id"] for p in run.glob("checkpoint_*.pth")}
+    assert len(ids) == 1
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]
+    assert json.loads((run / "train_config.json").read_text())["num_epochs"] == 3
+
+
+@pytest.mark.parametrize(
+    ("save_dir", "problem"),
+    [
+        ("/", "is the filesystem root, not a run folder"),
+        (str(REPO), "is the repository's folder, not a run folder"),
+        (f"/tmp/{'x' * 300}/run", "cannot write the run folder (File name too long)"),
+    ],
+)
+def test_a_save_dir_that_cannot_be_a_run_folder_is_one_line(save_dir, problem):
+    result = run_script(*simple_args(REPO / "data", save_dir, "--epochs", "1"))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: {save_dir}: {problem}"), result.stderr
+    assert result.stderr.count("\n") == 1
+    assert not (REPO / "final_model.pth").exists() and not (REPO / "metrics.csv").exists()
+
+
+def test_a_batch_larger_than_the_training_split_is_one_line(tmp_path):
+    mnist = make_mnist_root(tmp_path / "mnist", n_train=100, n_test=32)
+    run = tmp_path / "run"
+    args = simple_args(mnist, run, "--epochs", "1")
+    del args[args.index("--subset") : args.index("--subset") + 2]
+    result = run_script(*args)
+    assert result.returncode == 2
+    assert result.stderr == (
+        "error: configs/train_simple_config.json: field 'data.train_bs' = 128 is more than the "
+        "100 training images, so an epoch would take no step; lower it\n"
+    )
+    assert not (run / "final_model.pth").exists()
