@@ -4,6 +4,7 @@ only the run's own older checkpoints (by the step each records)."""
 
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -190,3 +191,30 @@ def test_a_batch_larger_than_the_training_split_is_one_line(tmp_path):
         "100 training images, so an epoch would take no step; lower it\n"
     )
     assert not (run / "final_model.pth").exists()
+
+
+def limit_file_size() -> None:
+    """In the child: writes past 300 kB fail as on a full disk (EFBIG instead of a signal)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_line_and_the_older_one_stays(
+    tmp_path, fake_mnist, finished
+):
+    run = shutil.copytree(finished[0], tmp_path / "run")
+    before = contents(run)
+    argv = simple_args(fake_mnist, run, "--epochs", "3", "--resume", "auto",
+                       train_config=finished[1])  # fmt: skip
+    result = subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True,
+                            timeout=300, preexec_fn=limit_file_size)  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"error: {run / 'checkpoint_epoch_003.pth'}: cannot write checkpoint (File too large); "
+        "free disk space or choose another --save_dir\n"
+    )
+    after = contents(run)
+    assert {k: v for k, v in after.items() if k.endswith(".pth")} == {
+        k: v for k, v in before.items() if k.endswith(".pth")
+    }
+    assert not [name for name in after if name.endswith(".tmp")]

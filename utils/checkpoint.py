@@ -50,12 +50,42 @@ def atomic_write(path: Path, write: Any) -> None:
         raise
 
 
+class _WriteErrors:
+    """A binary file that remembers the OSError a write raised: torch.save reports a failed write
+    (a full disk, a file-size limit) as a RuntimeError about its zip writer, not the cause."""
+
+    def __init__(self, file: Any):
+        self.file, self.error = file, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
 def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
+    """Write `payload` to `path` atomically; a failed write (the old file, if any, untouched) is
+    one UserError line naming its cause."""
+    writer = None
+
+    def save(file: Any) -> None:
+        nonlocal writer
+        writer = _WriteErrors(file)
+        torch.save(payload, writer)
+
     try:
-        atomic_write(path, lambda f: torch.save(payload, f))
-    except OSError as e:
+        atomic_write(path, save)
+    except (OSError, RuntimeError) as e:
+        cause = writer.error if writer is not None and writer.error is not None else e
+        if not isinstance(cause, OSError):
+            raise
         raise UserError(
-            f"{path}: cannot write checkpoint ({e.strerror}); "
+            f"{path}: cannot write checkpoint ({cause.strerror}); "
             "free disk space or choose another --save_dir"
         ) from None
 
