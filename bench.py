@@ -54,7 +54,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from model.linear_backend import BACKENDS, choose, onednn_op, onednn_problem
 from model.vae import VAE
 from training_schemes import adam_with_schedule, check_scheme, train
-from utils.cli import run_cli
+from utils.cli import OneLineParser, run_cli
 from utils.config import load_model_config, load_train_config
 from utils.dataset import load_mnist
 from utils.errors import UserError
@@ -75,9 +75,7 @@ CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data_root", default="data/", help="folder holding MNIST/raw/")
     p.add_argument("--reps", type=int, default=5, help="epochs measured per pipeline (default 5)")
     p.add_argument("--out", default="results/bench.json", help="JSON file to write")

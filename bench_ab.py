@@ -48,7 +48,7 @@ from model.linear_backend import choose, onednn_problem
 from model.pips import direct_distance
 from model.vae import VAE
 from training_schemes import SCHEMES, adam_with_schedule, check_scheme
-from utils.cli import run_cli
+from utils.cli import OneLineParser, run_cli
 from utils.config import load_model_config, load_train_config
 from utils.dataset import load_mnist
 from utils.distributed import Cluster
@@ -68,9 +68,7 @@ OP_KINDS = {
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data_root", default="data/", help="folder holding MNIST/raw/")
     p.add_argument("--bursts", type=int, default=7, help="bursts per variant (default 7)")
     p.add_argument("--out", default="results/bench_ab.json", help="JSON file to write")

@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from utils.cli import run_cli
+from utils.cli import OneLineParser, run_cli
 from utils.errors import UserError
 
 REPO = Path(__file__).resolve().parent
@@ -48,9 +48,7 @@ MEASURES = ("recon_mse", "fid_samples", "fid_recon", "sharpness_ratio", "recon_a
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data_root", default="data/", help="folder holding MNIST/raw/")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds (default 1 2 3)")
     p.add_argument("--epochs", type=int, default=40, help="epochs per run (default 40)")

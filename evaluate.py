@@ -20,7 +20,7 @@ import torch
 
 from model.mnist_cnn import NETWORKS, StagedCNN
 from utils.checkpoint import write_text
-from utils.cli import pick_device, run_cli
+from utils.cli import OneLineParser, pick_device, run_cli
 from utils.dataset import load_mnist
 from utils.errors import UserError
 from utils.networks import load_network, make_network
@@ -42,9 +42,7 @@ MEANINGS = {
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_config", required=True, help="the JSON model config the run used")
     p.add_argument("--ckpt_path", required=True, help="final_model.pth, best_model.pth, ...")
     p.add_argument("--data_root", default="data/", help="folder holding MNIST/raw/ (default data/)")

@@ -34,15 +34,13 @@ Test images come from <data_root>/MNIST/raw/; every picture is one batched decod
 import argparse
 from pathlib import Path
 
-from utils.cli import pick_device, run_cli
+from utils.cli import OneLineParser, pick_device, run_cli
 from utils.errors import UserError
 from utils.views import VIEWS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mode", choices=VIEWS, default="grid", help="the view to draw (default grid)")
     p.add_argument("--model_config", help="the JSON model config the run used")
     p.add_argument("--ckpt_path", help="final_model.pth, best_model.pth or a checkpoint")

@@ -13,16 +13,14 @@ import argparse
 from pathlib import Path
 
 from model.mnist_cnn import NETWORKS
-from utils.cli import pick_device, run_cli
+from utils.cli import OneLineParser, pick_device, run_cli
 from utils.dataset import load_mnist
 from utils.errors import UserError
 from utils.networks import make_network
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--network", choices=(*NETWORKS, "both"), default="both")
     p.add_argument("--path", help="file to write (one --network only; default its usual file)")
     p.add_argument("--data_root", default="data/", help="folder holding MNIST/raw/ (default data/)")

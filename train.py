@@ -45,6 +45,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from model.linear_backend import Choice
 from training_schemes import (
     SCHEMES,
@@ -56,7 +58,7 @@ from training_schemes import (
     train,
 )
 from utils.checkpoint import checkpoint_step, load_checkpoint, write_text
-from utils.cli import pick_device, run_cli
+from utils.cli import OneLineParser, pick_device, run_cli
 from utils.config import (
     ModelConfig,
     TrainConfig,
@@ -68,7 +70,7 @@ from utils.config import (
 )
 from utils.dataset import MNISTSplit, load_mnist
 from utils.distributed import Cluster, join
-from utils.errors import UserError
+from utils.errors import CheckpointError, UserError
 from utils.memory import keep_freed_memory
 from utils.networks import make_network
 from utils.tensorboard_log import require_tensorboard
@@ -89,9 +91,7 @@ def positive_int(text: str) -> int:
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "--scheme",
         choices=list(SCHEMES),
@@ -176,15 +176,22 @@ def prepare_save_dir(save_dir: Path, resuming: bool) -> Path:
     return save_dir
 
 
-def newest_checkpoint(save_dir: Path) -> Path:
-    """The readable checkpoint_*.pth in `save_dir` written at the latest step."""
+def newest_checkpoint(save_dir: Path, device: torch.device) -> tuple[Path, dict]:
+    """The checkpoint_*.pth in `save_dir` written at the latest step that loads intact, and its
+    payload; a newer one that is damaged is passed over with a note."""
     steps = {path: checkpoint_step(path) for path in save_dir.glob("checkpoint_*.pth")}
-    readable = {path: step for path, step in steps.items() if step >= 0}
+    readable = sorted((path for path, step in steps.items() if step >= 0), key=steps.get)
     if not readable:
         raise UserError(
             f"{save_dir}: no readable checkpoint_*.pth to resume from; start without --resume"
         )
-    return max(readable, key=readable.get)
+    oldest, *newer = readable
+    for path in reversed(newer):
+        try:
+            return path, load_checkpoint(path, device, flag="--resume")
+        except CheckpointError as damaged:
+            print(f"note: passing over {damaged}", flush=True)
+    return oldest, load_checkpoint(oldest, device, flag="--resume")
 
 
 def check_processes(train_cfg: TrainConfig, cluster: Cluster, train_path: str) -> None:
@@ -315,10 +322,15 @@ def open_run_folder(
         return None, None
     prepare_save_dir(save_dir, resuming=args.resume is not None)
     lock_run_folder(save_dir)
+    # Holding the lock, any temporary file left here is a write a killed process never finished.
+    for unfinished in save_dir.glob(".*.tmp"):
+        unfinished.unlink(missing_ok=True)
     if args.resume is None:
         return None, None
-    path = newest_checkpoint(save_dir) if args.resume == "auto" else Path(args.resume)
-    return path, load_checkpoint(path, cluster.device)
+    if args.resume == "auto":
+        return newest_checkpoint(save_dir, cluster.device)
+    path = Path(args.resume)
+    return path, load_checkpoint(path, cluster.device, flag="--resume")
 
 
 def lock_run_folder(save_dir: Path) -> None:

@@ -60,6 +60,10 @@ INTERRUPT_CHECKPOINT = "checkpoint_interrupted.pth"
 # Fields that may change on resume: the run's length, where the continued run is written, and
 # whether it also logs to TensorBoard (a logging choice that changes nothing in the run).
 RESUMABLE_CHANGES = {"num_epochs", "save_dir", "tensorboard"}
+# What every resumable checkpoint holds besides its scheme's state (`state_keys`): save() writes
+# them, train() and check_resumable() read them.
+RESUME_KEYS = ("scheme", "epoch", "step", "next_epoch", "next_batch", "metrics_rows", "train_size",
+               "model_config", "train_config", "epoch_terms", "rng_state")  # fmt: skip
 
 
 def adam_with_schedule(
@@ -183,6 +187,11 @@ class SimpleScheme:
             schedule_key: self.sched_g.state_dict() if self.sched_g is not None else None,
         }
 
+    @classmethod
+    def state_keys(cls) -> tuple[str, ...]:
+        """The checkpoint keys `load_state_dict` reads."""
+        return ("model_state_dict", *cls.optimiser_keys)
+
     def load_state_dict(self, state: dict) -> None:
         optimizer_key, schedule_key = self.optimiser_keys
         self.vae.load_state_dict(state["model_state_dict"])
@@ -264,6 +273,11 @@ class CompositeScheme(SimpleScheme):
             "scheduler_d_state_dict": self.sched_d.state_dict() if self.sched_d else None,
             "pips_fingerprint": self.pips_fingerprint,
         }
+
+    @classmethod
+    def state_keys(cls) -> tuple[str, ...]:
+        return (*super().state_keys(), "discriminator_state_dict", "optimizer_d_state_dict",
+                "scheduler_d_state_dict")  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
         """Also refuses a run that trained against other PIPS weights (checkpoints written
@@ -597,6 +611,12 @@ def check_resumable(
             f"{path}: holds weights only (no training state); resume from a "
             "checkpoint_*.pth written by this train.py"
         )
+    missing = [key for key in RESUME_KEYS if key not in payload]
+    if missing:
+        raise CheckpointError(
+            f"{path}: lacks '{missing[0]}', which a resumable checkpoint holds; resume from a "
+            "checkpoint_*.pth written by this train.py"
+        )
     own_folder = path.resolve().parent
     if own_folder != Path(train_cfg.save_dir).resolve():
         raise UserError(
@@ -608,17 +628,13 @@ def check_resumable(
         raise UserError(
             f"{path}: is a {payload['scheme']} run; resume it with --scheme {payload['scheme']}"
         )
-    for name, config, config_path in zip(
-        ("model_config", "train_config"), (model_cfg, train_cfg), config_paths, strict=True
-    ):
-        saved = config_from_dict(payload[name], type(config), f"{path} ({name})")
-        found = first_difference(dataclasses.asdict(saved), dataclasses.asdict(config))
-        if found:
-            field, saved, current = found
-            raise UserError(
-                f"{config_path}: field '{field}' is {current!r} but the run used {saved!r}; "
-                "only the epoch count may change on resume"
-            )
+    missing = [key for key in SCHEMES[scheme].state_keys() if key not in payload]
+    if missing:
+        raise CheckpointError(
+            f"{path}: lacks '{missing[0]}', which a {scheme} run's checkpoint holds; resume from "
+            "a checkpoint_*.pth written by this train.py"
+        )
+    check_same_configs(payload, path, (model_cfg, train_cfg), config_paths)
     if payload["train_size"] != train_size:
         raise UserError(
             f"--subset: the run trained on {payload['train_size']} images, this call on "
@@ -632,6 +648,22 @@ def check_resumable(
             "--nproc_per_node, or a plain python train.py for 1)"
         )
     check_unfinished(payload, path, train_cfg)
+
+
+def check_same_configs(
+    payload: dict, path: Path, configs: tuple[ModelConfig, TrainConfig], paths: tuple[str, str]
+) -> None:
+    """Refuse configs that differ from the run's in anything but RESUMABLE_CHANGES."""
+    names = ("model_config", "train_config")
+    for name, config, config_path in zip(names, configs, paths, strict=True):
+        saved = config_from_dict(payload[name], type(config), f"{path} ({name})")
+        found = first_difference(dataclasses.asdict(saved), dataclasses.asdict(config))
+        if found:
+            field, saved, current = found
+            raise UserError(
+                f"{config_path}: field '{field}' is {current!r} but the run used {saved!r}; "
+                "only the epoch count may change on resume"
+            )
 
 
 def check_unfinished(payload: dict, path: Path, train_cfg: TrainConfig) -> None:

@@ -218,3 +218,58 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_and_the_older_one_stays
         k: v for k, v in before.items() if k.endswith(".pth")
     }
     assert not [name for name in after if name.endswith(".tmp")]
+
+
+def test_a_damaged_newest_checkpoint_is_passed_over_for_the_older_intact_one(
+    tmp_path, fake_mnist, finished
+):
+    run = shutil.copytree(finished[0], tmp_path / "run")
+    newest = run / "checkpoint_epoch_002.pth"
+    damaged = bytearray(newest.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF  # a bit flip inside the tensors' data
+    newest.write_bytes(bytes(damaged))
+    (run / ".checkpoint_epoch_002.pth.abc123.tmp").write_bytes(b"left by a kill -9")
+    resumed = run_script(*simple_args(fake_mnist, run, "--epochs", "3", "--resume", "auto",
+                                      train_config=finished[1]))  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert (
+        f"note: passing over {newest}: its content no longer matches the hash written with it "
+        "(the file was damaged on disk or in a copy); use an older checkpoint\n"
+    ) in resumed.stdout
+    assert f"resuming {run / 'checkpoint_epoch_001.pth'} at step 1" in resumed.stdout
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]
+    assert not list(run.glob(".*.tmp"))  # the unfinished write of a killed process is gone
+
+
+@pytest.mark.parametrize(
+    ("drop", "message"),
+    [
+        ("scheme", "lacks 'scheme', which a resumable checkpoint holds"),
+        ("optimizer_state_dict", "lacks 'optimizer_state_dict', which a simple run's checkpoint "
+                                 "holds"),
+    ],
+)  # fmt: skip
+def test_a_hand_made_checkpoint_missing_keys_is_one_line(tmp_path, fake_mnist, finished, drop,
+                                                         message):  # fmt: skip
+    run = tmp_path / "run"
+    run.mkdir()
+    payload = torch.load(finished[0] / "checkpoint_epoch_001.pth", weights_only=True)
+    del payload[drop], payload["content_sha256"]
+    torch.save(payload, run / "checkpoint_epoch_001.pth")
+    refused = run_script(*simple_args(fake_mnist, run, "--epochs", "2", "--resume", "auto",
+                                      train_config=finished[1]))  # fmt: skip
+    assert refused.returncode == 2
+    assert refused.stderr == (
+        f"error: {run / 'checkpoint_epoch_001.pth'}: {message}; resume from a checkpoint_*.pth "
+        "written by this train.py\n"
+    )
+
+
+def test_a_missing_resume_file_names_the_resume_flag(tmp_path, fake_mnist):
+    run = tmp_path / "run"
+    result = run_script(*simple_args(fake_mnist, run, "--resume", str(run / "nothing.pth")))
+    assert result.returncode == 2
+    assert (
+        result.stderr == f"error: {run / 'nothing.pth'}: no such checkpoint file; check --resume\n"
+    )

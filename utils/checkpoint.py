@@ -4,6 +4,7 @@ File keys follow the reference code (`model_state_dict`, `encoder_state_dict`, .
 checkpoints load here and ours load there.
 """
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -68,9 +69,42 @@ class _WriteErrors:
         self.file.flush()
 
 
-def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
-    """Write `payload` to `path` atomically; a failed write (the old file, if any, untouched) is
-    one UserError line naming its cause."""
+# The payload key holding content_hash() of the rest, checked on every load: a checkpoint whose
+# bytes changed on disk (bit flips, a bad copy) is refused instead of trained or drawn from.
+HASH_KEY = "content_sha256"
+
+
+def content_hash(value: Any) -> str:
+    """SHA-256 of a checkpoint payload's content: every key, tensor (dtype, shape, bytes) and
+    plain value, in order."""
+    digest = hashlib.sha256()
+
+    def add(item: Any) -> None:
+        if isinstance(item, torch.Tensor):
+            item = item.detach().cpu().contiguous()
+            digest.update(f"T{item.dtype}{tuple(item.shape)}".encode())
+            digest.update(item.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(item, dict):
+            digest.update(f"D{len(item)}".encode())
+            for key, inner in item.items():
+                digest.update(repr(key).encode())
+                add(inner)
+        elif isinstance(item, list | tuple):
+            digest.update(f"L{len(item)}".encode())
+            for inner in item:
+                add(inner)
+        else:
+            digest.update(repr(item).encode())
+
+    add(value)
+    return digest.hexdigest()
+
+
+def save_checkpoint(payload: dict[str, Any], path: Path, flag: str = "--save_dir") -> None:
+    """Write `payload` (with its content hash) to `path` atomically; a failed write (the old file,
+    if any, untouched) is one UserError line naming its cause and the flag (`flag`) that chooses
+    another place."""
+    payload = {**payload, HASH_KEY: content_hash(payload)}
     writer = None
 
     def save(file: Any) -> None:
@@ -86,23 +120,26 @@ def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
             raise
         raise UserError(
             f"{path}: cannot write checkpoint ({cause.strerror}); "
-            "free disk space or choose another --save_dir"
+            f"free disk space or choose another {flag}"
         ) from None
 
 
-def write_text(path: Path, text: str) -> None:
+def write_text(path: Path, text: str, flag: str = "--save_dir") -> None:
+    """Write `text` to `path` atomically; a failure is one UserError line naming `flag`."""
     try:
         atomic_write(path, lambda f: f.write(text.encode()))
     except OSError as e:
-        raise UserError(f"{path}: cannot write ({e.strerror}); choose another --save_dir") from None
+        raise UserError(f"{path}: cannot write ({e.strerror}); choose another {flag}") from None
 
 
-def load_checkpoint(path: str | Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:
+def load_checkpoint(
+    path: str | Path, map_location: torch.device | str = "cpu", flag: str = "--ckpt_path"
+) -> dict[str, Any]:
     """Read a checkpoint safely (tensors and plain containers only), in the current layout
-    (utils/legacy.py upgrades round 1's)."""
+    (utils/legacy.py upgrades round 1's); `flag` names where the path came from, for messages."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file; check --ckpt_path")
+        raise CheckpointError(f"{path}: no such checkpoint file; check {flag}")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, pickle with code, foreign format: all unreadable
@@ -111,6 +148,12 @@ def load_checkpoint(path: str | Path, map_location: torch.device | str = "cpu") 
         ) from None
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path}: holds a {type(payload).__name__}, not a checkpoint dict")
+    saved_hash = payload.pop(HASH_KEY, None)  # none in files written before it, or elsewhere
+    if saved_hash is not None and saved_hash != content_hash(payload):
+        raise CheckpointError(
+            f"{path}: its content no longer matches the hash written with it (the file was "
+            "damaged on disk or in a copy); use an older checkpoint"
+        )
     return upgrade_checkpoint(payload)
 
 

@@ -1,8 +1,10 @@
-"""The entry scripts' shared flags and boundary: the --device choice, and the one place a
-UserError becomes one line on stderr and exit code 2."""
+"""The entry scripts' shared flags and boundary: the --device choice, an argument parser whose
+errors are one line, and the one place a UserError becomes one line on stderr and exit code 2."""
 
+import argparse
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 import torch
 
@@ -18,11 +20,26 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's parser with a bad flag reported as one line, `error: ...; see <script> --help`,
+    and exit code 2 (argparse's own report is the usage block and the error)."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message}; see python {self.prog} --help", file=sys.stderr)
+        sys.exit(2)
+
+
 def run_cli(main: Callable[[], None]) -> None:
-    """The one place an entry script turns a UserError into one line on stderr and exit code 2."""
+    """The one place an entry script turns a UserError into one line on stderr and exit code 2,
+    and Ctrl-C outside a training loop (which checkpoints on its own) into one line and 130.
+    Every file the scripts write is written whole or not at all, so an interruption leaves
+    nothing half-written."""
     try:
         main()
     except UserError as e:
         if not e.quiet:
             print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("error: interrupted (Ctrl-C); no file was left half-written", file=sys.stderr)
+        sys.exit(130)

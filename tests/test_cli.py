@@ -1,0 +1,57 @@
+"""The entry scripts' boundary (utils/cli.py): a bad flag is one line and exit 2, whatever the
+script; Ctrl-C before training starts is one line and exit 130, with nothing half-written."""
+
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, run_script
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["train.py", "--model_config", "m.json", "--train_config", "t.json", "--epochs", "0"],
+         "error: argument --epochs: must be >= 1, got 0; see python train.py --help"),
+        (["train.py", "--scheme", "gan"],
+         "error: argument --scheme: invalid choice: 'gan' (choose from 'simple', 'composite'); "
+         "see python train.py --help"),
+        (["infer.py", "--bogus"],
+         "error: unrecognized arguments: --bogus; see python infer.py --help"),
+        (["evaluate.py"], "error: the following arguments are required: --model_config, "
+                          "--ckpt_path; see python evaluate.py --help"),
+        (["make_networks.py", "--network", "x"], "error: argument --network: invalid choice: 'x' "
+                                                 "(choose from 'pips', 'eval', 'both'); see python "
+                                                 "make_networks.py --help"),
+    ],
+)  # fmt: skip
+def test_a_bad_flag_is_one_line_in_every_script(argv, line):
+    result = run_script(*argv)
+    assert result.returncode == 2
+    assert result.stderr == line + "\n"
+
+
+def test_ctrl_c_while_the_perceptual_network_trains_is_one_line(tmp_path, fake_mnist):
+    """The composite scheme on the MNIST backbone first trains that network; Ctrl-C there (before
+    the training loop, which checkpoints on its own) leaves no weights file, half or whole."""
+    model = tmp_path / "model.json"
+    weights = tmp_path / "pips.pth"
+    source = (REPO / "configs/model_composite_mnist_config.json").read_text()
+    model.write_text(source.replace("checkpoints/mnist_pips_cnn.pth", str(weights)))
+    assert str(weights) in model.read_text()
+    proc = subprocess.Popen(
+        [sys.executable, "train.py", "--scheme", "composite", "--model_config", str(model),
+         "--train_config", "configs/train_composite_config.json", "--data_root", str(fake_mnist),
+         "--save_dir", str(tmp_path / "run"), "--device", "cpu"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    first = proc.stdout.readline()
+    assert first.startswith("training the PIPS backbone CNN"), first
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert stderr == "error: interrupted (Ctrl-C); no file was left half-written\n"
+    assert not weights.exists()
+    assert not list(tmp_path.glob(".*.tmp"))
