@@ -97,7 +97,9 @@ def is_results_file(path: Path) -> bool:
 def check_out(out: Path, eval_path: Path) -> None:
     """Refuse, before grading, an --out that would replace anything but earlier results."""
     check_output_path(out, "--out")
-    if (out.exists() and not is_results_file(out)) or out.resolve() == eval_path.resolve():
+    if out.resolve() == eval_path.resolve():
+        raise UserError(f"--out {out}: is the --eval_net file; choose another --out")
+    if out.exists() and not is_results_file(out):
         raise UserError(
             f"--out {out}: exists and is not a results file evaluate.py wrote; "
             "choose another --out (nothing was graded)"

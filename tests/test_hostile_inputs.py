@@ -315,6 +315,15 @@ def test_out_on_another_json_file_is_refused_but_a_results_file_is_rewritten(tmp
         assert json.loads(out.read_text())["num_samples"] == 100
 
 
+def test_out_on_the_eval_net_to_be_made_is_refused(tmp_path, files):
+    net = tmp_path / "eval_net.pth"
+    argv = evaluate_args(files, net)
+    argv[argv.index(str(files["eval_net"]))] = str(net)
+    line = one_line(run_script(*argv))
+    assert line == f"error: --out {net}: is the --eval_net file; choose another --out"
+    assert not net.exists()
+
+
 def test_out_under_a_file_is_refused_before_grading_and_names_out(tmp_path, files):
     blocker = tmp_path / "notes.txt"
     blocker.write_text("keep me")
