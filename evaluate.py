@@ -19,16 +19,21 @@ from pathlib import Path
 import torch
 
 from model.mnist_cnn import NETWORKS, StagedCNN
-from utils.checkpoint import write_text
 from utils.cli import OneLineParser, pick_device, run_cli
 from utils.dataset import load_mnist
 from utils.errors import UserError
 from utils.networks import load_network, make_network
+from utils.outputs import check_output_path, write_output
 from utils.quality import frechet_distance, sharpness
 from utils.trained_vae import decode, encode_means, latent_grid, load_vae, test_split
 
 BATCH = 1000
 CONFIDENT = 0.9
+# Prior samples and grid cells are each decoded in one pass and kept in memory: 100,000 samples
+# (ten test splits; FID is usually taken on 10,000 to 50,000) are ~0.3 GB of images, 100x100
+# cells as many as any grid is read at.
+MAX_NUM_SAMPLES = 100_000
+MAX_GRID_SIZE = 100
 MEANINGS = {
     "recon_mse": "summed squared error per test image, decoding mu (lower is better)",
     "fid_samples": "Frechet distance, eval-net features: prior samples vs test images",
@@ -48,9 +53,19 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--data_root", default="data/", help="folder holding MNIST/raw/ (default data/)")
     p.add_argument("--out", help="JSON file to write (default results/<run>_<checkpoint>.json)")
     p.add_argument("--eval_net", default=NETWORKS["eval"].default_path, help="evaluation CNN file")
-    p.add_argument("--num_samples", type=int, default=10_000, help="prior samples (default 10000)")
+    p.add_argument(
+        "--num_samples",
+        type=int,
+        default=10_000,
+        help=f"prior samples (default 10000, at most {MAX_NUM_SAMPLES})",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the prior samples (default 0)")
-    p.add_argument("--grid_size", type=int, default=8, help="latent grid cells per side (8)")
+    p.add_argument(
+        "--grid_size",
+        type=int,
+        default=8,
+        help=f"latent grid cells per side (default 8, at most {MAX_GRID_SIZE})",
+    )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     return p.parse_args()
 
@@ -68,14 +83,44 @@ def classify(net: StagedCNN, images: torch.Tensor) -> tuple[torch.Tensor, torch.
     return torch.cat(features), torch.cat(probs)
 
 
+def is_results_file(path: Path) -> bool:
+    """Whether `path` holds results this script wrote (a JSON object with all its numbers)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # unreadable, not UTF-8, not JSON
+        return False
+    return isinstance(data, dict) and {*MEANINGS, "ckpt_path"} <= data.keys()
+
+
+def check_out(out: Path, eval_path: Path) -> None:
+    """Refuse, before grading, an --out that would replace anything but earlier results."""
+    check_output_path(out, "--out")
+    if out.resolve() == eval_path.resolve():
+        raise UserError(f"--out {out}: is the --eval_net file; choose another --out")
+    if out.exists() and not is_results_file(out):
+        raise UserError(
+            f"--out {out}: exists and is not a results file evaluate.py wrote; "
+            "choose another --out (nothing was graded)"
+        )
+
+
 def main() -> None:
     args = parse_args()
     if args.num_samples < 2 or args.grid_size < 1:
         raise UserError("--num_samples must be >= 2 and --grid_size >= 1, e.g. 10000 and 8")
+    for flag, value, bound in (
+        ("--num_samples", args.num_samples, MAX_NUM_SAMPLES),
+        ("--grid_size", args.grid_size, MAX_GRID_SIZE),
+    ):
+        if value > bound:
+            raise UserError(f"{flag} {value}: must be at most {bound}; lower it")
+    ckpt = Path(args.ckpt_path)
+    out = Path(args.out or f"results/{ckpt.parent.name}_{ckpt.stem}.json")
+    eval_path = Path(args.eval_net)
+    check_out(out, eval_path)
     device = pick_device(args.device)
     vae = load_vae(args.model_config, args.ckpt_path, device)
     test_set = test_split(args, device, vae)
-    eval_path = Path(args.eval_net)
     if not eval_path.is_file():
         make_network("eval", eval_path, load_mnist(args.data_root, "train", device), test_set)
     net = load_network("eval", eval_path, device)
@@ -123,9 +168,7 @@ def main() -> None:
         value = results[key]
         shown = "n/a (latent_dim < 2)" if value is None else f"{value:.4g}"
         print(f"{key:<22} {shown:>12}  {meaning}")
-    ckpt = Path(args.ckpt_path)
-    out = Path(args.out or f"results/{ckpt.parent.name}_{ckpt.stem}.json")
-    write_text(out, json.dumps(results, indent=2) + "\n")
+    write_output(out, (json.dumps(results, indent=2) + "\n").encode(), "--out")
     print(f"-> {out}")
 
 

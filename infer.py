@@ -36,7 +36,9 @@ from pathlib import Path
 
 from utils.cli import OneLineParser, pick_device, run_cli
 from utils.errors import UserError
-from utils.views import VIEWS
+from utils.views import FIGURE_FORMATS, VIEWS, figure_path
+
+MAX_GRID_SIZE = 100  # 10,000 cells of grid and samples; a recon row 100 images wide
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=8,
         help="cells per side of grid and samples; values per row of traverse; test images of "
-        "recon and compare (default 8)",
+        f"recon and compare (default 8, at most {MAX_GRID_SIZE})",
     )
     p.add_argument(
         "--image_index",
@@ -63,7 +65,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--seed", type=int, default=0, help="samples: seed of z ~ N(0, I) (default 0)")
     p.add_argument("--title", help="figure title (default: names the checkpoint)")
-    p.add_argument("--save_path", help="PNG to write (default samples/<run>_<ckpt>_<mode>.png)")
+    p.add_argument(
+        "--save_path",
+        help=f"figure to write, ending in {', '.join(FIGURE_FORMATS)} (no suffix: .png is added; "
+        "default samples/<run>_<ckpt>_<mode>.png)",
+    )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     return p.parse_args(argv)
 
@@ -77,6 +83,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--mode {args.mode} needs {' and '.join(missing)}; see python infer.py -h")
     if args.grid_size < 1:
         raise UserError(f"--grid_size {args.grid_size}: must be >= 1, e.g. 8")
+    if args.grid_size > MAX_GRID_SIZE:
+        raise UserError(
+            f"--grid_size {args.grid_size}: must be at most {MAX_GRID_SIZE}; lower it, e.g. 8"
+        )
     if args.image_index is not None and args.image_index < 0:
         raise UserError(f"--image_index {args.image_index}: must be >= 0, e.g. 0")
 
@@ -94,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     """Draw one view; returns how many items (cells, images, points, curves) it drew."""
     args = parse_args(argv)
     check_args(args)
+    save_path = figure_path(Path(args.save_path) if args.save_path else default_save_path(args))
     device = pick_device(args.device)
-    save_path = Path(args.save_path) if args.save_path else default_save_path(args)
     drawn, summary = VIEWS[args.mode](args, device, save_path)
     print(f"{summary} -> {save_path}")
     return drawn

@@ -74,6 +74,7 @@ from utils.errors import CheckpointError, UserError
 from utils.memory import keep_freed_memory
 from utils.networks import make_network
 from utils.tensorboard_log import require_tensorboard
+from utils.trained_vae import check_fits
 
 # Weights a run folder keeps besides its checkpoint_*.pth: a new run never starts over them.
 SAVED = ("final_model.pth", "best_model.pth")
@@ -306,6 +307,9 @@ def read_configs(args: argparse.Namespace, cluster: Cluster) -> tuple[ModelConfi
         train_cfg, {k: fv for k, fv in overrides.items() if fv[1] is not None}
     )
     model_cfg = check_scheme(args.scheme, model_cfg, args.model_config)
+    # Training holds four copies of the VAE's weights: the weights, their gradients and Adam's
+    # two moments.
+    check_fits(model_cfg.model_config, args.model_config, copies=4)
     check_processes(train_cfg, cluster, args.train_config)
     if train_cfg.tensorboard and cluster.is_main:
         require_tensorboard()

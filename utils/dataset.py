@@ -27,7 +27,13 @@ def mnist_raw_dir(root: str | Path) -> Path:
 
 def read_idx(path: Path) -> torch.Tensor:
     """Read an unsigned-byte IDX file (magic 00 00 08 ndim, big-endian dims) as uint8."""
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as e:  # unreadable by this user, a folder where the file should be, ...
+        raise DataError(
+            f"{path}: cannot read ({e.strerror}); let this user read it, or pass "
+            "--data_root DIR whose MNIST/raw/ holds readable copies"
+        ) from None
     if len(data) < 4 or data[0:2] != b"\x00\x00" or data[2] != _IDX_UBYTE or data[3] == 0:
         raise DataError(
             f"{path}: not an unsigned-byte IDX file (bad magic number {data[:4].hex()}); "
@@ -44,6 +50,8 @@ def read_idx(path: Path) -> torch.Tensor:
             f"{path}: {len(data)} bytes but its header {shape} needs {expected}; "
             "the file is truncated or corrupt, replace it with the original MNIST file"
         )
+    if expected == header:  # an empty file: frombuffer refuses a buffer of 0 bytes
+        return torch.empty(shape, dtype=torch.uint8)
     return torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8).view(*shape)
 
 
@@ -101,6 +109,17 @@ def load_mnist(
         raise DataError(
             f"{raw}: {image_file} holds {list(images.shape)} but {label_file} holds "
             f"{list(labels.shape)}; expected (N, H, W) images and N labels"
+        )
+    if len(images) == 0:
+        raise DataError(
+            f"{raw / image_file}: holds no images; replace it with the original MNIST file"
+        )
+    wrong = (labels > 9).nonzero()
+    if len(wrong):
+        index = int(wrong[0])
+        raise DataError(
+            f"{raw / label_file}: label {int(labels[index])} at index {index} is not a digit "
+            "0-9; replace it with the original MNIST file"
         )
     return MNISTSplit(
         images=(images.to(device).unsqueeze(1).float() / 255.0),

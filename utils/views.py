@@ -7,6 +7,7 @@ Images are (N, C, H, W) in [0, 1] throughout; each picture is one batched decode
 
 import argparse
 import csv
+import io
 import math
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from torchvision.utils import make_grid  # noqa: E402
 from model.vae import VAE  # noqa: E402
 from utils.dataset import MNISTSplit  # noqa: E402
 from utils.errors import UserError  # noqa: E402
+from utils.outputs import check_output_path, write_output  # noqa: E402
 from utils.trained_vae import (  # noqa: E402
     GRID_LIMIT,
     decode,
@@ -32,6 +34,7 @@ from utils.trained_vae import (  # noqa: E402
 )
 
 DPI = 100
+FIGURE_FORMATS = (".png", ".pdf", ".svg")  # what --save_path may end in; no suffix means .png
 TERM_NAMES = {
     "loss": "total loss",
     "recon": "reconstruction (summed squared error)",
@@ -92,10 +95,29 @@ def new_figure(width: float, height: float):
     return plt.figure(figsize=(width, height), layout="constrained")
 
 
+def figure_path(path: Path) -> Path:
+    """The file a figure for `path` is written to (`path`, with .png added when it has no
+    suffix), checked before anything is drawn: a known format, a place a file can go."""
+    if not path.suffix:
+        path = path.with_name(path.name + ".png")
+    if path.suffix.lower() not in FIGURE_FORMATS:
+        raise UserError(
+            f"--save_path {path}: cannot write '{path.suffix}' figures; end it in "
+            f"{', '.join(FIGURE_FORMATS[:-1])} or {FIGURE_FORMATS[-1]}"
+        )
+    check_output_path(path, "--save_path")
+    return path
+
+
 def save_figure(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    """Render `fig` in the format `path` ends in (see figure_path), then write the file whole:
+    a failed write leaves no partial figure and any older file as it was."""
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format=path.suffix.lower()[1:], dpi=DPI)
+    finally:
+        plt.close(fig)
+    write_output(path, buffer.getvalue(), "--save_path")
 
 
 def draw_latent_grid(ax, vae: VAE, grid_size: int) -> None:
@@ -268,12 +290,24 @@ def read_metrics(run_dir: str) -> dict[str, list[float]]:
     path = Path(run_dir) / "metrics.csv"
     if not path.is_file():
         raise UserError(f"{run_dir}: has no metrics.csv; pass a run folder written by train.py")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    fix = "pass a metrics.csv written by train.py"
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); {fix}"
+        ) from None
+    except csv.Error as e:  # a NUL byte, an unclosed quote at the end of the file
+        raise UserError(f"{path}: not a CSV file ({e}); {fix}") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror}); {fix}") from None
     if not rows or "epoch" not in rows[0]:
         raise UserError(f"{path}: holds no epoch rows; plot it once the first epoch has ended")
     columns: dict[str, list[float]] = {name: [] for name in rows[0]}
     for line, row in enumerate(rows, start=2):
+        if None in row:  # DictReader's key for the cells beyond the header's
+            raise UserError(f"{path}: line {line} has more cells than the header; {fix}")
         for name, cell in row.items():
             try:
                 columns[name].append(float(cell))
