@@ -245,3 +245,16 @@ def test_tensorboard_logs_scalars_and_images(tmp_path, fake_mnist, monkeypatch):
     assert {"samples", "reconstructions"} <= set(tags["images"])
     assert [e.step for e in events.Scalars("epoch/val_loss")] == [1]
     assert json.loads((run / "train_config.json").read_text())["tensorboard"] is True
+
+
+@pytest.mark.parametrize(
+    ("n", "channels", "per_row"), [(10, 1, 4), (3, 1, 8), (16, 3, 4), (1, 1, 1)]
+)
+def test_tile_matches_torchvisions_make_grid_without_padding(n, channels, per_row):
+    from torchvision.utils import make_grid
+
+    from utils.views import tile
+
+    images = torch.rand(n, channels, 5, 7, generator=torch.Generator().manual_seed(n))
+    expected = make_grid(images, nrow=per_row, padding=0).permute(1, 2, 0)
+    assert torch.equal(tile(images, per_row), expected)

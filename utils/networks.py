@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import VGG16_Weights, vgg16
 from tqdm import tqdm
 
 from model.backbones import BACKBONES
@@ -105,8 +104,18 @@ def load_network(name: str, path: Path, device: torch.device | str = "cpu") -> S
     return net.to(device).eval().requires_grad_(False)
 
 
+def _torchvision_vgg16():
+    """torchvision's VGG16 builder and weights enum, imported on first use: importing
+    torchvision.models pulls in torch._dynamo, which would slow every script's start-up for
+    a backbone only the reference configs use."""
+    from torchvision.models import VGG16_Weights, vgg16
+
+    return vgg16, VGG16_Weights
+
+
 def vgg16_weights_file() -> Path:
     """Where torchvision keeps the ImageNet VGG16 `features` weights (torch's hub cache)."""
+    _, VGG16_Weights = _torchvision_vgg16()
     name = Path(VGG16_Weights.IMAGENET1K_FEATURES.url).name
     return Path(torch.hub.get_dir()) / "checkpoints" / name
 
@@ -115,6 +124,7 @@ def vgg16_features(config: PIPSConfig) -> nn.Sequential:
     """VGG16's `features` with config.weights; ImageNet weights come from torch's hub cache,
     downloaded by torchvision when missing (as the reference does). Offline, a failed download is
     one line saying where the file goes and how to train without it."""
+    vgg16, VGG16_Weights = _torchvision_vgg16()
     if config.weights == "random":
         return vgg16(weights=None).features
     path = vgg16_weights_file()

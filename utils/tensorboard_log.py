@@ -11,7 +11,6 @@ import textwrap
 from pathlib import Path
 
 import torch
-from torchvision.utils import make_grid
 
 from model.vae import VAE
 from utils.config import ModelConfig, TrainConfig, config_json
@@ -75,6 +74,8 @@ class TensorBoardLog:
             ("samples", samples, SAMPLES_PER_SIDE),
             ("reconstructions", pairs, len(images)),
         ):
+            from torchvision.utils import make_grid  # imported when a picture is logged
+
             grid = make_grid(picture.float().cpu(), nrow=per_row, padding=1, pad_value=0.5)
             self.writer.add_image(tag, grid, epoch)
         self.writer.flush()

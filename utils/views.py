@@ -18,7 +18,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
-from torchvision.utils import make_grid  # noqa: E402
 
 from model.vae import VAE  # noqa: E402
 from utils.dataset import MNISTSplit  # noqa: E402
@@ -77,8 +76,15 @@ def test_images(args: argparse.Namespace, split: MNISTSplit) -> tuple[torch.Tens
 
 
 def tile(images: torch.Tensor, per_row: int) -> torch.Tensor:
-    """(N, C, H, W) in [0, 1] -> one (rows * H, per_row * W, 3) picture, row-major, no gaps."""
-    return make_grid(images, nrow=per_row, padding=0).permute(1, 2, 0)
+    """(N, C, H, W) in [0, 1] -> one (rows * H, per_row * W, 3) picture, row-major, no gaps,
+    cells past the last image black (torchvision's make_grid with padding 0, without importing
+    torchvision, whose import pulls in torch._dynamo at every start of infer.py)."""
+    n, channels, h, w = images.shape
+    per_row = min(per_row, n)
+    rows = math.ceil(n / per_row)
+    canvas = images.new_zeros(rows * per_row, 3, h, w)
+    canvas[:n] = images.expand(-1, 3, -1, -1) if channels == 1 else images
+    return canvas.view(rows, per_row, 3, h, w).permute(0, 3, 1, 4, 2).reshape(rows * h, -1, 3)
 
 
 def show(ax, images: torch.Tensor, per_row: int, **imshow_args) -> None:
