@@ -6,7 +6,7 @@ import math
 import pytest
 
 from compare_schemes import MEASURES, markdown_table, summarise
-from tests.conftest import REPO, run_script
+from tests.helpers import REPO, run_script
 
 
 def row(scheme: str, seed: int, value: float) -> dict:

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from model.discriminator import PatchDiscriminator
 from model.vae import VAE
-from tests.conftest import (
+from tests.helpers import (
     REPO,
     assert_png,
     config_variant,

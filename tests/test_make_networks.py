@@ -1,7 +1,7 @@
 """make_networks.py: makes the PIPS backbone and the evaluation CNN ahead of time, keeps a file
 that is already there unless --force, and refuses --path with both networks."""
 
-from tests.conftest import run_script
+from tests.helpers import run_script
 from utils.classifier import load_network
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import model.linear_backend as lb
-from tests.conftest import REPO, assert_png, make_mnist_root, run_script, run_with_terminal
+from tests.helpers import REPO, assert_png, make_mnist_root, run_script, run_with_terminal
 from training_schemes import train
 from utils.checkpoint import load_checkpoint
 from utils.config import load_model_config, load_train_config

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, assert_png, config_variant, infer_argv, run_script
+from tests.helpers import REPO, assert_png, config_variant, infer_argv, run_script
 from training_schemes import check_scheme, train
 from utils.config import (
     EarlyStoppingConfig,

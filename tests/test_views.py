@@ -17,7 +17,7 @@ import torch
 import infer
 import train as train_script
 from model.vae import VAE
-from tests.conftest import REPO, infer_argv, run_script
+from tests.helpers import REPO, infer_argv, run_script
 from training_schemes import train
 from utils.config import load_model_config, load_train_config
 from utils.dataset import load_mnist
