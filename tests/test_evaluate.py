@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import evaluate
 from model.vae import VAE
-from tests.conftest import REPO, run_script
+from tests.helpers import REPO, run_script
 from utils.checkpoint import save_checkpoint
 from utils.classifier import load_network, make_network
 from utils.config import load_model_config
@@ -100,6 +100,18 @@ def test_evaluate_writes_every_key_finite(evaluated):
     for key in KEYS:
         assert math.isfinite(results[key]), key
         assert key in result.stdout
+
+
+def test_the_sharpness_ratio_is_the_samples_over_the_test_images(evaluated, fake_mnist):
+    root, _, result = evaluated
+    assert result.returncode == 0, result.stderr
+    results = json.loads((root / "eval.json").read_text())
+    # The test images' sharpness, computed here; an untrained VAE's samples are far blurrier.
+    test_images = load_mnist(fake_mnist, "test", download=False).images
+    assert results["sharpness_test"] == pytest.approx(sharpness(test_images), rel=1e-6)
+    assert results["sharpness_samples"] < results["sharpness_test"]
+    ratio = results["sharpness_samples"] / results["sharpness_test"]
+    assert results["sharpness_ratio"] == pytest.approx(ratio, rel=1e-9) and ratio < 1
 
 
 def test_a_round1_run_folder_is_graded(evaluated, fake_mnist, tmp_path):
