@@ -57,8 +57,12 @@ def make_mnist_root(root: Path, n_train: int = 512, n_test: int = 256) -> Path:
     return root
 
 
-MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-               "t10k-labels-idx1-ubyte")  # fmt: skip
+MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 
 
 def real_mnist_root(environ: Mapping[str, str], repo: Path = REPO) -> Path | None:
@@ -98,41 +102,77 @@ def config_variant(folder: Path, source: str | Path, changes: dict[str, Any]) ->
 # The entry scripts as a user runs them
 
 
-def train_argv(scheme: str | None, model_config: str | Path, train_config: str | Path,
-               data_root: str | Path, save_dir: str | Path, *extra: str,
-               device: str | None = "cpu") -> list[str]:  # fmt: skip
+def train_argv(
+    scheme: str | None,
+    model_config: str | Path,
+    train_config: str | Path,
+    data_root: str | Path,
+    save_dir: str | Path,
+    *extra: str,
+    device: str | None = "cpu",
+) -> list[str]:
     """train.py's command line (without the interpreter); scheme None leaves --scheme out, as
     the reference's users do, and device None leaves --device out."""
     argv = ["train.py"] + (["--scheme", scheme] if scheme else [])
-    argv += ["--model_config", str(model_config), "--train_config", str(train_config),
-             "--data_root", str(data_root), "--save_dir", str(save_dir)]  # fmt: skip
+    argv += [
+        "--model_config",
+        str(model_config),
+        "--train_config",
+        str(train_config),
+        "--data_root",
+        str(data_root),
+        "--save_dir",
+        str(save_dir),
+    ]
     return argv + (["--device", device] if device else []) + list(extra)
 
 
 def infer_argv(run: Path, png: Path, *flags: str) -> list[str]:
     """infer.py flags that draw from a run folder's final checkpoint, on the CPU, into `png`."""
-    return ["--model_config", str(run / "model_config.json"), "--ckpt_path",
-            str(run / "final_model.pth"), "--save_path", str(png), "--device", "cpu",
-            *flags]  # fmt: skip
+    return [
+        "--model_config",
+        str(run / "model_config.json"),
+        "--ckpt_path",
+        str(run / "final_model.pth"),
+        "--save_path",
+        str(png),
+        "--device",
+        "cpu",
+        *flags,
+    ]
 
 
-def run_script(*args: str, cwd: Path = REPO, timeout: int = 600,
-               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:  # fmt: skip
+def run_script(
+    *args: str, cwd: Path = REPO, timeout: int = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run one of the repo's entry scripts in a real subprocess with this interpreter."""
-    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
-def start_scripts(commands: dict[str, list[str]]) -> dict[str, tuple[int, str, str]]:
-    """Run several entry-script command lines side by side (each costs seconds of start-up);
-    each name's (exit code, stdout, stderr)."""
-    procs = {name: subprocess.Popen([sys.executable, *map(str, argv)], cwd=REPO, text=True,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for name, argv in commands.items()}  # fmt: skip
+def start_scripts(commands: dict[str, list[str]]) -> dict[str, subprocess.CompletedProcess]:
+    """Run several entry-script command lines side by side (each costs seconds of start-up),
+    each as run_script does."""
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, *map(str, argv)],
+            cwd=REPO,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for name, argv in commands.items()
+    }
     results = {}
     for name, proc in procs.items():
         out, err = proc.communicate(timeout=300)
-        results[name] = (proc.returncode, out, err)
+        results[name] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     return results
 
 
@@ -143,8 +183,9 @@ def run_with_terminal(
     a person at a terminal; a thread collects what the terminal receives."""
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # rows, columns
-    proc = subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=follower)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=follower
+    )
     os.close(follower)
     received: list[str] = []
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import start_scripts, train_argv
+from tests.helpers import REPO, start_scripts, train_argv
 from training_schemes import check_scheme
 from utils.config import (
     AdamParams,
@@ -47,7 +47,6 @@ from utils.config import (
 from utils.errors import ConfigError, UserError
 from utils.legacy import upgrade_model_config, upgrade_train_config
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 MODEL_SIMPLE = CONFIGS / "model_simple_config.json"
 MODEL_COMPOSITE = CONFIGS / "model_composite_config.json"
@@ -394,22 +393,16 @@ def test_a_bad_field_in_the_right_scheme_is_not_called_the_other_scheme(tmp_path
 # ---------------------------------------------------------------------------------------------
 # Round 1's files, upgraded on reading
 
+_ROUND1_VAE = {
+    "img_size": [1, 28, 28],
+    "latent_features": 2,
+    "encoder": {"hidden_features": [16, 8], "dropout": 0.1},
+    "decoder": {"hidden_features": [8, 16], "dropout": 0.1},
+}
 ROUND1_MODEL = {
-    "simple": {
-        "model_config": {
-            "img_size": [1, 28, 28],
-            "latent_features": 2,
-            "encoder": {"hidden_features": [16, 8], "dropout": 0.1},
-            "decoder": {"hidden_features": [8, 16], "dropout": 0.1},
-        }
-    },
+    "simple": {"model_config": _ROUND1_VAE},
     "composite": {
-        "model_config": {
-            "img_size": [1, 28, 28],
-            "latent_features": 2,
-            "encoder": {"hidden_features": [16, 8], "dropout": 0.1},
-            "decoder": {"hidden_features": [8, 16], "dropout": 0.1},
-        },
+        "model_config": _ROUND1_VAE,
         "discriminator_config": {
             "im_channels": 1,
             "hidden_channels": [4, 8],
@@ -1014,8 +1007,8 @@ def train_cli_runs(tmp_path_factory, fake_mnist):
                                       "--seed", "-5")  # fmt: skip
     cases["bad_seed"] = (None, None, None, "error: --seed -5: must be in [0, 2**32)")
     mnist_before = sorted(p.relative_to(fake_mnist) for p in fake_mnist.rglob("*"))
-    results = {name: (*result, root / f"run_{name}", cases[name][3])
-               for name, result in start_scripts(commands).items()}  # fmt: skip
+    results = {name: (r.returncode, r.stdout, r.stderr, root / f"run_{name}", cases[name][3])
+               for name, r in start_scripts(commands).items()}  # fmt: skip
     assert not (root / "no_data").exists()
     assert sorted(p.relative_to(fake_mnist) for p in fake_mnist.rglob("*")) == mnist_before
     results["bad_seed"] = (*results["bad_seed"][:3], root / "seed" / "run", cases["bad_seed"][3])
