@@ -11,7 +11,7 @@ from torch import nn
 
 from model.backbones import BACKBONES, DEFAULT_BACKBONE
 from model.mnist_cnn import NETWORKS
-from tests.conftest import REPO
+from tests.helpers import REPO
 from utils.config import PIPSConfig
 from utils.networks import BACKBONE_LAYERS, build_pips
 

@@ -2,7 +2,7 @@
 default simple model's operations counted by hand."""
 
 from bench import SIMPLE, epoch_flops
-from tests.conftest import REPO, make_mnist_root
+from tests.helpers import REPO, make_mnist_root
 
 # The default model's linear layers as (in, out): encoder 784-784-512-256-128 and two heads to
 # the 2-D latent; decoder 2-128-256-512-784 and the output layer 784 -> 784.

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, run_script
+from tests.helpers import REPO, run_script
 
 
 @pytest.mark.parametrize(

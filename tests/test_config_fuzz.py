@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 from utils.config import (
     CompositeTrainConfig,
     ModelConfig,

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tests.conftest import REPO, run_script
+from tests.helpers import REPO, run_script
 from train import short_warmup
 from utils.config import load_model_config, load_train_config, parse_settings
 from utils.errors import ConfigError

@@ -1,9 +1,11 @@
 """MNIST from IDX files: reading, validation of the files, and the epoch order."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
-from tests.conftest import fake_digits, write_idx
+from tests.helpers import MNIST_FILES, fake_digits, real_mnist_root, write_idx
 from utils.dataset import epoch_order, eval_batches, load_mnist, read_idx, train_batches
 from utils.errors import DataError
 
@@ -102,3 +104,18 @@ def test_real_mnist_matches_its_published_statistics(real_mnist):
         1009,
     ]
     assert train.images.mean().item() == pytest.approx(0.1307, abs=1e-4)
+
+
+def test_real_mnist_is_mnist_root_or_else_the_repos_data_folder_when_it_holds_mnist(tmp_path):
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    assert real_mnist_root({}, tmp_path) is None  # an empty data/MNIST/raw/
+    for name in MNIST_FILES[:3]:
+        (raw / name).write_bytes(b"")
+    (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(b"")
+    assert real_mnist_root({}, tmp_path) is None  # a file missing, or only gzipped
+    (raw / MNIST_FILES[3]).write_bytes(b"")
+    assert real_mnist_root({}, tmp_path) == tmp_path / "data"
+    assert real_mnist_root({"MNIST_ROOT": ""}, tmp_path) == tmp_path / "data"  # empty is unset
+    assert real_mnist_root({"MNIST_ROOT": "/mnist"}, tmp_path) == Path("/mnist")
+    assert real_mnist_root({"MNIST_ROOT": "/mnist"}, tmp_path / "elsewhere") == Path("/mnist")

@@ -4,7 +4,6 @@ Each test starts `python -m torch.distributed.run --standalone` (a free port per
 never collide) and reads only what the run leaves: its output, metrics.csv and checkpoints.
 """
 
-import csv
 import math
 import os
 import re
@@ -22,14 +21,16 @@ from hypothesis import strategies as st
 
 from model.discriminator import PatchDiscriminator
 from model.vae import VAE
-from tests.conftest import (
+from tests.helpers import (
     REPO,
     assert_png,
     config_variant,
     infer_argv,
     make_mnist_root,
+    read_metrics,
     run_script,
     run_with_terminal,
+    train_argv,
 )
 from train import check_processes
 from training_schemes import validate
@@ -76,9 +77,8 @@ def train_config(tmp_path_factory) -> Path:
 
 
 def simple_argv(mnist: Path, train_config: Path, run: Path, *extra: str) -> list[str]:
-    return ["train.py", "--scheme", "simple", "--model_config", "configs/model_simple_config.json",
-            "--train_config", str(train_config), "--data_root", str(mnist), "--save_dir",
-            str(run), "--epochs", "2", "--device", "cpu", *extra]  # fmt: skip
+    return train_argv("simple", "configs/model_simple_config.json", train_config, mnist, run,
+                      "--epochs", "2", *extra)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +91,7 @@ def two_process_run(tmp_path_factory, mnist, train_config) -> tuple[Path, str]:
 
 
 def metrics_rows(run: Path) -> list[dict[str, str]]:
-    with open(run / "metrics.csv") as f:
-        return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
+    return read_metrics(run, seconds=False)
 
 
 @given(
@@ -221,9 +220,8 @@ def test_composite_critic_is_wrapped_too_and_early_stopping_ends_every_rank(tmp_
                                 {"data.train_bs": BATCH,
                                  "early_stopping": {"patience": 1, "tol": 1e9}})  # fmt: skip
     run = tmp_path / "run"
-    result = torchrun("train.py", "--scheme", "composite", "--model_config", str(model_path),
-                      "--train_config", str(train_path), "--data_root", str(mnist), "--save_dir",
-                      str(run), "--epochs", "4", "--subset", "128", "--device", "cpu")  # fmt: skip
+    result = torchrun(*train_argv("composite", model_path, train_path, mnist, run, "--epochs",
+                                  "4", "--subset", "128"))  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("early stop after epoch 2") == 1
     assert result.stdout.count("finished 2 epochs (8 steps)") == 1

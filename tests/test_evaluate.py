@@ -3,6 +3,7 @@
 import json
 import math
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 
 import evaluate
 from model.vae import VAE
-from tests.conftest import REPO, run_script
+from tests.helpers import REPO, run_script
 from utils.checkpoint import save_checkpoint
 from utils.config import load_model_config
 from utils.dataset import load_mnist
@@ -76,6 +77,13 @@ def test_a_constant_image_has_zero_sharpness_and_a_set_against_itself_ratio_one(
 # The evaluation CNN's file, and evaluate.py end to end
 
 
+def evaluate_argv(config: Path, ckpt: Path, data_root: Path, eval_net: Path) -> list[str]:
+    """evaluate.py's flags (without --out) for 500 prior samples on the CPU."""
+    return ["--model_config", str(config), "--ckpt_path", str(ckpt), "--data_root",
+            str(data_root), "--eval_net", str(eval_net), "--num_samples", "500", "--device",
+            "cpu"]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory, fake_mnist):
     """An untrained VAE checkpoint, evaluated once by evaluate.py, which makes the eval CNN."""
@@ -86,9 +94,7 @@ def evaluated(tmp_path_factory, fake_mnist):
     save_checkpoint(
         {"model_state_dict": VAE(load_model_config(config).model_config).state_dict()}, ckpt
     )
-    argv = ["--model_config", str(config), "--ckpt_path", str(ckpt), "--data_root",
-            str(fake_mnist), "--eval_net", str(root / "eval_net.pth"), "--num_samples", "500",
-            "--device", "cpu"]  # fmt: skip
+    argv = evaluate_argv(config, ckpt, fake_mnist, root / "eval_net.pth")
     result = run_script("evaluate.py", *argv, "--out", str(root / "eval.json"))
     return root, argv, result
 
@@ -102,17 +108,28 @@ def test_evaluate_writes_every_key_finite(evaluated):
         assert key in result.stdout
 
 
-def test_a_round1_run_folder_is_graded(evaluated, fake_mnist, tmp_path):
-    """A run folder written by round 1 of this repo (its own config layout) grades as it is."""
+def test_the_sharpness_ratio_is_the_samples_over_the_test_images(evaluated, fake_mnist):
+    root, _, result = evaluated
+    assert result.returncode == 0, result.stderr
+    results = json.loads((root / "eval.json").read_text())
+    # The test images' sharpness, computed here; an untrained VAE's samples are far blurrier.
+    test_images = load_mnist(fake_mnist, "test", download=False).images
+    assert results["sharpness_test"] == pytest.approx(sharpness(test_images), rel=1e-6)
+    assert results["sharpness_samples"] < results["sharpness_test"]
+    ratio = results["sharpness_samples"] / results["sharpness_test"]
+    assert results["sharpness_ratio"] == pytest.approx(ratio, rel=1e-9) and ratio < 1
+
+
+def test_a_round1_run_folder_is_graded(evaluated, fake_mnist, tmp_path, monkeypatch):
+    """A run folder written by round 1 of this repo (its own config layout) grades as it is
+    (in this process: evaluate.py's own process is tested above)."""
     root, _, first = evaluated
     assert first.returncode == 0, first.stderr
     run = REPO / "tests" / "fixtures" / "round1_runs" / "simple"
-    argv = ["--model_config", str(run / "model_config.json"), "--ckpt_path",
-            str(run / "final_model.pth"), "--data_root", str(fake_mnist), "--eval_net",
-            str(root / "eval_net.pth"), "--num_samples", "500", "--device", "cpu", "--out",
-            str(tmp_path / "eval.json")]  # fmt: skip
-    result = run_script("evaluate.py", *argv)
-    assert result.returncode == 0, result.stderr
+    argv = evaluate_argv(run / "model_config.json", run / "final_model.pth", fake_mnist,
+                         root / "eval_net.pth")  # fmt: skip
+    monkeypatch.setattr(sys, "argv", ["evaluate.py", *argv, "--out", str(tmp_path / "eval.json")])
+    evaluate.main()
     results = json.loads((tmp_path / "eval.json").read_text())
     assert all(math.isfinite(results[key]) for key in KEYS)
     assert 0 <= results["recon_accuracy"] <= 1 and 0 <= results["grid_confident_share"] <= 1

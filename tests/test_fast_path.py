@@ -15,7 +15,7 @@ import torch
 
 from model.linear_backend import choose
 from model.vae import VAE
-from tests.conftest import REPO, make_mnist_root
+from tests.helpers import REPO, make_mnist_root
 from training_schemes import adam_with_schedule, train
 from utils.checkpoint import load_checkpoint
 from utils.config import load_model_config, load_train_config

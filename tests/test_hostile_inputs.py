@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from model.vae import VAE
-from tests.conftest import REPO, assert_png, fake_digits, make_mnist_root, run_script, write_idx
+from tests.helpers import REPO, assert_png, fake_digits, make_mnist_root, run_script, write_idx
 from utils.checkpoint import save_checkpoint
 from utils.config import load_model_config
 from utils.dataset import load_mnist

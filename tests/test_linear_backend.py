@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import model.linear_backend as lb
 from model.linear_backend import Linear, choose, onednn_linear, onednn_problem
 from model.vae import VAE
-from tests.conftest import REPO
+from tests.helpers import REPO
 from training_schemes import linear_backend_choice
 from utils.config import load_model_config, load_train_config
 

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from model.discriminator import PatchDiscriminator
 from model.vae import VAE
@@ -158,3 +159,48 @@ def test_discriminator_loss_is_half_the_two_bce_terms(composite_parts):
     expected = 0.5 * (F.softplus(f_logits).mean() + F.softplus(-r_logits).mean())
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
     assert terms["disc"].item() == pytest.approx(loss.item())
+
+
+class Constant(nn.Module):
+    """A stand-in network whose output is `value` (PIPS: a scalar; the critic: a logit map)."""
+
+    def __init__(self, value: float, shape: tuple[int, ...] = ()):
+        super().__init__()
+        self.value, self.shape = value, shape
+
+    def forward(self, x_hat: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.full(self.shape, self.value) + 0 * x_hat.sum()
+
+
+def stub_composite_loss(lambda_pips: float, lambda_disc: float) -> CompositeLoss:
+    """A composite loss over a PIPS that always answers 0.3 and a critic whose every logit is 2,
+    beta 1 from the first step, no free bits; the critic is on from step 10."""
+    params = CompositeLossParams(beta=1.0, warmup_epochs=0, free_bits=0.0, lambda_recon=1.0,
+                                 lambda_pips=lambda_pips, lambda_disc=lambda_disc)  # fmt: skip
+    return CompositeLoss(params, 10, total_steps=100, critic_start_ratio=0.1,
+                         discriminator=Constant(2.0, (1, 1, 7, 7)), pips=Constant(0.3))  # fmt: skip
+
+
+def hand_inputs() -> tuple[torch.Tensor, ...]:
+    """x_hat, x, mu, logvar with recon 1.0 (4 pixels off by 0.5) and KL 1.0 (mu (1, 1))."""
+    x = torch.zeros(1, 1, 2, 2)
+    return torch.full((1, 1, 2, 2), 0.5), x, torch.tensor([[1.0, 1.0]]), torch.zeros(1, 2)
+
+
+@pytest.mark.parametrize("lambda_pips", [0.0, 2.5])
+def test_composite_loss_weighs_pips_by_lambda_pips(lambda_pips):
+    loss_fn = stub_composite_loss(lambda_pips=lambda_pips, lambda_disc=0.5)
+    loss, terms = loss_fn.generator_loss(*hand_inputs(), step=0)  # the critic still off
+    # recon 1 + beta 1 * KL 1 + lambda_pips * 0.3
+    assert loss.item() == pytest.approx(2.0 + lambda_pips * 0.3)
+    assert terms["pips"].item() == pytest.approx(0.3) and "adv" not in terms
+
+
+def test_the_generators_adversarial_term_asks_the_critic_for_real():
+    loss_fn = stub_composite_loss(lambda_pips=1.0, lambda_disc=0.5)
+    loss, terms = loss_fn.generator_loss(*hand_inputs(), step=10)
+    # BCE(logit 2, target 1) = log(1 + e^-2) = 0.1269 at every patch; against target 0 it would
+    # be log(1 + e^2) = 2.1269.
+    adv = math.log1p(math.exp(-2.0))
+    assert terms["adv"].item() == pytest.approx(adv, rel=1e-6)
+    assert loss.item() == pytest.approx(2.0 + 0.3 + 0.5 * adv, rel=1e-6)

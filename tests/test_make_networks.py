@@ -1,13 +1,15 @@
 """make_networks.py: makes the PIPS backbone and the evaluation CNN ahead of time, keeps a file
 that is already there unless --force, and refuses --path with both networks."""
 
-from tests.conftest import run_script
+from tests.helpers import make_mnist_root, run_script
 from utils.networks import load_network
 
 
-def test_makes_one_network_into_path_then_keeps_it_unless_forced(tmp_path, fake_mnist):
+def test_makes_one_network_into_path_then_keeps_it_unless_forced(tmp_path):
+    # A small synthetic MNIST: the network is trained twice (made, then forced).
+    mnist = make_mnist_root(tmp_path / "mnist", n_train=128, n_test=64)
     path = tmp_path / "nets" / "pips.pth"
-    argv = ["--network", "pips", "--path", str(path), "--data_root", str(fake_mnist),
+    argv = ["--network", "pips", "--path", str(path), "--data_root", str(mnist),
             "--device", "cpu"]  # fmt: skip
     made = run_script("make_networks.py", *argv)
     assert made.returncode == 0, made.stderr

@@ -7,8 +7,6 @@ a user would.
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import matplotlib.image
@@ -18,12 +16,12 @@ from torch import nn
 
 from model.discriminator import PatchDiscriminator
 from model.vae import VAE
+from tests.helpers import REPO, start_scripts
 from utils import views
 from utils.checkpoint import load_checkpoint, load_state, vae_state_from
 from utils.config import ModelConfig, load_model_config
 from utils.errors import CheckpointError
 
-REPO = Path(__file__).resolve().parents[1]
 MODEL_SIMPLE = REPO / "configs" / "model_simple_config.json"
 MODEL_COMPOSITE = REPO / "configs" / "model_composite_config.json"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -416,24 +414,19 @@ def infer_runs(tmp_path_factory):
         "truncated": (simple, truncated, []),
         "grid0": (simple, reference, ["--grid_size", "0"]),
     }
-    procs = {}
-    for name, (cfg, ckpt, extra) in cases.items():
-        save_path = root / "out" / f"{name}.png"
-        argv = [sys.executable, "infer.py", "--model_config", cfg, "--ckpt_path", str(ckpt)]
-        argv += ["--save_path", str(save_path), "--device", "cpu", *extra]
-        proc = subprocess.Popen(
-            argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        procs[name] = (proc, save_path, ckpt)
+    commands = {
+        name: ["infer.py", "--model_config", cfg, "--ckpt_path", str(ckpt), "--save_path",
+               str(root / "out" / f"{name}.png"), "--device", "cpu", *extra]
+        for name, (cfg, ckpt, extra) in cases.items()
+    }  # fmt: skip
     results = {}
-    for name, (proc, save_path, ckpt) in procs.items():
-        out, err = proc.communicate(timeout=120)
+    for name, result in start_scripts(commands).items():
         results[name] = {
-            "code": proc.returncode,
-            "out": out,
-            "err": err,
-            "png": save_path,
-            "ckpt": ckpt,
+            "code": result.returncode,
+            "out": result.stdout,
+            "err": result.stderr,
+            "png": root / "out" / f"{name}.png",
+            "ckpt": cases[name][1],
         }
     return results
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 from utils.errors import UserError
 from utils.tensorboard_log import require_tensorboard
 

@@ -15,7 +15,16 @@ import pytest
 import torch
 
 import model.linear_backend as lb
-from tests.conftest import REPO, assert_png, make_mnist_root, run_script, run_with_terminal
+from tests.helpers import (
+    REPO,
+    assert_png,
+    config_variant,
+    make_mnist_root,
+    read_metrics,
+    run_script,
+    run_with_terminal,
+    train_argv,
+)
 from training_schemes import train
 from utils.checkpoint import load_checkpoint
 from utils.config import load_model_config, load_train_config
@@ -43,9 +52,8 @@ def train_config(tmp_path_factory) -> Path:
 
 
 def train_args(mnist: Path, train_config: Path, save_dir: Path, *extra: str) -> list[str]:
-    return ["train.py", "--scheme", "simple", "--model_config", "configs/model_simple_config.json",
-            "--train_config", str(train_config), "--data_root", str(mnist), "--save_dir",
-            str(save_dir), "--epochs", "3", "--device", "cpu", *extra]  # fmt: skip
+    return train_argv("simple", "configs/model_simple_config.json", train_config, mnist, save_dir,
+                      "--epochs", "3", *extra)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +76,7 @@ def assert_same_run(run: Path, reference: Path) -> None:
         assert torch.equal(a[name], b[name]), name
 
     def rows(path: Path) -> list[dict[str, str]]:
-        with open(path / "metrics.csv") as f:
-            return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
+        return read_metrics(path, seconds=False)
 
     assert [r["epoch"] for r in rows(run)] == ["1", "2", "3"]
     assert rows(run) == rows(reference)
@@ -291,20 +298,13 @@ def test_unwritable_save_folder_is_one_line(tmp_path, mnist, train_config):
 def composite_args(tmp_path, mnist):
     """train.py arguments of a small composite run with its own PIPS backbone file (made by the
     first run) and a checkpoint every epoch: composite_args(run_folder, *extra)."""
-    model = json.loads((REPO / "configs/model_composite_mnist_config.json").read_text())
-    model["pips_config"]["weights_path"] = str(tmp_path / "pips_cnn.pth")
-    model_path = tmp_path / "model.json"
-    model_path.write_text(json.dumps(model))
-    settings = json.loads((REPO / "configs/train_composite_config.json").read_text())
-    settings.update(save_every=1)
-    train_path = tmp_path / "train.json"
-    train_path.write_text(json.dumps(settings))
+    backbone = {"pips_config.weights_path": str(tmp_path / "pips_cnn.pth")}
+    model_path = config_variant(tmp_path, "configs/model_composite_mnist_config.json", backbone)
+    train_path = config_variant(tmp_path, "configs/train_composite_config.json", {"save_every": 1})
 
     def args(run: Path, *extra: str) -> list[str]:
-        return ["train.py", "--scheme", "composite", "--model_config", str(model_path),
-                "--train_config", str(train_path), "--data_root", str(mnist), "--save_dir",
-                str(run), "--epochs", "2", "--subset", "1024", "--device", "cpu",
-                *extra]  # fmt: skip
+        return train_argv("composite", model_path, train_path, mnist, run, "--epochs", "2",
+                          "--subset", "1024", *extra)  # fmt: skip
 
     return args
 
@@ -350,16 +350,16 @@ def test_composite_resume_against_another_backbone_file_is_refused(tmp_path, com
 
 
 # Run folders written by round 1 of this repo (tests/fixtures/round1_runs, made by commit 5fa4d5e
-# on the fake MNIST of tests/conftest.py): configs in its own layout, the simple scheme's
+# on the fake MNIST of tests/helpers.py): configs in its own layout, the simple scheme's
 # optimiser under "_g" keys, a critic schedule that counted global steps.
 ROUND1 = REPO / "tests" / "fixtures" / "round1_runs"
 
 
 def round1_args(scheme: str, run: Path, fake_mnist: Path) -> list[str]:
     folder = ROUND1 / scheme
-    return ["train.py", "--scheme", scheme, "--model_config", str(folder / "model_config.json"),
-            "--train_config", str(folder / "train_config.json"), "--data_root", str(fake_mnist),
-            "--save_dir", str(run), "--device", "cpu"]  # fmt: skip
+    return train_argv(
+        scheme, folder / "model_config.json", folder / "train_config.json", fake_mnist, run
+    )
 
 
 def test_a_round1_simple_run_resumes_bit_identical_to_how_it_ended(tmp_path, fake_mnist):

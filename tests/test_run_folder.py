@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import REPO, config_variant, make_mnist_root, run_script
+from tests.helpers import REPO, config_variant, make_mnist_root, run_script
 from train import HELD_LOCKS, RUN_LOCK, lock_run_folder
 from training_schemes import INTERRUPT_CHECKPOINT, prune_checkpoints
 from utils.errors import UserError

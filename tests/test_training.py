@@ -1,17 +1,23 @@
 """Training end to end: real subprocess runs of train.py and infer.py, and the loop in-process."""
 
-import csv
 import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import REPO, assert_png, config_variant, infer_argv, run_script
+from tests.helpers import (
+    REPO,
+    assert_png,
+    config_variant,
+    infer_argv,
+    read_metrics,
+    run_script,
+    start_scripts,
+    train_argv,
+)
 from training_schemes import check_scheme, train
 from utils.config import (
     EarlyStoppingConfig,
@@ -21,39 +27,13 @@ from utils.config import (
 )
 from utils.dataset import load_mnist
 
-SIMPLE = (
-    "--model_config",
-    "configs/model_simple_config.json",
-    "--train_config",
-    "configs/train_simple_config.json",
-)
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, str]]:
-    with open(run_dir / "metrics.csv") as f:
-        return list(csv.DictReader(f))
+MODEL_SIMPLE, TRAIN_SIMPLE = "configs/model_simple_config.json", "configs/train_simple_config.json"
 
 
 def test_simple_scheme_trains_checkpoints_and_renders(tmp_path, fake_mnist):
     cfg = config_variant(tmp_path, "configs/train_simple_config.json", {"save_every": 1})
     run = tmp_path / "run"
-    result = run_script(
-        "train.py",
-        "--scheme",
-        "simple",
-        "--model_config",
-        "configs/model_simple_config.json",
-        "--train_config",
-        str(cfg),
-        "--data_root",
-        str(fake_mnist),
-        "--save_dir",
-        str(run),
-        "--epochs",
-        "2",
-        "--device",
-        "cpu",
-    )
+    result = run_script(*train_argv("simple", MODEL_SIMPLE, cfg, fake_mnist, run, "--epochs", "2"))
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("epoch ") >= 2 and "final_model.pth" in result.stdout
     rows = read_metrics(run)
@@ -99,30 +79,13 @@ def test_simple_scheme_trains_checkpoints_and_renders(tmp_path, fake_mnist):
 
 
 def test_composite_scheme_with_a_small_random_backbone(tmp_path, fake_mnist):
-    model = json.loads((REPO / "configs/model_composite_config.json").read_text())
-    model["pips_config"] = {"backbone": "vgg16", "input_size": 32, "weights": "random"}
-    model_path = tmp_path / "model.json"
-    model_path.write_text(json.dumps(model))
+    random_vgg16 = {"backbone": "vgg16", "input_size": 16, "weights": "random"}  # the smallest
+    model_path = config_variant(tmp_path, "configs/model_composite_config.json",
+                                {"pips_config": random_vgg16})  # fmt: skip
     run = tmp_path / "run"
-    result = run_script(
-        "train.py",
-        "--scheme",
-        "composite",
-        "--model_config",
-        str(model_path),
-        "--train_config",
-        "configs/train_composite_config.json",
-        "--data_root",
-        str(fake_mnist),
-        "--save_dir",
-        str(run),
-        "--epochs",
-        "2",
-        "--subset",
-        "256",
-        "--device",
-        "cpu",
-    )
+    argv = train_argv("composite", model_path, "configs/train_composite_config.json", fake_mnist,
+                      run, "--epochs", "2", "--subset", "256")  # fmt: skip
+    result = run_script(*argv)
     assert result.returncode == 0, result.stderr
     rows = read_metrics(run)
     assert len(rows) == 2
@@ -134,16 +97,12 @@ def test_composite_scheme_with_a_small_random_backbone(tmp_path, fake_mnist):
 
 
 def test_composite_scheme_with_the_mnist_backbone_makes_it_first(tmp_path, fake_mnist):
-    model = json.loads((REPO / "configs/model_composite_mnist_config.json").read_text())
     backbone = tmp_path / "mnist_pips_cnn.pth"
-    model["pips_config"]["weights_path"] = str(backbone)
-    model_path = tmp_path / "model.json"
-    model_path.write_text(json.dumps(model))
+    model_path = config_variant(tmp_path, "configs/model_composite_mnist_config.json",
+                                {"pips_config.weights_path": str(backbone)})  # fmt: skip
     run = tmp_path / "run"
-    argv = ["train.py", "--scheme", "composite", "--model_config", str(model_path),
-            "--train_config", "configs/train_composite_config.json", "--data_root",
-            str(fake_mnist), "--save_dir", str(run), "--epochs", "1", "--subset", "256",
-            "--device", "cpu"]  # fmt: skip
+    argv = train_argv("composite", model_path, "configs/train_composite_config.json", fake_mnist,
+                      run, "--epochs", "1", "--subset", "256")  # fmt: skip
     result = run_script(*argv)
     assert result.returncode == 0, result.stderr
     # Trained once, on the whole (512-image) training split rather than the subset.
@@ -153,15 +112,42 @@ def test_composite_scheme_with_the_mnist_backbone_makes_it_first(tmp_path, fake_
     assert math.isfinite(float(read_metrics(run)[0]["train_pips"]))
 
 
-@pytest.mark.parametrize("saved", ["final_model.pth", "checkpoint_epoch_005.pth", "best_model.pth"])
-def test_a_second_run_into_a_folder_with_saved_weights_is_refused(tmp_path, fake_mnist, saved):
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / saved).write_bytes(b"precious")
-    (run / "metrics.csv").write_text("precious\n")
-    argv = ["train.py", "--scheme", "simple", *SIMPLE, "--data_root", str(fake_mnist),
-            "--save_dir", str(run), "--epochs", "1"]  # fmt: skip
-    result = run_script(*argv)
+SAVED = ["final_model.pth", "checkpoint_epoch_005.pth", "best_model.pth"]
+
+
+@pytest.fixture(scope="module")
+def refused_runs(tmp_path_factory, fake_mnist) -> tuple[Path, dict]:
+    """The train.py calls below that stop before training, started side by side (each costs
+    seconds of start-up): a folder, and each call's result by name."""
+    root = tmp_path_factory.mktemp("refused")
+    commands = {}
+    for saved in SAVED:  # a second run into a folder holding a run's weights
+        run = root / saved / "run"
+        run.mkdir(parents=True)
+        (run / saved).write_bytes(b"precious")
+        (run / "metrics.csv").write_text("precious\n")
+        commands[saved] = simple_argv(fake_mnist, run)
+    left = root / "left" / "run"  # what a run leaves when it stops before its first checkpoint
+    left.mkdir(parents=True)
+    for name in ("model_config.json", "train_config.json", "metrics.csv"):
+        (left / name).write_text("left by a run that died\n")
+    commands["left"] = [*simple_argv(fake_mnist, left), "--resume", "auto"]
+    commands["nowhere"] = train_argv("simple", MODEL_SIMPLE, TRAIN_SIMPLE, root / "nowhere",
+                                     root / "run", "--no_download", device=None)  # fmt: skip
+    return root, start_scripts(commands)
+
+
+def simple_argv(data_root: Path, run: Path) -> list[str]:
+    """train.py for one epoch of the simple scheme into `run`, on the default device."""
+    return train_argv("simple", MODEL_SIMPLE, TRAIN_SIMPLE, data_root, run, "--epochs", "1",
+                      device=None)  # fmt: skip
+
+
+@pytest.mark.parametrize("saved", SAVED)
+def test_a_second_run_into_a_folder_with_saved_weights_is_refused(refused_runs, saved):
+    root, results = refused_runs
+    run = root / saved / "run"
+    result = results[saved]
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert f"already holds a run ({saved}); resume it with --resume auto" in result.stderr
@@ -169,40 +155,27 @@ def test_a_second_run_into_a_folder_with_saved_weights_is_refused(tmp_path, fake
     assert (run / "metrics.csv").read_text() == "precious\n"
 
 
-def test_a_folder_left_before_the_first_checkpoint_is_free_to_start_in(tmp_path, fake_mnist):
+def test_a_folder_left_before_the_first_checkpoint_is_free_to_start_in(refused_runs, fake_mnist):
     """What a run leaves when it stops before its first checkpoint (its configs, the metrics of
     unsaved epochs): --resume has nothing to resume, and a new start is let in."""
-    run = tmp_path / "run"
-    run.mkdir()
-    for name in ("model_config.json", "train_config.json", "metrics.csv"):
-        (run / name).write_text("left by a run that died\n")
-    argv = ["train.py", "--scheme", "simple", *SIMPLE, "--data_root", str(fake_mnist),
-            "--save_dir", str(run), "--epochs", "1"]  # fmt: skip
-    resumed = run_script(*argv, "--resume", "auto")
+    root, results = refused_runs
+    run = root / "left" / "run"
+    resumed = results["left"]
     assert resumed.returncode == 2
     assert "no readable checkpoint_*.pth to resume from; start without --resume" in resumed.stderr
-    result = run_script(*argv)
+    result = run_script(*simple_argv(fake_mnist, run))
     assert result.returncode == 0, result.stderr
     assert [r["epoch"] for r in read_metrics(run)] == ["1"]
     assert json.loads((run / "train_config.json").read_text())["num_epochs"] == 1
 
 
-def test_missing_mnist_files_are_one_clear_line(tmp_path):
-    result = run_script(
-        "train.py",
-        "--scheme",
-        "simple",
-        *SIMPLE,
-        "--data_root",
-        str(tmp_path / "nowhere"),
-        "--save_dir",
-        str(tmp_path / "run"),
-        "--no_download",
-    )
+def test_missing_mnist_files_are_one_clear_line(refused_runs):
+    root, results = refused_runs
+    result = results["nowhere"]
     assert result.returncode == 2
     line = result.stderr.strip()
     assert "\n" not in line and "Traceback" not in line
-    assert "train-images-idx3-ubyte" in line and str(tmp_path / "nowhere" / "MNIST" / "raw") in line
+    assert "train-images-idx3-ubyte" in line and str(root / "nowhere" / "MNIST" / "raw") in line
 
 
 def _train_in_process(fake_mnist: Path, save_dir: Path, epochs: int, early_stopping=None,
@@ -256,18 +229,9 @@ def test_early_stopping_keeps_the_best_weights_and_ends_the_run(tmp_path, fake_m
 
 def test_one_real_epoch_and_a_grid(tmp_path, real_mnist):
     run = tmp_path / "run"
-    result = run_script(
-        "train.py",
-        "--scheme",
-        "simple",
-        *SIMPLE,
-        "--data_root",
-        str(real_mnist),
-        "--save_dir",
-        str(run),
-        "--epochs",
-        "1",
-    )
+    argv = train_argv("simple", MODEL_SIMPLE, TRAIN_SIMPLE, real_mnist, run, "--epochs", "1",
+                      device=None)  # fmt: skip
+    result = run_script(*argv)
     assert result.returncode == 0, result.stderr
     row = read_metrics(run)[0]
     assert row["step"] == "468"
@@ -275,15 +239,8 @@ def test_one_real_epoch_and_a_grid(tmp_path, real_mnist):
     # ~52 of predicting the mean image (measured: about 35-45).
     assert float(row["val_recon"]) < 50
     png = tmp_path / "grid.png"
-    result = run_script(
-        "infer.py",
-        "--model_config",
-        "configs/model_simple_config.json",
-        "--ckpt_path",
-        str(run / "final_model.pth"),
-        "--save_path",
-        str(png),
-    )
+    result = run_script("infer.py", "--model_config", MODEL_SIMPLE, "--ckpt_path",
+                        run / "final_model.pth", "--save_path", png)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert_png(png)
 
@@ -295,10 +252,9 @@ REFERENCE = REPO / "tests" / "fixtures" / "reference_configs"
 
 def test_the_reference_simple_files_train_as_they_are(tmp_path, fake_mnist):
     # Their save_dir is the reference author's Google Drive; --save_dir puts the run here.
-    argv = ["train.py", "--scheme", "simple", "--model_config",
-            str(REFERENCE / "model_simple_config.json"), "--train_config",
-            str(REFERENCE / "train_simple_config.json"), "--data_root", str(fake_mnist),
-            "--save_dir", str(tmp_path / "run"), "--epochs", "1", "--device", "cpu"]  # fmt: skip
+    argv = train_argv("simple", REFERENCE / "model_simple_config.json",
+                      REFERENCE / "train_simple_config.json", fake_mnist, tmp_path / "run",
+                      "--epochs", "1")  # fmt: skip
     result = run_script(*argv)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("simple scheme on cpu: 512 training images, 4 steps x 1 epochs")
@@ -311,13 +267,11 @@ def test_the_reference_composite_files_offline_stop_at_one_vgg16_line(tmp_path, 
     stops in one line before its first checkpoint, and the folder is free to start in again."""
     env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch")}
     env.update({k: "http://127.0.0.1:9" for k in ("https_proxy", "HTTPS_PROXY")})
-    argv = [sys.executable, "train.py", "--model_config",
-            str(REFERENCE / "model_composite_config.json"), "--train_config",
-            str(REFERENCE / "train_composite_config.json"), "--data_root", str(fake_mnist),
-            "--save_dir", str(tmp_path / "run"), "--epochs", "1", "--device", "cpu"]  # fmt: skip
+    argv = train_argv(None, REFERENCE / "model_composite_config.json",
+                      REFERENCE / "train_composite_config.json", fake_mnist, tmp_path / "run",
+                      "--epochs", "1")  # fmt: skip
     for attempt in range(2):
-        result = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True,
-                                timeout=300)  # fmt: skip
+        result = run_script(*argv, env=env, timeout=300)
         assert result.returncode == 2, result.stderr
         assert result.stdout.startswith("composite scheme on cpu"), attempt
         assert "Traceback" not in result.stderr

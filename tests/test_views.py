@@ -17,7 +17,7 @@ import torch
 import infer
 import train as train_script
 from model.vae import VAE
-from tests.conftest import REPO, infer_argv, run_script
+from tests.helpers import REPO, infer_argv, start_scripts, train_argv
 from training_schemes import train
 from utils.cli import run_cli
 from utils.config import load_model_config, load_train_config
@@ -74,23 +74,49 @@ def tiny_run(tmp_path_factory, fake_mnist) -> Path:
     return run
 
 
-# Subprocess runs: the CLI as a user runs it.
+# Subprocess runs: the CLI as a user runs it, the three side by side (each costs seconds of
+# start-up).
 
 
-def test_grid_is_the_default_view(tmp_path, tiny_run):
-    png = tmp_path / "grid.png"
-    result = run_script("infer.py", *infer_argv(tiny_run, png, "--grid_size", "5"))
+@pytest.fixture(scope="module")
+def cli_views(tmp_path_factory, tiny_run, fake_mnist) -> tuple[Path, dict]:
+    """infer.py's grid of the tiny run, curves of a composite run's metrics.csv, and the tiny run
+    compared with an untrained model of another latent size: a folder, and each result."""
+    root = tmp_path_factory.mktemp("cli_views")
+    run = root / "composite"
+    run.mkdir()
+    (run / "metrics.csv").write_text(COMPOSITE_METRICS)
+    config_b = narrow_model_config(root / "model_b.json", latent_dim=3)
+    ckpt_b = root / "fresh" / "untrained.pth"
+    ckpt_b.parent.mkdir()
+    torch.save(
+        {"model_state_dict": VAE(load_model_config(config_b).model_config).state_dict()}, ckpt_b
+    )
+    flags = ["--ckpt_path_b", str(ckpt_b), "--model_config_b", str(config_b)]
+    flags += ["--data_root", str(fake_mnist), "--grid_size", "6"]
+    commands = {
+        "grid": ["infer.py", *infer_argv(tiny_run, root / "grid.png", "--grid_size", "5")],
+        "curves": ["infer.py", "--mode", "curves", "--run_dir", str(run), "--save_path",
+                   str(root / "curves.png")],
+        "compare": ["infer.py", *infer_argv(tiny_run, root / "compare.png", "--mode", "compare",
+                                            *flags)],
+    }  # fmt: skip
+    return root, start_scripts(commands)
+
+
+def test_grid_is_the_default_view(cli_views):
+    root, results = cli_views
+    png = root / "grid.png"
+    result = results["grid"]
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"grid of 5x5 -> {png}"
     assert png_size(png) == (700, 740)
 
 
-def test_curves_of_a_composite_run_with_nan_terms(tmp_path):
-    run = tmp_path / "composite"
-    run.mkdir()
-    (run / "metrics.csv").write_text(COMPOSITE_METRICS)
-    png = tmp_path / "curves.png"
-    result = run_script("infer.py", "--mode", "curves", "--run_dir", str(run), "--save_path", png)
+def test_curves_of_a_composite_run_with_nan_terms(cli_views):
+    root, results = cli_views
+    png = root / "curves.png"
+    result = results["curves"]
     assert result.returncode == 0, result.stderr
     # train and val of loss, recon, kl, kl_raw, pips, adv; train_disc; beta; lr_g and lr_d
     assert result.stdout.startswith("16 curves over 3 epochs")
@@ -119,17 +145,10 @@ def test_the_grid_is_drawn_in_the_reference_orientation_and_its_axes_say_so(tiny
     views.plt.close(fig)
 
 
-def test_compare_two_checkpoints_of_different_latent_sizes(tmp_path, tiny_run, fake_mnist):
-    config_b = narrow_model_config(tmp_path / "model_b.json", latent_dim=3)
-    ckpt_b = tmp_path / "fresh" / "untrained.pth"
-    ckpt_b.parent.mkdir()
-    torch.save(
-        {"model_state_dict": VAE(load_model_config(config_b).model_config).state_dict()}, ckpt_b
-    )
-    png = tmp_path / "compare.png"
-    flags = ["--ckpt_path_b", str(ckpt_b), "--model_config_b", str(config_b)]
-    flags += ["--data_root", str(fake_mnist), "--grid_size", "6"]
-    result = run_script("infer.py", *infer_argv(tiny_run, png, "--mode", "compare", *flags))
+def test_compare_two_checkpoints_of_different_latent_sizes(cli_views):
+    root, results = cli_views
+    png = root / "compare.png"
+    result = results["compare"]
     assert result.returncode == 0, result.stderr
     assert "A: tiny/final_model.pth vs B: fresh/untrained.pth" in result.stdout
     assert png_size(png) == (1200, 1270)
@@ -230,9 +249,8 @@ def test_tensorboard_logs_scalars_and_images(tmp_path, fake_mnist, monkeypatch):
     (tmp_path / "train.json").write_text(json.dumps({**config, "data": {"train_bs": 16}}))
     run = tmp_path / "run"
     model = narrow_model_config(tmp_path / "model.json")
-    argv = ["train.py", "--scheme", "simple", "--model_config", str(model)]
-    argv += ["--train_config", str(tmp_path / "train.json"), "--data_root", str(fake_mnist)]
-    argv += ["--save_dir", str(run), "--epochs", "1", "--device", "cpu", "--tensorboard"]
+    argv = train_argv("simple", model, tmp_path / "train.json", fake_mnist, run, "--epochs", "1",
+                      "--tensorboard")  # fmt: skip
     monkeypatch.setattr(sys, "argv", argv)
     train_script.main()
 
