@@ -355,3 +355,19 @@ def test_train_refuses_a_model_too_big_for_memory_before_reading_data(tmp_path, 
     assert "(4 copies) but this machine has" in line
     assert line.endswith("; lower model_config.latent_features (1,000,000,000,000)\n"), line
     assert line.count("\n") == 1 and not run.exists()
+
+
+def test_traverse_of_more_latent_dimensions_than_rows_it_can_draw_is_one_line(tmp_path, files):
+    wide = narrow_config(tmp_path / "wide.json", latent_features=101)
+    ckpt = tmp_path / "wide.pth"
+    save_checkpoint(
+        {"model_state_dict": VAE(load_model_config(wide).model_config).state_dict()}, ckpt
+    )
+    result = run_script("infer.py", "--mode", "traverse", "--model_config", str(wide),
+                        "--ckpt_path", str(ckpt), "--save_path", str(tmp_path / "t.png"),
+                        "--device", "cpu")  # fmt: skip
+    assert one_line(result) == (
+        f"error: {wide}: the model has 101 latent dimensions and traverse draws one row each, at "
+        "most 100; draw it with --mode grid or samples"
+    )
+    assert not (tmp_path / "t.png").exists()

@@ -33,6 +33,9 @@ from utils.trained_vae import (  # noqa: E402
 )
 
 DPI = 100
+# Rows of a traversal (one per latent dimension): past this the figure outgrows what matplotlib
+# can draw, and no one reads it.
+MAX_TRAVERSE_ROWS = 100
 FIGURE_FORMATS = (".png", ".pdf", ".svg")  # what --save_path may end in; no suffix means .png
 TERM_NAMES = {
     "loss": "total loss",
@@ -178,6 +181,11 @@ def traverse(args: argparse.Namespace, device: torch.device, path: Path) -> tupl
     code of test image --image_index."""
     vae = load_vae(args.model_config, args.ckpt_path, device)
     dims, steps = vae.latent_dim, args.grid_size
+    if dims > MAX_TRAVERSE_ROWS:
+        raise UserError(
+            f"{args.model_config}: the model has {dims} latent dimensions and traverse draws one "
+            f"row each, at most {MAX_TRAVERSE_ROWS}; draw it with --mode grid or samples"
+        )
     base, held = torch.zeros(dims), "the others at 0"
     if args.image_index is not None:
         split = test_split(args, device, vae)
