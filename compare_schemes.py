@@ -4,6 +4,8 @@ epochs, grade every run with evaluate.py, and write the comparison to results/.
     python compare_schemes.py --data_root data/ --seeds 1 2 3 --epochs 40
     python compare_schemes.py --data_root data/ --seeds 1 --epochs 2 --subset 4096 \
         --out results/quick
+    python compare_schemes.py --seeds 1 2 3 4 5 --equivalence fid_samples=20 \
+        --equivalence grid_classes=2
 
 The composite scheme uses the MNIST perceptual backbone (configs/model_composite_mnist_config.json)
 so that it trains offline on a CPU. Each run is a real `train.py` process; its peak memory is the
@@ -13,7 +15,9 @@ interrupted one continues with `--resume auto`. It runs from any folder: the net
 current folder. Writes into --out:
     runs/<scheme>_seed<S>/   the run folders (metrics.csv, checkpoints, eval.json)
     runs.csv                 one row per run: cost and every evaluate.py number
-    summary.csv              mean and standard deviation per scheme over the seeds
+    summary.csv              per measure, composite minus simple over the shared seeds: both
+                             means, the difference with its 95 % t-interval, d_z, p, p after
+                             Holm's correction across the measures, and a verdict
     summary.md               the same as a Markdown table (the one README "Results" quotes)
     compare_seed<S>.png      latent grids and reconstructions, simple vs composite (first seed)
     <scheme>_samples.png     prior samples of each scheme (first seed)
@@ -22,6 +26,7 @@ current folder. Writes into --out:
 import argparse
 import csv
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -31,6 +36,7 @@ from pathlib import Path
 
 from utils.cli import OneLineParser, run_cli
 from utils.errors import UserError
+from utils.stats import describe, equivalence, holm, paired_difference
 
 REPO = Path(__file__).resolve().parent
 CONFIGS = {
@@ -45,6 +51,34 @@ CONFIGS = {
 }
 MEASURES = ("recon_mse", "fid_samples", "fid_recon", "sharpness_ratio", "recon_accuracy",
             "grid_confident_share", "grid_classes", "seconds_per_epoch", "peak_rss_mb")  # fmt: skip
+# The smallest differences that would matter, composite minus simple, in each measure's units:
+# "equivalent" needs the 90 % interval inside ±delta (utils/stats.equivalence). About 3 % of a
+# 40-epoch recon_mse; FID moves by more than 10 between seeds; a tenth of the sharpness ratio's
+# 0.05-0.07; 2 points of accuracy; about one cell in 16 of the grid; one digit. Cost has none:
+# nobody asks whether one scheme is as fast as the other.
+SMALLEST_EFFECTS = {
+    "recon_mse": 1.0,
+    "fid_samples": 10.0,
+    "fid_recon": 10.0,
+    "sharpness_ratio": 0.01,
+    "recon_accuracy": 0.02,
+    "grid_confident_share": 0.05,
+    "grid_classes": 1.0,
+}
+SUMMARY_FIELDS = (
+    "measure",
+    "n",
+    "simple_mean",
+    "composite_mean",
+    "difference",
+    "ci_low",
+    "ci_high",
+    "d_z",
+    "p",
+    "p_holm",
+    "verdict",
+    "smallest_effect",
+)
 
 
 def parse_args() -> argparse.Namespace:
@@ -54,7 +88,30 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=40, help="epochs per run (default 40)")
     p.add_argument("--subset", type=int, help="train on the first N training images only")
     p.add_argument("--out", default="results", help="output folder (default results/)")
+    p.add_argument(
+        "--equivalence",
+        action="append",
+        default=[],
+        type=smallest_effect,
+        metavar="MEASURE=DELTA",
+        help=f"the smallest difference in MEASURE that matters (repeatable; defaults: "
+        f"{', '.join(f'{k}={v:g}' for k, v in SMALLEST_EFFECTS.items())})",
+    )
     return p.parse_args()
+
+
+def smallest_effect(text: str) -> tuple[str, float]:
+    """'fid_samples=20' -> ('fid_samples', 20.0): a known measure and a delta > 0."""
+    measure, _, delta = text.partition("=")
+    if measure not in MEASURES:
+        raise argparse.ArgumentTypeError(f"{measure!r} is none of {', '.join(MEASURES)}")
+    try:
+        value = float(delta)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: DELTA must be a number > 0")
+    return measure, value
 
 
 def run_process(args: list[str]) -> tuple[float, float]:
@@ -97,36 +154,72 @@ def train_and_grade(scheme: str, seed: int, args: argparse.Namespace, run: Path)
             **{k: grades[k] for k in MEASURES if k in grades}}  # fmt: skip
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
+def write_csv(path: Path, rows: list[dict], fields: tuple[str, ...] | None = None) -> None:
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=fields or list(rows[0]), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
 
 
-def summarise(rows: list[dict]) -> list[dict]:
-    """Mean and standard deviation (0 for one seed) of every measure, per scheme."""
+def summarise(rows: list[dict], smallest_effects: dict[str, float] | None = None) -> list[dict]:
+    """Per measure, composite minus simple over the seeds both schemes ran (paired by seed): the
+    SUMMARY_FIELDS, Holm's correction taken across the measures, plus `text` (the difference as
+    utils/stats.describe writes it) and `sentence` (the verdict's)."""
+    effects = SMALLEST_EFFECTS if smallest_effects is None else smallest_effects
+    arms, differences = [], []
+    for measure in MEASURES:
+        by_seed = {
+            s: {r["seed"]: float(r[measure]) for r in rows if r["scheme"] == s} for s in CONFIGS
+        }
+        seeds = [seed for seed in by_seed["simple"] if seed in by_seed["composite"]]
+        arms.append([[by_seed[s][seed] for seed in seeds] for s in CONFIGS])
+        differences.append(paired_difference(*arms[-1]))
     summary = []
-    for scheme in CONFIGS:
-        own = [r for r in rows if r["scheme"] == scheme]
-        for measure in MEASURES:
-            values = [float(r[measure]) for r in own]
-            spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            summary.append({"scheme": scheme, "measure": measure, "seeds": len(values),
-                            "mean": statistics.mean(values), "std": spread})  # fmt: skip
+    p_holm = holm([d.p for d in differences])
+    for measure, (simple, composite), d, adjusted in zip(
+        MEASURES, arms, differences, p_holm, strict=True
+    ):
+        verdict = equivalence(d, effects.get(measure), adjusted)
+        summary.append(
+            {
+                "measure": measure,
+                "n": d.n,
+                "simple_mean": statistics.fmean(simple),
+                "composite_mean": statistics.fmean(composite),
+                "difference": d.mean,
+                "ci_low": d.ci[0] if d.ci else "",
+                "ci_high": d.ci[1] if d.ci else "",
+                "d_z": "" if d.d_z is None else d.d_z,
+                "p": "" if d.p is None else d.p,
+                "p_holm": "" if adjusted is None else adjusted,
+                "verdict": verdict.verdict.value,
+                "smallest_effect": effects.get(measure, ""),
+                "text": describe(d),
+                "sentence": verdict.sentence,
+            }
+        )
     return summary
 
 
 def markdown_table(summary: list[dict]) -> str:
-    """The summary as a Markdown table: a row per measure, mean ± standard deviation per scheme."""
-    cell = {(r["scheme"], r["measure"]): r for r in summary}
-    seeds = {scheme: cell[(scheme, MEASURES[0])]["seeds"] for scheme in CONFIGS}
-    lines = ["| measure | " + " | ".join(f"{s} ({seeds[s]} seeds)" for s in CONFIGS) + " |",
-             "| --- |" + " --- |" * len(CONFIGS)]  # fmt: skip
-    for measure in MEASURES:
-        values = [cell[(scheme, measure)] for scheme in CONFIGS]
-        spreads = " | ".join(f"{v['mean']:.4g} ± {v['std']:.2g}" for v in values)
-        lines.append(f"| {measure} | {spreads} |")
+    """The summary as a Markdown table: a row per measure, both schemes' means, the paired
+    difference as describe() writes it, p before and after Holm's correction, the verdict."""
+    header = (
+        "measure",
+        "simple",
+        "composite",
+        "composite − simple [95 % CI]",
+        "p",
+        "p (Holm)",
+        "verdict",
+    )
+    lines = ["| " + " | ".join(header) + " |", "| --- |" + " --- |" * (len(header) - 1)]
+    for r in summary:
+        ps = " | ".join("—" if r[k] == "" else f"{r[k]:.2g}" for k in ("p", "p_holm"))
+        lines.append(
+            f"| {r['measure']} | {r['simple_mean']:.4g} | {r['composite_mean']:.4g} | "
+            f"{r['text']} | {ps} | {r['sentence']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -136,8 +229,8 @@ def main() -> None:
     rows = [train_and_grade(scheme, seed, args, out / "runs" / f"{scheme}_seed{seed}")
             for seed in args.seeds for scheme in CONFIGS]  # fmt: skip
     write_csv(out / "runs.csv", rows)
-    summary = summarise(rows)
-    write_csv(out / "summary.csv", summary)
+    summary = summarise(rows, {**SMALLEST_EFFECTS, **dict(args.equivalence)})
+    write_csv(out / "summary.csv", summary, SUMMARY_FIELDS)
     (out / "summary.md").write_text(markdown_table(summary))
     first = {scheme: out / "runs" / f"{scheme}_seed{args.seeds[0]}" for scheme in CONFIGS}
     run_process(["infer.py", "--mode", "compare",

@@ -1,32 +1,65 @@
 """The comparison: its summary computed by hand, and a real small run of the whole script."""
 
+import argparse
 import csv
 import math
 
 import pytest
 
-from compare_schemes import MEASURES, markdown_table, summarise
+from compare_schemes import MEASURES, SUMMARY_FIELDS, markdown_table, smallest_effect, summarise
 from tests.helpers import REPO, make_mnist_root, run_script
 
 
-def row(scheme: str, seed: int, value: float) -> dict:
-    return {"scheme": scheme, "seed": seed, **dict.fromkeys(MEASURES, value)}
+def rows(simple: list[float], composite: list[float]) -> list[dict]:
+    """runs.csv rows: every measure takes the given value, seed by seed."""
+    return [
+        {"scheme": scheme, "seed": seed, **dict.fromkeys(MEASURES, value)}
+        for seed, pair in enumerate(zip(simple, composite, strict=True), start=1)
+        for scheme, value in zip(("simple", "composite"), pair, strict=True)
+    ]
 
 
-def test_summary_gives_mean_and_sample_std_per_scheme_and_measure():
-    rows = [row("simple", 1, 1.0), row("simple", 2, 3.0), row("composite", 1, 5.0)]
-    summary = {(r["scheme"], r["measure"]): r for r in summarise(rows)}
-    assert len(summary) == 2 * len(MEASURES)
-    simple = summary[("simple", "fid_samples")]
-    assert simple["seeds"] == 2 and simple["mean"] == 2.0
-    assert simple["std"] == pytest.approx(2**0.5)  # sample std of (1, 3)
-    composite = summary[("composite", "sharpness_ratio")]
-    assert (composite["seeds"], composite["mean"], composite["std"]) == (1, 5.0, 0.0)
+def test_summary_pairs_composite_minus_simple_by_seed_with_holm_across_measures():
+    # differences 11-10, 22-20, 33-30 = 1, 2, 3: mean 2, sd 1, se 1/sqrt(3) = 0.57735,
+    # t_.975,2 = 4.30265 -> 2 ± 2.48414; t = 3.4641, p = 1 - 3.4641 / sqrt(14) = 0.07418
+    summary = summarise(rows([10, 20, 30], [11, 22, 33]), {"recon_mse": 4.0})
+    assert [r["measure"] for r in summary] == list(MEASURES)
+    first = summary[0]
+    assert set(SUMMARY_FIELDS) <= set(first)
+    assert (first["n"], first["simple_mean"], first["composite_mean"]) == (3, 20.0, 22.0)
+    assert first["difference"] == 2.0 and first["d_z"] == pytest.approx(2.0)
+    assert (first["ci_low"], first["ci_high"]) == pytest.approx((-0.48414, 4.48414), abs=1e-5)
+    assert first["p"] == pytest.approx(0.07418, abs=1e-5)
+    # nine equal p-values: Holm multiplies the smallest by 9 and the rest stay monotone
+    # at 9 x 0.07418 = 0.66762
+    assert all(r["p_holm"] == pytest.approx(9 * first["p"]) for r in summary)
+    # recon_mse: 90 % interval 2 ± 2.91999 x 0.57735 = [0.314, 3.686], inside ±4
+    assert first["verdict"] == "equivalent" and first["smallest_effect"] == 4.0
+    assert {r["verdict"] for r in summary[1:]} == {"not shown equivalent"}
 
-    table = markdown_table(summarise(rows)).splitlines()
-    assert table[0] == "| measure | simple (2 seeds) | composite (1 seeds) |"
-    assert table[2] == "| recon_mse | 2 ± 1.4 | 5 ± 0 |"
+    table = markdown_table(summary).splitlines()
+    assert table[0].startswith("| measure | simple | composite | composite − simple [95 % CI] |")
+    assert table[2] == (
+        "| recon_mse | 20 | 22 | +2.0 [-0.5, +4.5] (n = 3, d_z 2.0) | 0.074 | 0.67 | "
+        "equivalent within ±4: 90 % interval inside it |"
+    )
     assert len(table) == 2 + len(MEASURES)
+
+
+def test_one_seed_says_n_equals_1_and_never_plus_minus_0():
+    summary = summarise(rows([1.0], [5.0]))
+    assert {(r["n"], r["ci_low"], r["p"], r["p_holm"]) for r in summary} == {(1, "", "", "")}
+    assert {r["verdict"] for r in summary} == {"no test (n = 1)"}
+    table = markdown_table(summary)
+    assert "| recon_mse | 1 | 5 | n = 1: +4.00 (no interval) | — | — |" in table
+    assert "±" not in table
+
+
+def test_equivalence_flag_reads_measure_and_delta():
+    assert smallest_effect("fid_samples=20") == ("fid_samples", 20.0)
+    for bad in ("fid=20", "fid_samples=0", "fid_samples=x", "fid_samples"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            smallest_effect(bad)
 
 
 def test_the_comparison_runs_both_schemes_grades_them_and_keeps_finished_runs(tmp_path):
@@ -51,8 +84,16 @@ def test_the_comparison_runs_both_schemes_grades_them_and_keeps_finished_runs(tm
         assert all(math.isfinite(float(run[m])) for m in MEASURES)
     with open(out / "summary.csv") as f:
         summary = list(csv.DictReader(f))
-    assert {r["seeds"] for r in summary} == {"2"} and len(summary) == 2 * len(MEASURES)
-    assert (out / "summary.md").read_text().startswith("| measure | simple (2 seeds) |")
+    assert list(summary[0]) == list(SUMMARY_FIELDS)
+    assert [r["measure"] for r in summary] == list(MEASURES)
+    for r in summary:
+        assert r["n"] == "2" and r["verdict"]
+        simple = [float(run[r["measure"]]) for run in runs if run["scheme"] == "simple"]
+        composite = [float(run[r["measure"]]) for run in runs if run["scheme"] == "composite"]
+        assert float(r["difference"]) == pytest.approx((sum(composite) - sum(simple)) / 2)
+    md = (out / "summary.md").read_text()
+    assert md.startswith("| measure | simple | composite | composite − simple [95 % CI] |")
+    assert "(n = 2," in md and "± 0" not in md
     for png in ("compare_seed1.png", "simple_samples.png", "composite_samples.png"):
         assert (out / png).stat().st_size > 1000
 

@@ -188,7 +188,7 @@ def equivalence(
     if smallest_effect is not None and not smallest_effect > 0:
         raise ValueError(f"the smallest effect of interest must be > 0, got {smallest_effect}")
     if d.n == 1:
-        return Equivalence(Verdict.NO_TEST, "n = 1: no interval, so nothing is shown either way")
+        return Equivalence(Verdict.NO_TEST, "n = 1: no interval, no test")
     low, high = d.ci
     if p_adjusted is not None and d.p is not None:
         different = p_adjusted < ALPHA
