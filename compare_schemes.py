@@ -89,6 +89,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--subset", type=int, help="train on the first N training images only")
     p.add_argument("--out", default="results", help="output folder (default results/)")
     p.add_argument(
+        "--summarise_only",
+        action="store_true",
+        help="train nothing: summarise --out's runs.csv again (summary.csv, summary.md)",
+    )
+    p.add_argument(
         "--equivalence",
         action="append",
         default=[],
@@ -223,15 +228,32 @@ def markdown_table(summary: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def read_runs(path: Path) -> list[dict]:
+    """The rows of a runs.csv this script wrote (for --summarise_only)."""
+    if not path.is_file():
+        raise UserError(f"{path}: no runs.csv to summarise; run the comparison first")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not set(MEASURES) <= rows[0].keys():
+        raise UserError(f"{path}: holds no runs with the measures {', '.join(MEASURES)}")
+    return rows
+
+
 def main() -> None:
     args = parse_args()
     out = Path(args.out)
-    rows = [train_and_grade(scheme, seed, args, out / "runs" / f"{scheme}_seed{seed}")
-            for seed in args.seeds for scheme in CONFIGS]  # fmt: skip
-    write_csv(out / "runs.csv", rows)
+    if args.summarise_only:
+        rows = read_runs(out / "runs.csv")
+    else:
+        rows = [train_and_grade(scheme, seed, args, out / "runs" / f"{scheme}_seed{seed}")
+                for seed in args.seeds for scheme in CONFIGS]  # fmt: skip
+        write_csv(out / "runs.csv", rows)
     summary = summarise(rows, {**SMALLEST_EFFECTS, **dict(args.equivalence)})
     write_csv(out / "summary.csv", summary, SUMMARY_FIELDS)
     (out / "summary.md").write_text(markdown_table(summary))
+    if args.summarise_only:
+        print(markdown_table(summary), end="")
+        return
     first = {scheme: out / "runs" / f"{scheme}_seed{args.seeds[0]}" for scheme in CONFIGS}
     run_process(["infer.py", "--mode", "compare",
                  "--model_config", str(first["simple"] / "model_config.json"),

@@ -103,3 +103,27 @@ def test_the_comparison_runs_both_schemes_grades_them_and_keeps_finished_runs(tm
     assert again.returncode == 0, again.stderr
     assert [p.stat().st_mtime_ns for p in finals] == made_at
     assert "epoch 1/1" not in again.stdout + again.stderr
+
+
+def test_summarise_only_rewrites_the_summary_from_runs_csv_without_training(tmp_path):
+    # recon_mse differences 1, 2, 3 over seeds 1-3: mean 2, SD 1, SE 1/sqrt(3) = 0.577,
+    # t(0.975, 2) = 4.303 -> 2 +- 2.484 = [-0.48, +4.48]; every other measure differs by 0.
+    fields = ["scheme", "seed", *MEASURES]
+    with open(tmp_path / "runs.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for seed, gap in ((1, 1.0), (2, 2.0), (3, 3.0)):
+            for scheme, shift in (("simple", 0.0), ("composite", gap)):
+                values = {m: 10.0 + shift if m == "recon_mse" else 5.0 for m in MEASURES}
+                writer.writerow({"scheme": scheme, "seed": seed, **values})
+    done = run_script("compare_schemes.py", "--out", str(tmp_path), "--summarise_only")
+    assert done.returncode == 0, done.stderr
+    table = (tmp_path / "summary.md").read_text()
+    assert "| recon_mse | 10 | 12 | +2.0 [-0.5, +4.5] (n = 3, d_z 2.0) |" in table
+    assert not (tmp_path / "runs").exists()
+    missing = run_script("compare_schemes.py", "--out", str(tmp_path / "none"), "--summarise_only")
+    assert missing.returncode == 2
+    assert missing.stderr == (
+        f"error: {tmp_path / 'none' / 'runs.csv'}: no runs.csv to summarise; run the comparison "
+        "first\n"
+    )
