@@ -9,17 +9,19 @@ PSD matrices, taken by eigen-decomposition in float64 (no scipy).
 
 Edge sharpness: the slope of the strokes' edges in units of the stroke's own brightness, i.e.
 one over the width of the edge in pixels. For each image, S = the image smoothed by a Gaussian of
-sigma 1 and c = max(S) (the stroke level). Stroke pixels are those with S >= c / 2; the edge band
-is the pixels on either side of that mid-grey boundary (in the 3x3 dilation of the stroke mask,
-not in its 3x3 erosion). At each band pixel p,
+sigma 1 and c = max(S) (the stroke level); stroke pixels are those with S >= c / 2. For each
+pixel p, S'(p) is the image smoothed likewise from the pixels of p's checkerboard colour alone.
+The edge band is the pixels around mid-grey, weighted w(p) = exp(-8 ((S'(p) - c / 2) / c)^2)
+(a smooth weight, so that noise cannot flip pixels in or out of it). At each pixel p,
     slope(p) = (grad I(p) . n(p)) / c,
-grad I the central differences of the image itself and n the unit vector up the gradient of the
-smoothed image, across the edge. edge_slope is the mean of slope over all band pixels of a set.
+grad I the central differences of the image itself and n(p) the unit gradient of S' at p,
+across the edge. edge_slope is the w-weighted mean of slope over all pixels of a set.
 Why this form: blur widens edges and lowers the slope; dividing by c makes it blind to contrast
 (images * 0.5 halve the slope and c alike); and pixel noise cannot raise it, because the slope
-is a signed projection, not a magnitude (which any noise inflates), and n at p is taken from the
-smoothed image of the pixels of p's own checkerboard colour while the central differences read
-p's four neighbours, all of the other colour: noise moves the slope down as often as up.
+is a signed projection, not a magnitude (which any noise inflates), and both the band's
+weights and n(p) come from S', the pixels of p's own checkerboard colour, while the central
+differences read p's four neighbours, all of the other colour: the noise that moves the slope
+cannot choose where it is read, and moves it down as often as up.
 Clamping noisy pixels to [0, 1] lifts the dark side of an edge and lowers the bright side, which
 only lowers the slope. Images whose stroke level is under MIN_STROKE have no edges.
 
@@ -103,45 +105,43 @@ def _central_differences(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return (p[..., 1:-1, 2:] - p[..., 1:-1, :-2]) / 2, (p[..., 2:, 1:-1] - p[..., :-2, 1:-1]) / 2
 
 
-def _own_colour_normals(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per pixel, the unit gradient of the image smoothed from the pixels of that pixel's
-    checkerboard colour only (so it shares no noise with the pixel's four neighbours)."""
+def _own_colour_smoothing(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per pixel, the image smoothed from the pixels of that pixel's checkerboard colour only
+    (so it shares no noise with the pixel's four neighbours), and its unit gradient there."""
     h, w = images.shape[-2:]
     rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
     white = ((rows + cols) % 2 == 0).float().to(images.device).view(1, 1, h, w)
-    nx, ny = torch.zeros_like(images), torch.zeros_like(images)
+    own, nx, ny = (torch.zeros_like(images) for _ in range(3))
     for colour in (white, 1 - white):
         smoothed = gaussian_blur(images * colour, STROKE_SIGMA) / gaussian_blur(
             colour, STROKE_SIGMA
         )
         gx, gy = _central_differences(smoothed)
-        nx, ny = nx + gx * colour, ny + gy * colour
+        own, nx, ny = own + smoothed * colour, nx + gx * colour, ny + gy * colour
     norm = (nx**2 + ny**2).sqrt().clamp(min=1e-12)
-    return nx / norm, ny / norm
+    return own, nx / norm, ny / norm
 
 
-def _stroke_parts(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per pixel: the stroke mask, the edge band, and the stroke level c of its image."""
+def _strokes(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image, the stroke level c (N, 1, 1, 1), and per pixel, the stroke mask S >= c / 2."""
     smoothed = gaussian_blur(images, STROKE_SIGMA)
     level = smoothed.flatten(1).amax(1).view(-1, 1, 1, 1)
-    strokes = (smoothed >= level / 2) & (level >= MIN_STROKE)
-    dilated = F.max_pool2d(strokes.float(), 3, stride=1, padding=1) > 0
-    eroded = -F.max_pool2d(-strokes.float(), 3, stride=1, padding=1) > 0
-    return strokes, dilated & ~eroded, level.clamp(min=MIN_STROKE)
+    return level, (smoothed >= level / 2) & (level >= MIN_STROKE)
 
 
 def edge_slope(images: torch.Tensor) -> float:
-    """Mean edge slope over the edge bands of a set of images (N, 1, H, W) in [0, 1], in stroke
+    """Weighted mean edge slope over the edge bands of a set of images (N, 1, H, W) in [0, 1], in stroke
     levels per pixel (the module docstring defines it); 0 when no image has a stroke."""
-    total, count = 0.0, 0
+    total, count = 0.0, 0.0
     for chunk in images.float().split(CHUNK):
-        _, band, level = _stroke_parts(chunk)
+        level, _ = _strokes(chunk)
+        own, nx, ny = _own_colour_smoothing(chunk)
+        weight = torch.exp(-8 * ((own - level / 2) / level) ** 2) * (level >= MIN_STROKE)
         gx, gy = _central_differences(chunk)
-        nx, ny = _own_colour_normals(chunk)
         slope = (gx * nx + gy * ny) / level
-        total += slope[band].double().sum().item()
-        count += int(band.sum())
-    return total / count if count else 0.0
+        total += (slope * weight).double().sum().item()
+        count += weight.double().sum().item()
+    return total / count if count > 1e-9 else 0.0
 
 
 def background_speckle(images: torch.Tensor) -> float:
@@ -150,7 +150,7 @@ def background_speckle(images: torch.Tensor) -> float:
     total, count = 0.0, 0
     size = 2 * SPECKLE_MARGIN + 1
     for chunk in images.float().split(CHUNK):
-        strokes, _, _ = _stroke_parts(chunk)
+        _, strokes = _strokes(chunk)
         far = F.max_pool2d(strokes.float(), size, stride=1, padding=SPECKLE_MARGIN) == 0
         total += chunk[far].double().sum().item()
         count += int(far.sum())
