@@ -130,8 +130,8 @@ def _strokes(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def edge_slope(images: torch.Tensor) -> float:
-    """Weighted mean edge slope over the edge bands of a set of images (N, 1, H, W) in [0, 1], in stroke
-    levels per pixel (the module docstring defines it); 0 when no image has a stroke."""
+    """Weighted mean edge slope over the edge bands of a set of images (N, 1, H, W) in [0, 1],
+    in stroke levels per pixel (the module docstring defines it); 0 when no image has a stroke."""
     total, count = 0.0, 0.0
     for chunk in images.float().split(CHUNK):
         level, _ = _strokes(chunk)
