@@ -1,10 +1,15 @@
 r"""Grade a trained VAE on the MNIST test split: reconstruction, Frechet distances, sharpness, and
-how recognisable its reconstructions and latent grid are.
+how recognisable its reconstructions and latent grid are; or grade a file of images with the
+sample measures alone (Frechet distance, edge sharpness, background speckle, Laplacian ratio).
 
     python evaluate.py --model_config checkpoints/simple/model_config.json \
         --ckpt_path checkpoints/simple/final_model.pth
     python evaluate.py --model_config checkpoints/composite/model_config.json \
         --ckpt_path checkpoints/composite/final_model.pth --out results/composite_eval.json
+    python evaluate.py --images samples.pt --out results/samples_eval.json
+
+--images takes a tensor (N, 1, H, W) in [0, 1], or a dict holding one under "images", saved with
+torch.save; it is graded as the prior samples are, against the test split.
 
 Features and class probabilities come from the evaluation CNN (model/mnist_cnn.py, `eval`), which
 is not the PIPS backbone: a model trained against one network would be graded by another. It is
@@ -19,12 +24,13 @@ from pathlib import Path
 import torch
 
 from model.mnist_cnn import NETWORKS, StagedCNN
+from model.vae import VAE
 from utils.cli import OneLineParser, pick_device, run_cli
 from utils.dataset import load_mnist
 from utils.errors import UserError
 from utils.networks import load_network, make_network
 from utils.outputs import check_output_path, write_output
-from utils.quality import frechet_distance, sharpness
+from utils.quality import background_speckle, edge_slope, frechet_distance, sharpness
 from utils.trained_vae import decode, encode_means, latent_grid, load_vae, test_split
 
 BATCH = 1000
@@ -36,22 +42,31 @@ MAX_NUM_SAMPLES = 100_000
 MAX_GRID_SIZE = 100
 MEANINGS = {
     "recon_mse": "summed squared error per test image, decoding mu (lower is better)",
-    "fid_samples": "Frechet distance, eval-net features: prior samples vs test images",
+    "fid_samples": "Frechet distance, eval-net features: samples (or --images) vs test images",
     "fid_recon": "Frechet distance, eval-net features: reconstructions vs test images",
-    "sharpness_ratio": "Laplacian variance of samples / of test images (1 = as sharp)",
+    "edge_sharpness": "edge slope / contrast, samples over test images (1 = as sharp)",
+    "background_speckle": "mean intensity far from strokes, samples (test images ~0)",
+    "sharpness_ratio": "Laplacian variance ratio, samples / test: rises with noise and contrast",
     "recon_accuracy": "eval-net accuracy on reconstructions against the true labels",
     "grid_confident_share": f"latent-grid cells the eval net labels with p >= {CONFIDENT}",
     "grid_classes": "distinct digits among those confident cells",
     "test_accuracy": "eval-net accuracy on the real test images (the ceiling)",
 }
+# What --images grades: the measures of the samples alone, no VAE needed.
+IMAGE_KEYS = ("fid_samples", "edge_sharpness", "background_speckle", "sharpness_ratio",
+              "test_accuracy")  # fmt: skip
 
 
 def parse_args() -> argparse.Namespace:
     p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model_config", required=True, help="the JSON model config the run used")
-    p.add_argument("--ckpt_path", required=True, help="final_model.pth, best_model.pth, ...")
+    p.add_argument("--model_config", help="the JSON model config the run used")
+    p.add_argument("--ckpt_path", help="final_model.pth, best_model.pth, ...")
+    p.add_argument("--images", help="a .pt file of images (N, 1, H, W) in [0, 1] to grade instead")
     p.add_argument("--data_root", default="data/", help="folder holding MNIST/raw/ (default data/)")
-    p.add_argument("--out", help="JSON file to write (default results/<run>_<checkpoint>.json)")
+    p.add_argument(
+        "--out",
+        help="JSON file to write (default results/<run>_<checkpoint>.json or <images>_eval.json)",
+    )
     p.add_argument("--eval_net", default=NETWORKS["eval"].default_path, help="evaluation CNN file")
     p.add_argument(
         "--num_samples",
@@ -67,7 +82,12 @@ def parse_args() -> argparse.Namespace:
         help=f"latent grid cells per side (default 8, at most {MAX_GRID_SIZE})",
     )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    return p.parse_args()
+    args = p.parse_args()
+    checkpoint = [args.model_config, args.ckpt_path]
+    if not (all(checkpoint) if args.images is None else not any(checkpoint)):
+        p.error("pass --model_config and --ckpt_path (grade a checkpoint), or --images FILE alone "
+                "(grade images)")  # fmt: skip
+    return args
 
 
 @torch.inference_mode()
@@ -84,12 +104,63 @@ def classify(net: StagedCNN, images: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 
 def is_results_file(path: Path) -> bool:
-    """Whether `path` holds results this script wrote (a JSON object with all its numbers)."""
+    """Whether `path` holds results this script wrote (a JSON object with the sample measures
+    and what was graded), in either mode, by this version or an earlier one."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):  # unreadable, not UTF-8, not JSON
         return False
-    return isinstance(data, dict) and {*MEANINGS, "ckpt_path"} <= data.keys()
+    return (
+        isinstance(data, dict)
+        and {"fid_samples", "sharpness_ratio"} <= data.keys()
+        and ("ckpt_path" in data or "images" in data)
+    )
+
+
+def load_images(path: Path) -> torch.Tensor:
+    """The images of an --images file: a tensor (N, 1, H, W) of finite values in [0, 1], N >= 2,
+    or a dict holding one under "images"; anything else is one line naming the file."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"--images {path}: no such file") from None
+    except Exception as e:  # noqa: BLE001  (not a torch file, or one that needs pickled code)
+        raise UserError(
+            f"--images {path}: not a tensor file torch.load reads with weights_only=True "
+            f"({type(e).__name__}); save the images with torch.save(images, path)"
+        ) from None
+    images = data.get("images") if isinstance(data, dict) else data
+    if not isinstance(images, torch.Tensor):
+        held = (
+            "a dict without a tensor under 'images'"
+            if isinstance(data, dict)
+            else type(data).__name__
+        )
+        raise UserError(f"--images {path}: holds {held}, not a tensor of images (N, 1, H, W)")
+    if images.dim() != 4 or images.shape[1] != 1 or len(images) < 2:
+        raise UserError(
+            f"--images {path}: holds a tensor of shape {list(images.shape)}; expected (N, 1, H, W) "
+            "with N >= 2 images"
+        )
+    if len(images) > MAX_NUM_SAMPLES:
+        raise UserError(
+            f"--images {path}: holds {len(images):,} images; at most {MAX_NUM_SAMPLES:,}"
+        )
+    if images.is_complex() or not images.is_floating_point():
+        raise UserError(
+            f"--images {path}: holds {images.dtype} values; expected floating-point values in "
+            "[0, 1] (divide 8-bit images by 255)"
+        )
+    images = images.float()
+    if not torch.isfinite(images).all():
+        raise UserError(f"--images {path}: holds NaN or infinite values")
+    low, high = images.min().item(), images.max().item()
+    if low < 0 or high > 1:
+        raise UserError(
+            f"--images {path}: values span [{low:.4g}, {high:.4g}]; expected [0, 1] (clamp them, "
+            "or map [-1, 1] images with (x + 1) / 2)"
+        )
+    return images
 
 
 def check_out(out: Path, eval_path: Path) -> None:
@@ -104,6 +175,59 @@ def check_out(out: Path, eval_path: Path) -> None:
         )
 
 
+def sample_measures(
+    net: StagedCNN, samples: torch.Tensor, real: torch.Tensor, real_features: torch.Tensor
+) -> dict:
+    """The measures of a set of generated images against the test images, which need no VAE:
+    Frechet distance, edge sharpness, background speckle, the Laplacian ratio, and the raw
+    values the ratios are made of."""
+    sample_features, _ = classify(net, samples)
+    edges_samples, edges_test = edge_slope(samples), edge_slope(real)
+    laplacian_samples, laplacian_test = sharpness(samples), sharpness(real)
+    return {
+        "fid_samples": frechet_distance(sample_features, real_features),
+        "edge_sharpness": edges_samples / edges_test,
+        "background_speckle": background_speckle(samples),
+        "sharpness_ratio": laplacian_samples / laplacian_test,
+        "edge_slope_samples": edges_samples,
+        "edge_slope_test": edges_test,
+        "background_speckle_test": background_speckle(real),
+        "sharpness_samples": laplacian_samples,
+        "sharpness_test": laplacian_test,
+    }
+
+
+def grade_vae(
+    vae: VAE,
+    net: StagedCNN,
+    args: argparse.Namespace,
+    real: torch.Tensor,
+    labels: torch.Tensor,
+    real_features: torch.Tensor,
+) -> dict:
+    """The VAE's measures: its reconstructions, its prior samples (sample_measures) and its
+    latent grid (None where latent_dim < 2)."""
+    recon = decode(vae, encode_means(vae, real))
+    recon_features, recon_probs = classify(net, recon)
+    z = torch.randn(
+        args.num_samples, vae.latent_dim, generator=torch.Generator().manual_seed(args.seed)
+    )
+    results = {
+        "recon_mse": (recon - real).pow(2).flatten(1).sum(1).mean().item(),
+        "fid_recon": frechet_distance(recon_features, real_features),
+        "recon_accuracy": (recon_probs.argmax(1) == labels).float().mean().item(),
+        "grid_confident_share": None,
+        "grid_classes": None,
+    }
+    if vae.latent_dim >= 2:
+        _, grid_probs = classify(net, decode(vae, latent_grid(vae.latent_dim, args.grid_size)))
+        top, digit = grid_probs.max(1)
+        confident = top >= CONFIDENT
+        results["grid_confident_share"] = confident.float().mean().item()
+        results["grid_classes"] = len(digit[confident].unique())
+    return results | sample_measures(net, decode(vae, z), real, real_features)
+
+
 def main() -> None:
     args = parse_args()
     if args.num_samples < 2 or args.grid_size < 1:
@@ -114,60 +238,52 @@ def main() -> None:
     ):
         if value > bound:
             raise UserError(f"{flag} {value}: must be at most {bound}; lower it")
-    ckpt = Path(args.ckpt_path)
-    out = Path(args.out or f"results/{ckpt.parent.name}_{ckpt.stem}.json")
+    graded = Path(args.images or args.ckpt_path)
+    if args.images:
+        default_out = f"results/{graded.stem}_eval.json"
+    else:
+        default_out = f"results/{graded.parent.name}_{graded.stem}.json"
+    out = Path(args.out or default_out)
     eval_path = Path(args.eval_net)
     check_out(out, eval_path)
     device = pick_device(args.device)
-    vae = load_vae(args.model_config, args.ckpt_path, device)
-    test_set = test_split(args, device, vae)
+    if args.images:
+        images, vae = load_images(graded), None
+        test_set = load_mnist(args.data_root, "test", device)
+        if images.shape[1:] != test_set.images.shape[1:]:
+            raise UserError(
+                f"--images {graded}: images are {list(images.shape[1:])} but the test images "
+                f"are {list(test_set.images.shape[1:])}"
+            )
+    else:
+        vae = load_vae(args.model_config, args.ckpt_path, device)
+        test_set = test_split(args, device, vae)
     if not eval_path.is_file():
         make_network("eval", eval_path, load_mnist(args.data_root, "train", device), test_set)
     net = load_network("eval", eval_path, device)
 
     real = test_set.images.cpu()
     labels = test_set.labels.cpu()
-    recon = decode(vae, encode_means(vae, real))
-    z = torch.randn(
-        args.num_samples, vae.latent_dim, generator=torch.Generator().manual_seed(args.seed)
-    )
-    samples = decode(vae, z)
     real_features, real_probs = classify(net, real)
-    recon_features, recon_probs = classify(net, recon)
-    sample_features, _ = classify(net, samples)
-    sharpness_samples, sharpness_test = sharpness(samples), sharpness(real)
-    results = {
-        "recon_mse": (recon - real).pow(2).flatten(1).sum(1).mean().item(),
-        "fid_samples": frechet_distance(sample_features, real_features),
-        "fid_recon": frechet_distance(recon_features, real_features),
-        "sharpness_ratio": sharpness_samples / sharpness_test,
-        "recon_accuracy": (recon_probs.argmax(1) == labels).float().mean().item(),
-        "grid_confident_share": None,
-        "grid_classes": None,
-        "test_accuracy": (real_probs.argmax(1) == labels).float().mean().item(),
-    }
-    if vae.latent_dim >= 2:
-        _, grid_probs = classify(net, decode(vae, latent_grid(vae.latent_dim, args.grid_size)))
-        top, digit = grid_probs.max(1)
-        confident = top >= CONFIDENT
-        results["grid_confident_share"] = confident.float().mean().item()
-        results["grid_classes"] = len(digit[confident].unique())
-    results.update(
-        sharpness_samples=sharpness_samples,
-        sharpness_test=sharpness_test,
-        num_samples=args.num_samples,
-        seed=args.seed,
-        grid_size=args.grid_size,
-        test_images=len(real),
-        model_config=args.model_config,
-        ckpt_path=args.ckpt_path,
-        eval_net=str(eval_path),
-    )
+    measures = {"test_accuracy": (real_probs.argmax(1) == labels).float().mean().item()}
+    if vae is None:
+        measures |= sample_measures(net, images, real, real_features)
+        shown = IMAGE_KEYS
+        about = {"num_images": len(images), "test_images": len(real), "images": str(graded)}
+    else:
+        measures |= grade_vae(vae, net, args, real, labels, real_features)
+        shown = tuple(MEANINGS)
+        about = {"num_samples": args.num_samples, "seed": args.seed,
+                 "grid_size": args.grid_size, "test_images": len(real),
+                 "model_config": args.model_config, "ckpt_path": args.ckpt_path}  # fmt: skip
+    # The table's numbers first, in its order, then the raw values behind the ratios.
+    results = {key: measures[key] for key in shown} | measures | about
+    results["eval_net"] = str(eval_path)
 
-    for key, meaning in MEANINGS.items():
+    for key in shown:
         value = results[key]
-        shown = "n/a (latent_dim < 2)" if value is None else f"{value:.4g}"
-        print(f"{key:<22} {shown:>12}  {meaning}")
+        text = "n/a (latent_dim < 2)" if value is None else f"{value:.4g}"
+        print(f"{key:<22} {text:>12}  {MEANINGS[key]}")
     write_output(out, (json.dumps(results, indent=2) + "\n").encode(), "--out")
     print(f"-> {out}")
 

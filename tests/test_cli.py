@@ -20,8 +20,11 @@ from tests.helpers import REPO, run_script
          "see python train.py --help"),
         (["infer.py", "--bogus"],
          "error: unrecognized arguments: --bogus; see python infer.py --help"),
-        (["evaluate.py"], "error: the following arguments are required: --model_config, "
-                          "--ckpt_path; see python evaluate.py --help"),
+        (["evaluate.py"], "error: pass --model_config and --ckpt_path (grade a checkpoint), or "
+                          "--images FILE alone (grade images); see python evaluate.py --help"),
+        (["evaluate.py", "--images", "a.pt", "--ckpt_path", "b.pth"],
+         "error: pass --model_config and --ckpt_path (grade a checkpoint), or --images FILE "
+         "alone (grade images); see python evaluate.py --help"),
         (["make_networks.py", "--network", "x"], "error: argument --network: invalid choice: 'x' "
                                                  "(choose from 'pips', 'eval', 'both'); see python "
                                                  "make_networks.py --help"),

@@ -11,13 +11,19 @@ import torch.nn.functional as F
 
 import evaluate
 from model.vae import VAE
-from tests.helpers import REPO, run_script
+from tests.helpers import REPO, run_script, start_scripts
 from utils.checkpoint import save_checkpoint
 from utils.config import load_model_config
-from utils.dataset import load_mnist
-from utils.errors import CheckpointError
+from utils.dataset import MNISTSplit, load_mnist
+from utils.errors import CheckpointError, UserError
 from utils.networks import load_network, make_network
-from utils.quality import frechet_distance, frechet_from_stats, laplacian_variance, sharpness
+from utils.quality import (
+    frechet_distance,
+    frechet_from_stats,
+    gaussian_blur,
+    laplacian_variance,
+    sharpness,
+)
 
 KEYS = (
     "recon_mse",
@@ -173,3 +179,59 @@ def test_a_corrupt_or_foreign_eval_net_file_is_one_line(tmp_path, fake_mnist):
     with pytest.raises(CheckpointError, match="holds 'pips', not the evaluation CNN") as err:
         load_network("eval", foreign)
     assert "\n" not in str(err.value)
+
+
+# evaluate.py --images: the sample measures of a file of images, no VAE
+
+
+def test_images_are_graded_blurred_noisy_and_real_the_right_way_round(tmp_path, real_mnist):
+    """1,000 real training digits, the same blurred (sigma 1), and blurred plus noise (SD 0.05),
+    each saved as a .pt file and graded by evaluate.py against the real test split."""
+    train = load_mnist(real_mnist, "train", download=False)
+    net = tmp_path / "eval_net.pth"
+    few = MNISTSplit(train.images[:3000], train.labels[:3000])  # one cheap epoch: ~90 % right
+    make_network("eval", net, few, few, epochs=1)
+    real = train.images[-1000:]
+    blurred = gaussian_blur(real, 1.0)
+    noise = torch.randn(blurred.shape, generator=torch.Generator().manual_seed(0))
+    files = {"real": real, "blurred": blurred, "noisy": (blurred + 0.05 * noise).clamp(0, 1)}
+    commands = {}
+    for name, images in files.items():
+        torch.save(images if name != "real" else {"images": images}, tmp_path / f"{name}.pt")
+        commands[name] = ["evaluate.py", "--images", str(tmp_path / f"{name}.pt"), "--data_root",
+                          str(real_mnist), "--eval_net", str(net), "--device", "cpu", "--out",
+                          str(tmp_path / f"{name}.json")]  # fmt: skip
+    done = start_scripts(commands)
+    graded = {}
+    for name, result in done.items():
+        assert result.returncode == 0, result.stderr
+        graded[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    real_r, blur_r, noisy_r = graded["real"], graded["blurred"], graded["noisy"]
+    assert real_r["edge_sharpness"] == pytest.approx(1.0, abs=0.05)
+    assert noisy_r["edge_sharpness"] <= blur_r["edge_sharpness"] < 0.8
+    assert noisy_r["background_speckle"] > blur_r["background_speckle"] + 0.01
+    assert noisy_r["background_speckle"] > real_r["background_speckle"] + 0.01
+    assert noisy_r["sharpness_ratio"] > blur_r["sharpness_ratio"]  # the Laplacian is fooled
+    assert real_r["fid_samples"] < min(blur_r["fid_samples"], noisy_r["fid_samples"])
+    assert real_r["num_images"] == 1000 and "ckpt_path" not in real_r
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        ([1, 2, 3], "holds list, not a tensor"),
+        ({"pictures": torch.zeros(2, 1, 28, 28)}, "a dict without a tensor under 'images'"),
+        (torch.zeros(2, 28, 28), "shape [2, 28, 28]"),
+        (torch.full((2, 1, 28, 28), 2.0), "values span [2, 2]"),
+        (torch.full((2, 1, 28, 28), float("nan")), "NaN"),
+        (torch.zeros(2, 1, 28, 28, dtype=torch.uint8), "torch.uint8"),
+    ],
+)
+def test_a_bad_images_file_is_one_line_naming_it(tmp_path, content, says, monkeypatch):
+    path = tmp_path / "bad.pt"
+    torch.save(content, path)
+    argv = ["evaluate.py", "--images", str(path), "--out", str(tmp_path / "e.json")]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(UserError) as err:
+        evaluate.main()
+    assert str(path) in str(err.value) and says in str(err.value) and "\n" not in str(err.value)
