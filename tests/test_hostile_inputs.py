@@ -239,30 +239,27 @@ def mnist_with_test_split(root: Path, images: torch.Tensor, labels: torch.Tensor
     return raw
 
 
-def test_an_idx_file_with_no_images_is_one_line(tmp_path, files):
-    raw = mnist_with_test_split(
-        tmp_path, torch.zeros(0, 28, 28, dtype=torch.uint8), torch.zeros(0, dtype=torch.uint8)
-    )
-    argv = evaluate_args(files, tmp_path / "e.json")
-    argv[argv.index(str(files["data"]))] = str(tmp_path)
-    line = one_line(run_script(*argv))
-    assert line == (
-        f"error: {raw / 't10k-images-idx3-ubyte'}: holds no images; "
-        "replace it with the original MNIST file"
-    )
-
-
-def test_labels_outside_0_to_9_are_one_line(tmp_path, files):
+def bad_labels() -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = fake_digits(16, 3)
     labels[5] = 10
-    raw = mnist_with_test_split(tmp_path, images, labels)
+    return images, labels
+
+
+@pytest.mark.parametrize(
+    ("split", "file", "problem"),
+    [
+        (lambda: (torch.zeros(0, 28, 28, dtype=torch.uint8), torch.zeros(0, dtype=torch.uint8)),
+         "t10k-images-idx3-ubyte", "holds no images"),
+        (bad_labels, "t10k-labels-idx1-ubyte", "label 10 at index 5 is not a digit 0-9"),
+    ],
+)  # fmt: skip
+def test_an_idx_file_with_no_images_or_a_label_past_9_is_one_line(tmp_path, files, split, file,
+                                                                  problem):  # fmt: skip
+    raw = mnist_with_test_split(tmp_path, *split())
     argv = evaluate_args(files, tmp_path / "e.json")
     argv[argv.index(str(files["data"]))] = str(tmp_path)
     line = one_line(run_script(*argv))
-    assert line == (
-        f"error: {raw / 't10k-labels-idx1-ubyte'}: label 10 at index 5 is not a digit 0-9; "
-        "replace it with the original MNIST file"
-    )
+    assert line == f"error: {raw / file}: {problem}; replace it with the original MNIST file"
 
 
 def test_an_unreadable_idx_file_is_one_data_error(tmp_path, monkeypatch):
