@@ -1,6 +1,8 @@
-r"""Grade a trained VAE on the MNIST test split: reconstruction, Frechet distances, sharpness, and
-how recognisable its reconstructions and latent grid are; or grade a file of images with the
-sample measures alone (Frechet distance, edge sharpness, background speckle, Laplacian ratio).
+r"""Grade a trained VAE on the MNIST test split: reconstruction (the distortion) beside the rate,
+Frechet distances, precision and recall, the class histogram, sharpness, and how recognisable its
+reconstructions and latent grid are; or grade a file of images with the sample measures alone
+(Frechet distance, precision and recall, class histogram KL, edge sharpness, background speckle,
+Laplacian ratio).
 
     python evaluate.py --model_config checkpoints/simple/model_config.json \
         --ckpt_path checkpoints/simple/final_model.pth
@@ -28,10 +30,19 @@ from model.vae import VAE
 from utils.cli import OneLineParser, pick_device, run_cli
 from utils.dataset import load_mnist
 from utils.errors import UserError
+from utils.loss import kl_per_sample
 from utils.networks import load_network, make_network
 from utils.outputs import check_output_path, write_output
-from utils.quality import background_speckle, edge_slope, frechet_distance, sharpness
-from utils.trained_vae import decode, encode_means, latent_grid, load_vae, test_split
+from utils.quality import (
+    NEIGHBOURS,
+    background_speckle,
+    class_histogram_kl,
+    edge_slope,
+    frechet_distance,
+    precision_recall,
+    sharpness,
+)
+from utils.trained_vae import decode, encode_posterior, latent_grid, load_vae, test_split
 
 BATCH = 1000
 CONFIDENT = 0.9
@@ -42,7 +53,11 @@ MAX_NUM_SAMPLES = 100_000
 MAX_GRID_SIZE = 100
 MEANINGS = {
     "recon_mse": "summed squared error per test image, decoding mu (lower is better)",
+    "rate_kl": "mean KL(q(z|x) || N(0, I)) over the test images, nats: the rate beside recon_mse",
     "fid_samples": "Frechet distance, eval-net features: samples (or --images) vs test images",
+    "precision": f"samples inside the test images' k={NEIGHBOURS} eval-net manifold (realism)",
+    "recall": f"test images inside the samples' k={NEIGHBOURS} eval-net manifold (coverage)",
+    "class_kl": "KL(test || samples) of eval-net class histograms, nats, +1 per class (0 = same)",
     "fid_recon": "Frechet distance, eval-net features: reconstructions vs test images",
     "edge_sharpness": "edge slope / contrast, samples over test images (1 = as sharp)",
     "background_speckle": "mean intensity far from strokes, samples (test images ~0)",
@@ -53,8 +68,8 @@ MEANINGS = {
     "test_accuracy": "eval-net accuracy on the real test images (the ceiling)",
 }
 # What --images grades: the measures of the samples alone, no VAE needed.
-IMAGE_KEYS = ("fid_samples", "edge_sharpness", "background_speckle", "sharpness_ratio",
-              "test_accuracy")  # fmt: skip
+IMAGE_KEYS = ("fid_samples", "precision", "recall", "class_kl", "edge_sharpness",
+              "background_speckle", "sharpness_ratio", "test_accuracy")  # fmt: skip
 
 
 def parse_args() -> argparse.Namespace:
@@ -176,16 +191,30 @@ def check_out(out: Path, eval_path: Path) -> None:
 
 
 def sample_measures(
-    net: StagedCNN, samples: torch.Tensor, real: torch.Tensor, real_features: torch.Tensor
+    net: StagedCNN,
+    samples: torch.Tensor,
+    real: torch.Tensor,
+    real_features: torch.Tensor,
+    real_labels: torch.Tensor,
 ) -> dict:
-    """The measures of a set of generated images against the test images, which need no VAE:
-    Frechet distance, edge sharpness, background speckle, the Laplacian ratio, and the raw
+    """The measures of a set of generated images against the test images (features and true
+    labels), which need no VAE: Frechet distance, precision and recall, the class histograms and
+    their KL divergence, edge sharpness, background speckle, the Laplacian ratio, and the raw
     values the ratios are made of."""
-    sample_features, _ = classify(net, samples)
+    sample_features, sample_probs = classify(net, samples)
+    # Each manifold needs k neighbours per point: a file of k images or fewer has none.
+    enough = len(samples) > NEIGHBOURS
+    precision, recall = (
+        precision_recall(real_features, sample_features, NEIGHBOURS) if enough else (None, None)
+    )
+    class_kl, histogram_samples, histogram_test = class_histogram_kl(sample_probs, real_labels)
     edges_samples, edges_test = edge_slope(samples), edge_slope(real)
     laplacian_samples, laplacian_test = sharpness(samples), sharpness(real)
     return {
         "fid_samples": frechet_distance(sample_features, real_features),
+        "precision": precision,
+        "recall": recall,
+        "class_kl": class_kl,
         "edge_sharpness": edges_samples / edges_test,
         "background_speckle": background_speckle(samples),
         "sharpness_ratio": laplacian_samples / laplacian_test,
@@ -194,6 +223,8 @@ def sample_measures(
         "background_speckle_test": background_speckle(real),
         "sharpness_samples": laplacian_samples,
         "sharpness_test": laplacian_test,
+        "class_histogram_samples": histogram_samples,
+        "class_histogram_test": histogram_test,
     }
 
 
@@ -207,13 +238,15 @@ def grade_vae(
 ) -> dict:
     """The VAE's measures: its reconstructions, its prior samples (sample_measures) and its
     latent grid (None where latent_dim < 2)."""
-    recon = decode(vae, encode_means(vae, real))
+    mu, logvar = encode_posterior(vae, real)
+    recon = decode(vae, mu)
     recon_features, recon_probs = classify(net, recon)
     z = torch.randn(
         args.num_samples, vae.latent_dim, generator=torch.Generator().manual_seed(args.seed)
     )
     results = {
         "recon_mse": (recon - real).pow(2).flatten(1).sum(1).mean().item(),
+        "rate_kl": kl_per_sample(mu.double(), logvar.double()).mean().item(),
         "fid_recon": frechet_distance(recon_features, real_features),
         "recon_accuracy": (recon_probs.argmax(1) == labels).float().mean().item(),
         "grid_confident_share": None,
@@ -225,7 +258,7 @@ def grade_vae(
         confident = top >= CONFIDENT
         results["grid_confident_share"] = confident.float().mean().item()
         results["grid_classes"] = len(digit[confident].unique())
-    return results | sample_measures(net, decode(vae, z), real, real_features)
+    return results | sample_measures(net, decode(vae, z), real, real_features, labels)
 
 
 def main() -> None:
@@ -267,7 +300,7 @@ def main() -> None:
     real_features, real_probs = classify(net, real)
     measures = {"test_accuracy": (real_probs.argmax(1) == labels).float().mean().item()}
     if vae is None:
-        measures |= sample_measures(net, images, real, real_features)
+        measures |= sample_measures(net, images, real, real_features, labels)
         shown = IMAGE_KEYS
         about = {"num_images": len(images), "test_images": len(real), "images": str(graded)}
     else:
@@ -282,7 +315,8 @@ def main() -> None:
 
     for key in shown:
         value = results[key]
-        text = "n/a (latent_dim < 2)" if value is None else f"{value:.4g}"
+        why = "latent_dim < 2" if key.startswith("grid") else f"<= {NEIGHBOURS} images"
+        text = f"n/a ({why})" if value is None else f"{value:.4g}"
         print(f"{key:<22} {text:>12}  {MEANINGS[key]}")
     write_output(out, (json.dumps(results, indent=2) + "\n").encode(), "--out")
     print(f"-> {out}")

@@ -1,11 +1,27 @@
-"""Sample-quality measures evaluate.py reports: Frechet distance, edge sharpness, background
-speckle and the variance of the Laplacian. Images are (N, 1, H, W) in [0, 1], strokes bright on
-a dark background, as in MNIST.
+"""Sample-quality measures evaluate.py reports: Frechet distance, precision and recall, the class
+histogram's KL divergence, edge sharpness, background speckle and the variance of the Laplacian.
+Images are (N, 1, H, W) in [0, 1], strokes bright on a dark background, as in MNIST.
 
 Frechet distance between Gaussians fitted to two feature sets:
     ||mu1 - mu2||^2 + tr(C1) + tr(C2) - 2 tr((C1 C2)^(1/2)),
 with tr((C1 C2)^(1/2)) = tr((S C2 S)^(1/2)), S = C1^(1/2): both square roots are of symmetric
 PSD matrices, taken by eigen-decomposition in float64 (no scipy).
+
+Precision and recall (Kynkaanniemi et al. 2019, "Improved precision and recall metric for
+assessing generative models"): each feature set's manifold is the union of closed balls around
+its points, each of radius the distance to that point's k-th nearest neighbour in its own set
+(itself excluded). Precision is the share of generated points inside the real manifold (are the
+samples realistic?); recall is the share of real points inside the generated manifold (is every
+kind of real image produced?). Unlike the Frechet distance, they tell a blurry model (precision
+falls) from one that drops modes (recall falls). Distances are Euclidean, taken in float64 (the
+ball test compares a distance against a radius, where float32's rounding would decide ties), a
+chunk of rows at a time so that 10,000 x 10,000 pairs never sit in memory at once.
+
+Class histogram KL: the histogram of the classes the evaluation CNN assigns the samples (argmax)
+against the test split's label histogram, as KL(test || samples) in nats. Each class count gets
+one extra count (add-one smoothing) before normalising: a class the samples never show would
+otherwise make the divergence infinite; with it, a dropped class gives a finite number that
+grows with the sample count, large beside the near-zero of a model that keeps every class.
 
 Edge sharpness: the slope of the strokes' edges in units of the stroke's own brightness, i.e.
 one over the width of the edge in pixels. For each image, S = the image smoothed by a Gaussian of
@@ -43,6 +59,8 @@ STROKE_SIGMA = 1.0  # the smoothing that finds strokes and their edges' directio
 MIN_STROKE = 0.05  # a smoothed peak below this is a blank image: no strokes, no edges
 SPECKLE_MARGIN = 3
 CHUNK = 1000  # images measured at once, to bound memory
+NEIGHBOURS = 5  # k of precision and recall, as Kynkaanniemi et al. use
+NUM_CLASSES = 10
 
 
 def _psd_eigenvalues(matrix: torch.Tensor) -> torch.Tensor:
@@ -72,6 +90,61 @@ def feature_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
     """Frechet distance between feature sets (N, D) and (M, D)."""
     return frechet_from_stats(*feature_stats(features_a), *feature_stats(features_b))
+
+
+def _pairwise_distances(a: torch.Tensor, b: torch.Tensor):
+    """(chunk of a's rows, their Euclidean distances (rows, M) to every point of b), in float64,
+    CHUNK rows at a time."""
+    b = b.double()
+    for rows in a.double().split(CHUNK):
+        yield rows, torch.cdist(rows, b)
+
+
+def manifold_radii(features: torch.Tensor, k: int = NEIGHBOURS) -> torch.Tensor:
+    """Per point of features (N, D), the distance to its k-th nearest neighbour among the other
+    points (N,), float64. The point itself is the nearest at distance 0 and is skipped; a duplicate
+    of it counts as a neighbour at distance 0."""
+    if not 1 <= k < len(features):
+        raise ValueError(f"k = {k} needs 1 <= k < the number of points ({len(features)})")
+    radii = [d.topk(k + 1, dim=1, largest=False).values[:, k] for _, d in
+             _pairwise_distances(features, features)]  # fmt: skip
+    return torch.cat(radii)
+
+
+def manifold_share(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor) -> float:
+    """The share of points (N, D) within distance radii[i] (inclusive) of some centres[i]."""
+    inside = [(d <= radii).any(1) for _, d in _pairwise_distances(points, centres)]
+    return torch.cat(inside).double().mean().item()
+
+
+def precision_recall(
+    real_features: torch.Tensor, fake_features: torch.Tensor, k: int = NEIGHBOURS
+) -> tuple[float, float]:
+    """Precision (fake points in the real manifold) and recall (real points in the fake
+    manifold) of feature sets (N, D) and (M, D), each manifold of k-th-neighbour balls."""
+    real_radii, fake_radii = manifold_radii(real_features, k), manifold_radii(fake_features, k)
+    precision = manifold_share(fake_features, real_features, real_radii)
+    recall = manifold_share(real_features, fake_features, fake_radii)
+    return precision, recall
+
+
+def class_histogram(labels: torch.Tensor) -> torch.Tensor:
+    """Counts (NUM_CLASSES,) of integer labels (N,), or of the argmax of probabilities (N, C)."""
+    if labels.dim() == 2:
+        labels = labels.argmax(1)
+    return torch.bincount(labels.long().flatten(), minlength=NUM_CLASSES).double()
+
+
+def class_histogram_kl(
+    fake_probs_or_labels: torch.Tensor, real_labels: torch.Tensor
+) -> tuple[float, list[float], list[float]]:
+    """KL(real || fake) in nats between the class histograms of the samples (labels (N,), or
+    class probabilities (N, 10) read by their argmax) and of the real labels, each count plus
+    one before normalising; and the two histograms as shares (unsmoothed), fake then real."""
+    fake, real = class_histogram(fake_probs_or_labels), class_histogram(real_labels)
+    p, q = (real + 1) / (real + 1).sum(), (fake + 1) / (fake + 1).sum()
+    kl = (p * (p / q).log()).sum().item()
+    return kl, (fake / fake.sum()).tolist(), (real / real.sum()).tolist()
 
 
 def laplacian_variance(images: torch.Tensor) -> torch.Tensor:

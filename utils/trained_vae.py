@@ -103,9 +103,16 @@ def model_device(vae: VAE) -> torch.device:
 
 
 @torch.inference_mode()
+def encode_posterior(vae: VAE, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, C, H, W) in [0, 1] -> the posterior's means and log-variances, each
+    (N, latent_dim) on the CPU, one pass."""
+    mu, logvar = vae.encoder(images.to(model_device(vae)))[:2]
+    return mu.float().cpu(), logvar.float().cpu()
+
+
 def encode_means(vae: VAE, images: torch.Tensor) -> torch.Tensor:
     """Images (N, C, H, W) in [0, 1] -> posterior means (N, latent_dim) on the CPU, one pass."""
-    return vae.encoder(images.to(model_device(vae)))[0].float().cpu()
+    return encode_posterior(vae, images)[0]
 
 
 @torch.inference_mode()
