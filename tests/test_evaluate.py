@@ -24,10 +24,15 @@ from utils.quality import (
     laplacian_variance,
     sharpness,
 )
+from utils.trained_vae import load_vae
 
 KEYS = (
     "recon_mse",
+    "rate_kl",
     "fid_samples",
+    "precision",
+    "recall",
+    "class_kl",
     "fid_recon",
     "sharpness_ratio",
     "recon_accuracy",
@@ -112,6 +117,9 @@ def test_evaluate_writes_every_key_finite(evaluated):
     for key in KEYS:
         assert math.isfinite(results[key]), key
         assert key in result.stdout
+    assert results["rate_kl"] >= 0 and 0 <= results["precision"] <= 1
+    for key in ("class_histogram_samples", "class_histogram_test"):
+        assert len(results[key]) == 10 and sum(results[key]) == pytest.approx(1.0)
 
 
 def test_the_sharpness_ratio_is_the_samples_over_the_test_images(evaluated, fake_mnist):
@@ -235,3 +243,15 @@ def test_a_bad_images_file_is_one_line_naming_it(tmp_path, content, says, monkey
     with pytest.raises(UserError) as err:
         evaluate.main()
     assert str(path) in str(err.value) and says in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_rate_is_the_mean_posterior_kl_over_the_test_images(evaluated, fake_mnist):
+    root, _, result = evaluated
+    assert result.returncode == 0, result.stderr
+    results = json.loads((root / "eval.json").read_text())
+    vae = load_vae(str(REPO / "configs/model_simple_config.json"), str(root / "final_model.pth"),
+                   torch.device("cpu"))  # fmt: skip
+    with torch.no_grad():
+        _, mu, logvar = vae(load_mnist(fake_mnist, "test", download=False).images)
+    rate = (-0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(1)).mean().item()
+    assert results["rate_kl"] == pytest.approx(rate, rel=1e-4)
