@@ -9,11 +9,15 @@ import pytest
 from compare_schemes import MEASURES, SUMMARY_FIELDS, markdown_table, smallest_effect, summarise
 from tests.helpers import REPO, make_mnist_root, run_script
 
+# The measures of a runs.csv written before evaluate.py's later grades (as the committed ones).
+NINE = ("recon_mse", "fid_samples", "fid_recon", "sharpness_ratio", "recon_accuracy",
+        "grid_confident_share", "grid_classes", "seconds_per_epoch", "peak_rss_mb")  # fmt: skip
 
-def rows(simple: list[float], composite: list[float]) -> list[dict]:
+
+def rows(simple: list[float], composite: list[float], measures=NINE) -> list[dict]:
     """runs.csv rows: every measure takes the given value, seed by seed."""
     return [
-        {"scheme": scheme, "seed": seed, **dict.fromkeys(MEASURES, value)}
+        {"scheme": scheme, "seed": seed, **dict.fromkeys(measures, value)}
         for seed, pair in enumerate(zip(simple, composite, strict=True), start=1)
         for scheme, value in zip(("simple", "composite"), pair, strict=True)
     ]
@@ -23,7 +27,8 @@ def test_summary_pairs_composite_minus_simple_by_seed_with_holm_across_measures(
     # differences 11-10, 22-20, 33-30 = 1, 2, 3: mean 2, sd 1, se 1/sqrt(3) = 0.57735,
     # t_.975,2 = 4.30265 -> 2 ± 2.48414; t = 3.4641, p = 1 - 3.4641 / sqrt(14) = 0.07418
     summary = summarise(rows([10, 20, 30], [11, 22, 33]), {"recon_mse": 4.0})
-    assert [r["measure"] for r in summary] == list(MEASURES)
+    # the measures runs.csv lacks are left out, in MEASURES' order
+    assert [r["measure"] for r in summary] == list(NINE)
     first = summary[0]
     assert set(SUMMARY_FIELDS) <= set(first)
     assert (first["n"], first["simple_mean"], first["composite_mean"]) == (3, 20.0, 22.0)
@@ -43,7 +48,14 @@ def test_summary_pairs_composite_minus_simple_by_seed_with_holm_across_measures(
         "| recon_mse | 20 | 22 | +2.0 [-0.5, +4.5] (n = 3, d_z 2.0) | 0.074 | 0.67 | "
         "equivalent within ±4: 90 % interval inside it |"
     )
-    assert len(table) == 2 + len(MEASURES)
+    assert len(table) == 2 + len(NINE)
+
+
+def test_every_measure_in_runs_csv_joins_the_summary_and_holms_family():
+    # All fifteen measures present: the same p = 0.07418 each, so Holm gives min(1, 15 x p) = 1.
+    summary = summarise(rows([10, 20, 30], [11, 22, 33], MEASURES))
+    assert [r["measure"] for r in summary] == list(MEASURES) and len(MEASURES) == 15
+    assert all(r["p_holm"] == 1.0 for r in summary)
 
 
 def test_one_seed_says_n_equals_1_and_never_plus_minus_0():
