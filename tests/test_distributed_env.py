@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, train_argv
 
 RANK0 = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2"}
 RANK1 = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
@@ -37,10 +37,9 @@ def train_with_env(
         "MASTER_PORT",
     }
     base = {k: v for k, v in os.environ.items() if k not in torchrun}
-    argv = ["train.py", "--scheme", "simple", "--model_config",
-            "configs/model_simple_config.json", "--train_config",
-            "configs/train_simple_config.json", "--data_root", str(mnist), "--subset", "128",
-            "--epochs", "1", "--device", "cpu", "--save_dir", str(tmp_path / "run")]  # fmt: skip
+    argv = train_argv("simple", "configs/model_simple_config.json",
+                      "configs/train_simple_config.json", mnist, tmp_path / "run", "--subset",
+                      "128", "--epochs", "1")  # fmt: skip
     started = time.monotonic()
     result = subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True,
                             timeout=120, env={**base, **env})  # fmt: skip

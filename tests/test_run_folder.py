@@ -13,17 +13,16 @@ import sys
 import pytest
 import torch
 
-from tests.helpers import REPO, config_variant, make_mnist_root, run_script
+from tests.helpers import REPO, config_variant, make_mnist_root, run_script, train_argv
 from train import HELD_LOCKS, RUN_LOCK, lock_run_folder
 from training_schemes import INTERRUPT_CHECKPOINT, prune_checkpoints
 from utils.errors import UserError
 
 
 def simple_args(mnist, run, *flags: str, train_config="configs/train_simple_config.json"):
-    return ["train.py", "--scheme", "simple", "--model_config",
-            "configs/model_simple_config.json", "--train_config", str(train_config),
-            "--data_root", str(mnist), "--subset", "128", "--device", "cpu", "--save_dir",
-            str(run), *flags]  # fmt: skip
+    """The simple scheme on the first 128 images (one step an epoch), into `run`."""
+    return train_argv("simple", "configs/model_simple_config.json", train_config, mnist, run,
+                      "--subset", "128", *flags)  # fmt: skip
 
 
 def contents(folder) -> dict[str, bytes]:
