@@ -14,9 +14,12 @@ Laplacian ratio).
 torch.save; it is graded as the prior samples are, against the test split.
 
 Features and class probabilities come from the evaluation CNN (model/mnist_cnn.py, `eval`), which
-is not the PIPS backbone: a model trained against one network would be graded by another. It is
-read from --eval_net, and trained there first (one line says so) when the file is missing.
-Prints a table and writes every number to a JSON file (--out).
+is not the PIPS backbone: another architecture and seed, trained on the other half of the training
+split, so a model trained against one network is graded by another that never saw its images.
+The repo ships it (checkpoints/mnist_eval_net.pth, the default --eval_net wherever the script runs
+from), so grading trains nothing and every committed grade reproduces; a --eval_net file that is
+missing is trained there first (one line says so). The output records the file's SHA-256 and test
+accuracy. Prints a table and writes every number to a JSON file (--out).
 """
 
 import argparse
@@ -31,7 +34,7 @@ from utils.cli import OneLineParser, pick_device, run_cli
 from utils.dataset import load_mnist
 from utils.errors import UserError
 from utils.loss import kl_per_sample
-from utils.networks import load_network, make_network
+from utils.networks import load_network, make_network, network_record
 from utils.outputs import check_output_path, write_output
 from utils.quality import (
     NEIGHBOURS,
@@ -44,6 +47,8 @@ from utils.quality import (
 )
 from utils.trained_vae import decode, encode_posterior, latent_grid, load_vae, test_split
 
+# The evaluation CNN the repo ships, found from any working folder.
+SHIPPED_EVAL_NET = Path(__file__).resolve().parent / NETWORKS["eval"].default_path
 BATCH = 1000
 CONFIDENT = 0.9
 # Prior samples and grid cells are each decoded in one pass and kept in memory: 100,000 samples
@@ -82,7 +87,11 @@ def parse_args() -> argparse.Namespace:
         "--out",
         help="JSON file to write (default results/<run>_<checkpoint>.json or <images>_eval.json)",
     )
-    p.add_argument("--eval_net", default=NETWORKS["eval"].default_path, help="evaluation CNN file")
+    p.add_argument(
+        "--eval_net",
+        default=str(SHIPPED_EVAL_NET),
+        help=f"evaluation CNN file (default the repo's {NETWORKS['eval'].default_path})",
+    )
     p.add_argument(
         "--num_samples",
         type=int,
@@ -311,13 +320,17 @@ def main() -> None:
                  "model_config": args.model_config, "ckpt_path": args.ckpt_path}  # fmt: skip
     # The table's numbers first, in its order, then the raw values behind the ratios.
     results = {key: measures[key] for key in shown} | measures | about
-    results["eval_net"] = str(eval_path)
+    record = network_record(eval_path)
+    results |= {"eval_net": str(eval_path)} | {f"eval_net_{k}": v for k, v in record.items()}
 
     for key in shown:
         value = results[key]
         why = "latent_dim < 2" if key.startswith("grid") else f"<= {NEIGHBOURS} images"
         text = f"n/a ({why})" if value is None else f"{value:.4g}"
         print(f"{key:<22} {text:>12}  {MEANINGS[key]}")
+    accuracy = record["test_accuracy"]
+    accuracy_text = "not recorded" if accuracy is None else f"{accuracy:.2%}"
+    print(f"graded by {eval_path}: sha256 {record['sha256']}, test accuracy {accuracy_text}")
     write_output(out, (json.dumps(results, indent=2) + "\n").encode(), "--out")
     print(f"-> {out}")
 

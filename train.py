@@ -376,8 +376,8 @@ def read_data(
     pips_cfg = model_cfg.pips_config if args.scheme == "composite" else None
     backbone = Path(pips_cfg.weights_path) if pips_cfg and pips_cfg.weights_path else None
     if cluster.is_main and backbone is not None and not backbone.is_file():
-        # The MNIST PIPS backbone is made once, on the full training split, before any subset
-        # (by rank 0; the others load it once this block has ended).
+        # The MNIST PIPS backbone is made once, on its half of the full training split, before
+        # any subset (by rank 0; the others load it once this block has ended).
         make_network("pips", backbone, train_set, val_set)
     if train_cfg.data.train_bs > len(train_set):
         raise UserError(

@@ -3,8 +3,9 @@
 Both take (N, 1, 28, 28) in [0, 1] as they are (no resize, no normalisation) and are a chain of
 stages whose last stage gives the 10 digit logits. The PIPS loss compares the outputs of the
 `pips` network's stages; evaluate.py grades samples with the `eval` network, a different
-architecture trained from a different seed, so a model is never graded by the network it was
-trained against. utils/networks.py trains, saves and loads them.
+architecture trained from a different seed on the other half of the training split, so a model is
+never graded by the network it was trained against, nor by one that learnt from the same images.
+utils/networks.py trains, saves and loads them.
 """
 
 from collections.abc import Callable
@@ -60,15 +61,17 @@ def eval_cnn() -> StagedCNN:
 
 @dataclass(frozen=True)
 class NetworkSpec:
-    """What one network is: its builder, training seed, default file and a name for messages."""
+    """What one network is: its builder, training seed, the half of the training split it learns
+    from (utils/networks.training_half), default file and a name for messages."""
 
     build: Callable[[], StagedCNN]
     seed: int
+    half: int
     default_path: str
     title: str
 
 
 NETWORKS = {
-    "pips": NetworkSpec(pips_cnn, 1, BACKBONES["mnist_cnn"].weights_path, "PIPS backbone CNN"),
-    "eval": NetworkSpec(eval_cnn, 2, "checkpoints/mnist_eval_net.pth", "evaluation CNN"),
+    "pips": NetworkSpec(pips_cnn, 1, 0, BACKBONES["mnist_cnn"].weights_path, "PIPS backbone CNN"),
+    "eval": NetworkSpec(eval_cnn, 2, 1, "checkpoints/mnist_eval_net.pth", "evaluation CNN"),
 }

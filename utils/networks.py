@@ -2,13 +2,16 @@
 (trained, saved and loaded here with one routine), VGG16 (torchvision's ImageNet weights), and
 the PIPS loss cut from either backbone (model/backbones.py says how).
 
-`make_network` trains a network from its seed on a training split (Adam, batch 128, a couple of
-epochs: about 99 % test accuracy on real MNIST), prints one line saying what it trains and where
-it saves it, and saves it atomically; `load_network` reads it back and refuses, in one line, a
-file that is unreadable or holds another network. `build_pips` loads a backbone's layers and
+`make_network` trains a network from its seed on its half of the training split (Adam, batch
+128, four epochs over the half: the steps of two over the whole split). The two halves are
+disjoint, so the evaluation network never learns from the images the PIPS backbone learnt from.
+It prints one line saying what it trains and where it saves it, and saves it atomically with its
+test accuracy; `load_network` reads it back and refuses, in one line, a file that is unreadable
+or holds another network. `build_pips` loads a backbone's layers and
 cuts them into the slices its table entry lists.
 """
 
+import hashlib
 import pickle
 import sys
 import time
@@ -28,9 +31,26 @@ from utils.config import PIPSConfig
 from utils.dataset import MNISTSplit, epoch_order, eval_batches, train_batches
 from utils.errors import CheckpointError, first_line
 
-EPOCHS = 2
+EPOCHS = 4
 BATCH_SIZE = 128
 LR = 1e-3
+# The fixed shuffle that cuts the training split into the networks' two halves (NetworkSpec.half).
+HALVES_SEED = 0
+
+
+def training_half(split: MNISTSplit, half: int) -> MNISTSplit:
+    """Half `half` (0 or 1) of `split`: every other image of a fixed seeded shuffle, so the two
+    halves are disjoint, together hold every image, and each has every digit in about the
+    split's proportions."""
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(HALVES_SEED))
+    chosen = order[half::2].to(split.images.device)
+    return MNISTSplit(split.images[chosen], split.labels[chosen])
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of the file's bytes, as `sha256sum` prints it."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 @torch.inference_mode()
@@ -60,14 +80,15 @@ def train_classifier(net: StagedCNN, train_set: MNISTSplit, seed: int, epochs: i
 
 
 def make_network(
-    name: str, path: Path, train_set: MNISTSplit, test_set: MNISTSplit, epochs: int = EPOCHS
+    name: str, path: Path, train_split: MNISTSplit, test_set: MNISTSplit, epochs: int = EPOCHS
 ) -> float:
-    """Train network `name` ("pips" or "eval") from its seed, save it to `path`; returns its
-    accuracy on `test_set`."""
+    """Train network `name` ("pips" or "eval") from its seed on its half of `train_split` (the
+    whole training split), save it to `path`; returns its accuracy on `test_set`."""
     spec = NETWORKS[name]
+    train_set = training_half(train_split, spec.half)
     print(
-        f"training the {spec.title} ({epochs} epochs on {len(train_set)} MNIST training images, "
-        f"seed {spec.seed}) -> {path}",
+        f"training the {spec.title} ({epochs} epochs on half {spec.half} of the MNIST training "
+        f"split: {len(train_set)} of {len(train_split)} images, seed {spec.seed}) -> {path}",
         flush=True,
     )
     torch.manual_seed(spec.seed)
@@ -78,7 +99,8 @@ def make_network(
     test_accuracy = accuracy(net, test_set)
     save_checkpoint(
         {"network": name, "state_dict": net.state_dict(), "test_accuracy": test_accuracy,
-         "epochs": epochs, "seed": spec.seed, "train_size": len(train_set),
+         "epochs": epochs, "seed": spec.seed, "train_half": spec.half,
+         "train_size": len(train_set),
          "seconds": seconds},
         path,
     )  # fmt: skip
@@ -102,6 +124,19 @@ def load_network(name: str, path: Path, device: torch.device | str = "cpu") -> S
     net = NETWORKS[name].build()
     load_state(net, payload["state_dict"], path)
     return net.to(device).eval().requires_grad_(False)
+
+
+def network_record(path: Path) -> dict:
+    """What a network file is, for the grades it gives: its SHA-256, its accuracy on the test
+    split it was made with, the training half and number of images it learnt from (None where
+    a file made before halves existed does not say)."""
+    payload = load_checkpoint(path, "cpu")
+    return {
+        "sha256": file_sha256(path),
+        "test_accuracy": payload.get("test_accuracy"),
+        "train_half": payload.get("train_half"),
+        "train_size": payload.get("train_size"),
+    }
 
 
 def _torchvision_vgg16():
