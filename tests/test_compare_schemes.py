@@ -2,12 +2,14 @@
 
 import argparse
 import csv
+import json
 import math
 
 import pytest
 
 from compare_schemes import MEASURES, SUMMARY_FIELDS, markdown_table, smallest_effect, summarise
 from tests.helpers import REPO, make_mnist_root, run_script
+from utils.networks import file_sha256
 
 # The measures of a runs.csv written before evaluate.py's later grades (as the committed ones).
 NINE = ("recon_mse", "fid_samples", "fid_recon", "sharpness_ratio", "recon_accuracy",
@@ -75,24 +77,29 @@ def test_equivalence_flag_reads_measure_and_delta():
 
 
 def test_the_comparison_runs_both_schemes_grades_them_and_keeps_finished_runs(tmp_path):
-    """A real two-seed comparison in a bare folder: the networks it needs are made there, every
-    run is graded, and a second call keeps the finished runs instead of training them again. On
-    a small synthetic MNIST (its size is no part of what is checked): the two networks train on
-    all of it, and each run takes one step an epoch."""
+    """A real two-seed comparison in a bare folder: the PIPS backbone it needs is made there, every
+    run is graded by the evaluation CNN the repo ships, and a second call keeps the finished runs
+    instead of training them again. On a small synthetic MNIST (its size is no part of what is
+    checked): the PIPS backbone trains on half of it, and each run takes one step an epoch."""
     mnist = make_mnist_root(tmp_path / "mnist", n_train=256, n_test=128)
     argv = ["--data_root", str(mnist), "--seeds", "1", "2", "--epochs", "1",
             "--subset", "128", "--out", "out"]  # fmt: skip
     result = run_script(str(REPO / "compare_schemes.py"), *argv, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "checkpoints/mnist_pips_cnn.pth").is_file()
-    assert (tmp_path / "checkpoints/mnist_eval_net.pth").is_file()
+    assert not (tmp_path / "checkpoints/mnist_eval_net.pth").exists()
+    assert "training the evaluation CNN" not in result.stdout
     out = tmp_path / "out"
     with open(out / "runs.csv") as f:
         runs = list(csv.DictReader(f))
     assert [(r["scheme"], r["seed"]) for r in runs] == [
         ("simple", "1"), ("composite", "1"), ("simple", "2"), ("composite", "2")]  # fmt: skip
+    shipped = file_sha256(REPO / "checkpoints/mnist_eval_net.pth")
     for run in runs:
         assert run["epochs"] == "1" and float(run["peak_rss_mb"]) > 50
+        graded = json.loads((tmp_path / "out/runs" / f"{run['scheme']}_seed{run['seed']}"
+                             / "eval.json").read_text())  # fmt: skip
+        assert graded["eval_net_sha256"] == shipped
         assert all(math.isfinite(float(run[m])) for m in MEASURES)
     with open(out / "summary.csv") as f:
         summary = list(csv.DictReader(f))

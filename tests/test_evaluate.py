@@ -1,5 +1,6 @@
 """evaluate.py and what it is built from: Frechet distance, sharpness, the evaluation CNN's file."""
 
+import hashlib
 import json
 import math
 import sys
@@ -14,9 +15,9 @@ from model.vae import VAE
 from tests.helpers import REPO, run_script, start_scripts
 from utils.checkpoint import save_checkpoint
 from utils.config import load_model_config
-from utils.dataset import MNISTSplit, load_mnist
+from utils.dataset import load_mnist
 from utils.errors import CheckpointError, UserError
-from utils.networks import load_network, make_network
+from utils.networks import accuracy, file_sha256, load_network, make_network, network_record
 from utils.quality import (
     frechet_distance,
     frechet_from_stats,
@@ -174,6 +175,31 @@ def test_a_present_eval_net_is_loaded_not_retrained(evaluated, monkeypatch):
     assert {k: again[k] for k in KEYS} == pytest.approx({k: first[k] for k in KEYS}, rel=1e-5)
 
 
+def test_the_output_records_the_eval_nets_hash_accuracy_and_half(evaluated):
+    root, _, result = evaluated
+    assert result.returncode == 0, result.stderr
+    results = json.loads((root / "eval.json").read_text())
+    made = torch.load(root / "eval_net.pth", weights_only=True)
+    digest = hashlib.sha256((root / "eval_net.pth").read_bytes()).hexdigest()
+    assert results["eval_net_sha256"] == digest
+    assert results["eval_net_test_accuracy"] == made["test_accuracy"]
+    assert results["eval_net_train_half"] == 1 and results["eval_net_train_size"] == 256
+    assert f"test accuracy {made['test_accuracy']:.2%}" in result.stdout
+
+
+def test_the_shipped_eval_net_is_the_one_every_grade_comes_from(real_mnist):
+    """checkpoints/mnist_eval_net.pth: the evaluation CNN, made on half 1 of the real training
+    split, whose recorded test accuracy is what it scores on the real test split today."""
+    shipped = evaluate.SHIPPED_EVAL_NET
+    assert shipped == REPO / "checkpoints" / "mnist_eval_net.pth"
+    record = network_record(shipped)
+    assert record["train_half"] == 1 and record["train_size"] == 30_000
+    assert record["test_accuracy"] > 0.98
+    net = load_network("eval", shipped)
+    test = load_mnist(real_mnist, "test", download=False)
+    assert accuracy(net, test) == pytest.approx(record["test_accuracy"], abs=1e-9)
+
+
 def test_a_corrupt_or_foreign_eval_net_file_is_one_line(tmp_path, fake_mnist):
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"PK\x03\x04 not a checkpoint")
@@ -194,11 +220,9 @@ def test_a_corrupt_or_foreign_eval_net_file_is_one_line(tmp_path, fake_mnist):
 
 def test_images_are_graded_blurred_noisy_and_real_the_right_way_round(tmp_path, real_mnist):
     """1,000 real training digits, the same blurred (sigma 1), and blurred plus noise (SD 0.05),
-    each saved as a .pt file and graded by evaluate.py against the real test split."""
+    each saved as a .pt file and graded by evaluate.py against the real test split, by the
+    evaluation CNN the repo ships: no network is trained first."""
     train = load_mnist(real_mnist, "train", download=False)
-    net = tmp_path / "eval_net.pth"
-    few = MNISTSplit(train.images[:3000], train.labels[:3000])  # one cheap epoch: ~90 % right
-    make_network("eval", net, few, few, epochs=1)
     real = train.images[-1000:]
     blurred = gaussian_blur(real, 1.0)
     noise = torch.randn(blurred.shape, generator=torch.Generator().manual_seed(0))
@@ -207,13 +231,18 @@ def test_images_are_graded_blurred_noisy_and_real_the_right_way_round(tmp_path, 
     for name, images in files.items():
         torch.save(images if name != "real" else {"images": images}, tmp_path / f"{name}.pt")
         commands[name] = ["evaluate.py", "--images", str(tmp_path / f"{name}.pt"), "--data_root",
-                          str(real_mnist), "--eval_net", str(net), "--device", "cpu", "--out",
+                          str(real_mnist), "--device", "cpu", "--out",
                           str(tmp_path / f"{name}.json")]  # fmt: skip
     done = start_scripts(commands)
     graded = {}
+    shipped = evaluate.SHIPPED_EVAL_NET
     for name, result in done.items():
         assert result.returncode == 0, result.stderr
+        assert "training the" not in result.stdout
         graded[name] = json.loads((tmp_path / f"{name}.json").read_text())
+        assert graded[name]["eval_net"] == str(shipped)
+        assert graded[name]["eval_net_sha256"] == file_sha256(shipped)
+        assert f"sha256 {file_sha256(shipped)}" in result.stdout
     real_r, blur_r, noisy_r = graded["real"], graded["blurred"], graded["noisy"]
     assert real_r["edge_sharpness"] == pytest.approx(1.0, abs=0.05)
     assert noisy_r["edge_sharpness"] <= blur_r["edge_sharpness"] < 0.8
