@@ -154,8 +154,9 @@ class SimpleScheme:
 
     @property
     def train_terms(self) -> tuple[str, ...]:
-        """The terms a step reports, in logging order: the generator's, then the critic's."""
-        return self.loss.term_names + self.loss.critic_term_names
+        """The terms a step reports, in logging order: the generator's, its diagnostics (logged,
+        never checked for being finite), then the critic's."""
+        return self.loss.term_names + self.loss.diagnostic_names + self.loss.critic_term_names
 
     def train(self, mode: bool = True) -> None:
         self.vae.train(mode)
@@ -243,6 +244,7 @@ class CompositeScheme(SimpleScheme):
             PatchDiscriminator(model_cfg.discriminator_config).to(
                 memory_format=torch.channels_last),
             build_pips(model_cfg.pips_config).to(memory_format=torch.channels_last),
+            lambda: self.vae.decoder.last_layer,
         )  # fmt: skip
 
     @property
@@ -467,9 +469,9 @@ def start_run(
 ) -> Run:  # fmt: skip
     """The run's shared parts at step 0: progress with its metrics columns and early stopping,
     the non-finite watch, and (rank 0) the progress bar and TensorBoard when wanted."""
-    loss_terms = learner.loss.term_names
+    loss = learner.loss
     columns = ["epoch", "step", *(f"train_{t}" for t in learner.train_terms),
-               *(f"val_{t}" for t in loss_terms), "beta", *learner.learning_rates(),
+               *(f"val_{t}" for t in loss.term_names), "beta", *learner.learning_rates(),
                "seconds"]  # fmt: skip
     stopping = train_cfg.early_stopping
     stopper = EarlyStopping(stopping.patience, stopping.tol) if stopping else None
@@ -479,7 +481,7 @@ def start_run(
     show_bar = cluster.is_main and sys.stderr.isatty()
     # Reading the live loss is a collective under torchrun, so every rank follows rank 0's need.
     live_loss = cluster.main_decides(show_bar or board is not None)
-    watch = NonFiniteWatch(learner.train_terms, cluster.device)
+    watch = NonFiniteWatch(loss.term_names + loss.critic_term_names, cluster.device)
     return Run(learner, progress, model_cfg, train_cfg, train_set, val_set, cluster, save_dir,
                stop or StopRequest(), board, watch, show_bar, live_loss)  # fmt: skip
 

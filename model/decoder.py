@@ -26,5 +26,10 @@ class Decoder(nn.Module):
         )
         self.out_layer = nn.Sequential(Linear(widths[-1], math.prod(image_shape)), nn.Sigmoid())
 
+    @property
+    def last_layer(self) -> torch.Tensor:
+        """The output layer's weight: where the composite loss compares its terms' gradients."""
+        return self.out_layer[0].weight
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.out_layer(self.layers(self.in_layer(z))).view(-1, *self.image_shape)

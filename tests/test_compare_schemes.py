@@ -7,13 +7,16 @@ import math
 
 import pytest
 
-from compare_schemes import MEASURES, SUMMARY_FIELDS, markdown_table, smallest_effect, summarise
+from compare_schemes import smallest_effect
 from tests.helpers import REPO, make_mnist_root, run_script
+from utils.comparison import MEASURES, SUMMARY_FIELDS, markdown_table, summarise
 from utils.networks import file_sha256
 
 # The measures of a runs.csv written before evaluate.py's later grades (as the committed ones).
 NINE = ("recon_mse", "fid_samples", "fid_recon", "sharpness_ratio", "recon_accuracy",
         "grid_confident_share", "grid_classes", "seconds_per_epoch", "peak_rss_mb")  # fmt: skip
+# The comparison's baseline and arm, as runs.csv's scheme column names them.
+SCHEMES = ("simple", "composite")
 
 
 def rows(simple: list[float], composite: list[float], measures=NINE) -> list[dict]:
@@ -28,12 +31,12 @@ def rows(simple: list[float], composite: list[float], measures=NINE) -> list[dic
 def test_summary_pairs_composite_minus_simple_by_seed_with_holm_across_measures():
     # differences 11-10, 22-20, 33-30 = 1, 2, 3: mean 2, sd 1, se 1/sqrt(3) = 0.57735,
     # t_.975,2 = 4.30265 -> 2 ± 2.48414; t = 3.4641, p = 1 - 3.4641 / sqrt(14) = 0.07418
-    summary = summarise(rows([10, 20, 30], [11, 22, 33]), {"recon_mse": 4.0})
+    summary = summarise(rows([10, 20, 30], [11, 22, 33]), *SCHEMES, "scheme", {"recon_mse": 4.0})
     # the measures runs.csv lacks are left out, in MEASURES' order
     assert [r["measure"] for r in summary] == list(NINE)
     first = summary[0]
     assert set(SUMMARY_FIELDS) <= set(first)
-    assert (first["n"], first["simple_mean"], first["composite_mean"]) == (3, 20.0, 22.0)
+    assert (first["n"], first["baseline_mean"], first["arm_mean"]) == (3, 20.0, 22.0)
     assert first["difference"] == 2.0 and first["d_z"] == pytest.approx(2.0)
     assert (first["ci_low"], first["ci_high"]) == pytest.approx((-0.48414, 4.48414), abs=1e-5)
     assert first["p"] == pytest.approx(0.07418, abs=1e-5)
@@ -44,7 +47,7 @@ def test_summary_pairs_composite_minus_simple_by_seed_with_holm_across_measures(
     assert first["verdict"] == "equivalent" and first["smallest_effect"] == 4.0
     assert {r["verdict"] for r in summary[1:]} == {"not shown equivalent"}
 
-    table = markdown_table(summary).splitlines()
+    table = markdown_table(summary, *SCHEMES).splitlines()
     assert table[0].startswith("| measure | simple | composite | composite − simple [95 % CI] |")
     assert table[2] == (
         "| recon_mse | 20 | 22 | +2.0 [-0.5, +4.5] (n = 3, d_z 2.0) | 0.074 | 0.67 | "
@@ -55,16 +58,16 @@ def test_summary_pairs_composite_minus_simple_by_seed_with_holm_across_measures(
 
 def test_every_measure_in_runs_csv_joins_the_summary_and_holms_family():
     # All fifteen measures present: the same p = 0.07418 each, so Holm gives min(1, 15 x p) = 1.
-    summary = summarise(rows([10, 20, 30], [11, 22, 33], MEASURES))
+    summary = summarise(rows([10, 20, 30], [11, 22, 33], MEASURES), *SCHEMES, "scheme")
     assert [r["measure"] for r in summary] == list(MEASURES) and len(MEASURES) == 15
     assert all(r["p_holm"] == 1.0 for r in summary)
 
 
 def test_one_seed_says_n_equals_1_and_never_plus_minus_0():
-    summary = summarise(rows([1.0], [5.0]))
+    summary = summarise(rows([1.0], [5.0]), *SCHEMES, "scheme")
     assert {(r["n"], r["ci_low"], r["p"], r["p_holm"]) for r in summary} == {(1, "", "", "")}
     assert {r["verdict"] for r in summary} == {"no test (n = 1)"}
-    table = markdown_table(summary)
+    table = markdown_table(summary, *SCHEMES)
     assert "| recon_mse | 1 | 5 | n = 1: +4.00 (no interval) | — | — |" in table
     assert "±" not in table
 

@@ -1,5 +1,6 @@
 """Loss terms, beta warm-up, free bits, the critic's switch-on and the LR schedule, by hand."""
 
+import dataclasses
 import math
 
 import pytest
@@ -18,6 +19,7 @@ from utils.config import (
     ScheduleParams,
     load_model_config,
 )
+from utils.gan_losses import GAN_LOSSES
 from utils.loss import BetaVAELoss, CompositeLoss, kl_per_sample, reconstruction_error
 from utils.lr_schedule import warmup_cosine
 from utils.networks import build_pips
@@ -115,7 +117,8 @@ def composite_parts():
     critic = PatchDiscriminator(model_cfg.discriminator_config)
     pips = build_pips(PIPSConfig(weights="random", input_size=32))
     loss_fn = CompositeLoss(CompositeLossParams(), 468, total_steps=18720, critic_start_ratio=0.05,
-                            discriminator=critic, pips=pips)  # fmt: skip
+                            discriminator=critic, pips=pips,
+                            last_layer=lambda: vae.decoder.last_layer)  # fmt: skip
     return vae, critic, loss_fn
 
 
@@ -178,7 +181,8 @@ def stub_composite_loss(lambda_pips: float, lambda_disc: float) -> CompositeLoss
     params = CompositeLossParams(beta=1.0, warmup_epochs=0, free_bits=0.0, lambda_recon=1.0,
                                  lambda_pips=lambda_pips, lambda_disc=lambda_disc)  # fmt: skip
     return CompositeLoss(params, 10, total_steps=100, critic_start_ratio=0.1,
-                         discriminator=Constant(2.0, (1, 1, 7, 7)), pips=Constant(0.3))  # fmt: skip
+                         discriminator=Constant(2.0, (1, 1, 7, 7)), pips=Constant(0.3),
+                         last_layer=lambda: None)  # fmt: skip
 
 
 def hand_inputs() -> tuple[torch.Tensor, ...]:
@@ -191,9 +195,13 @@ def hand_inputs() -> tuple[torch.Tensor, ...]:
 def test_composite_loss_weighs_pips_by_lambda_pips(lambda_pips):
     loss_fn = stub_composite_loss(lambda_pips=lambda_pips, lambda_disc=0.5)
     loss, terms = loss_fn.generator_loss(*hand_inputs(), step=0)  # the critic still off
-    # recon 1 + beta 1 * KL 1 + lambda_pips * 0.3
+    # recon 1 + beta 1 * KL 1 + lambda_pips * 0.3; at weight 0 the PIPS network is not run
     assert loss.item() == pytest.approx(2.0 + lambda_pips * 0.3)
-    assert terms["pips"].item() == pytest.approx(0.3) and "adv" not in terms
+    assert "adv" not in terms
+    if lambda_pips:
+        assert terms["pips"].item() == pytest.approx(0.3)
+    else:
+        assert "pips" not in terms
 
 
 def test_the_generators_adversarial_term_asks_the_critic_for_real():
@@ -204,3 +212,101 @@ def test_the_generators_adversarial_term_asks_the_critic_for_real():
     adv = math.log1p(math.exp(-2.0))
     assert terms["adv"].item() == pytest.approx(adv, rel=1e-6)
     assert loss.item() == pytest.approx(2.0 + 0.3 + 0.5 * adv, rel=1e-6)
+
+
+# taming-transformers' options: the hinge objective, the adaptive weight, the gradient ratios
+
+
+class Affine(nn.Module):
+    """A stand-in whose output is offset + slope * (sum of the input's pixels), everywhere in
+    `shape`: a critic (a logit map) or a PIPS (a scalar) with a gradient known by hand."""
+
+    def __init__(self, offset: float, slope: float, shape: tuple[int, ...] = ()):
+        super().__init__()
+        self.offset, self.slope, self.shape = offset, slope, shape
+
+    def forward(self, x_hat: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.full(self.shape, self.offset) + self.slope * x_hat.sum()
+
+
+def test_the_hinge_critic_and_generator_by_hand():
+    hinge = GAN_LOSSES["hinge"]
+    real, fake = torch.full((1, 1, 7, 7), 0.5), torch.full((1, 1, 7, 7), -0.5)
+    # 0.5 * (relu(1 - 0.5) + relu(1 - 0.5)) = 0.5; a critic past both margins has loss 0
+    assert hinge.critic(real, fake).item() == pytest.approx(0.5)
+    assert hinge.critic(real + 1, fake - 1).item() == 0.0
+    assert hinge.generator(fake).item() == pytest.approx(0.5)
+    bce = GAN_LOSSES["bce"]
+    assert bce.critic(real, fake).item() == pytest.approx(math.log1p(math.exp(-0.5)))
+
+
+def composite_on_a_weight(**options) -> tuple[CompositeLoss, nn.Parameter, tuple]:
+    """A composite loss whose decoder's last layer is four pixels w = 0.5 (so x_hat = w, recon
+    1 against x = 0, d recon / dw = 2w = 1 each: norm 2), PIPS 0.3 + 0.05 * sum(x_hat) (gradient
+    norm 0.1), a critic whose logits are 1 + 0.1 * sum(x_hat) (hinge generator -mean D: gradient
+    norm 0.2), beta 1, KL 1, the critic on from step 10."""
+    w = nn.Parameter(torch.full((4,), 0.5))
+    params = CompositeLossParams(beta=1.0, warmup_epochs=0, free_bits=0.0, lambda_pips=2.0,
+                                 lambda_disc=0.5, gan_loss="hinge", **options)  # fmt: skip
+    loss_fn = CompositeLoss(params, 10, total_steps=100, critic_start_ratio=0.1,
+                            discriminator=Affine(1.0, 0.1, (1, 1, 7, 7)), pips=Affine(0.3, 0.05),
+                            last_layer=lambda: w)  # fmt: skip
+    x_hat = w.view(1, 1, 2, 2)
+    return (
+        loss_fn,
+        w,
+        (x_hat, torch.zeros(1, 1, 2, 2), torch.tensor([[1.0, 1.0]]), torch.zeros(1, 2)),
+    )
+
+
+def test_the_adaptive_weight_balances_the_adversarial_gradient_against_the_reconstructions():
+    loss_fn, w, inputs = composite_on_a_weight(adaptive_disc_weight=True, grad_ratio_every=0)
+    loss, terms = loss_fn.generator_loss(*inputs, step=10)
+    weight = 0.5 * 2.0 / (0.2 + 1e-4)  # lambda_disc * ||grad recon|| / (||grad adv|| + 1e-4)
+    assert terms["disc_weight"].item() == pytest.approx(weight, rel=1e-6)
+    adv = -(1.0 + 0.1 * 2.0)  # -mean D(x_hat), sum(x_hat) = 2
+    assert terms["adv"].item() == pytest.approx(adv, rel=1e-6)
+    # recon 1 + KL 1 + 2 * PIPS 0.4 + weight * adv
+    assert loss.item() == pytest.approx(2.0 + 2 * 0.4 + weight * adv, rel=1e-6)
+    loss.backward()  # the weight is a constant: d/dw = 2w + 2 * 0.05 - weight * 0.1
+    assert w.grad == pytest.approx(torch.full((4,), 1.0 + 0.1 - weight * 0.1), rel=1e-5)
+    # Validation (no gradients) takes the weight of the latest training step.
+    with torch.no_grad():
+        _, val_terms = loss_fn.generator_loss(*inputs, step=11)
+    assert val_terms["disc_weight"].item() == pytest.approx(weight, rel=1e-6)
+
+
+def test_the_adaptive_weight_is_clamped_at_1e4_times_lambda_disc():
+    loss_fn, _, inputs = composite_on_a_weight(adaptive_disc_weight=True, grad_ratio_every=0)
+    loss_fn.discriminator.slope = 0.0  # the critic ignores the image: its gradient is 0
+    _, terms = loss_fn.generator_loss(*inputs, step=10)
+    assert terms["disc_weight"].item() == pytest.approx(0.5 * 1e4)
+
+
+def test_without_the_adaptive_weight_lambda_disc_is_logged_as_the_weight():
+    loss_fn, _, inputs = composite_on_a_weight(grad_ratio_every=0)
+    loss, terms = loss_fn.generator_loss(*inputs, step=10)
+    assert terms["disc_weight"].item() == 0.5
+    assert loss.item() == pytest.approx(2.0 + 0.8 - 0.5 * 1.2, rel=1e-6)
+
+
+def test_gradient_ratios_are_measured_every_n_steps_of_training_only():
+    loss_fn, _, inputs = composite_on_a_weight(grad_ratio_every=5)
+    _, terms = loss_fn.generator_loss(*inputs, step=10)
+    # ||grad 2 * PIPS|| = 2 * 0.1, ||grad 0.5 * adv|| = 0.5 * 0.2, each over ||grad recon|| = 2
+    assert terms["grad_ratio_pips"].item() == pytest.approx(0.1, rel=1e-6)
+    assert terms["grad_ratio_adv"].item() == pytest.approx(0.05, rel=1e-6)
+    _, off_step = loss_fn.generator_loss(*inputs, step=11)
+    assert not any(name.startswith("grad_ratio") for name in off_step)
+    with torch.no_grad():
+        _, validation = loss_fn.generator_loss(*inputs, step=15)
+    assert not any(name.startswith("grad_ratio") for name in validation)
+
+
+def test_lambda_disc_0_never_switches_the_critic_on():
+    loss_fn, _, inputs = composite_on_a_weight(grad_ratio_every=0)
+    loss_fn = CompositeLoss(dataclasses.replace(loss_fn.config, lambda_disc=0.0), 10, 100, 0.1,
+                            loss_fn.discriminator, loss_fn.pips, loss_fn.last_layer)  # fmt: skip
+    assert not loss_fn.discriminator_on(10**9)
+    _, terms = loss_fn.generator_loss(*inputs, step=50)
+    assert "adv" not in terms and "disc_weight" not in terms

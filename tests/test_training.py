@@ -105,9 +105,10 @@ def test_composite_scheme_with_the_mnist_backbone_makes_it_first(tmp_path, fake_
                       run, "--epochs", "1", "--subset", "256")  # fmt: skip
     result = run_script(*argv)
     assert result.returncode == 0, result.stderr
-    # Trained once, on the whole (512-image) training split rather than the subset.
+    # Trained once, on its half of the whole (512-image) training split rather than the subset.
     assert result.stdout.count("training the PIPS backbone CNN") == 1
-    assert f"on 512 MNIST training images, seed 1) -> {backbone}" in result.stdout
+    made = f"on half 0 of the MNIST training split: 256 of 512 images, seed 1) -> {backbone}"
+    assert made in result.stdout
     assert torch.load(backbone, weights_only=True)["network"] == "pips"
     assert math.isfinite(float(read_metrics(run)[0]["train_pips"]))
 

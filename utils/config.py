@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from model.backbones import BACKBONES, DEFAULT_BACKBONE
 from utils.errors import ConfigError
+from utils.gan_losses import GAN_LOSSES
 from utils.legacy import is_round1_train, upgrade_model_config, upgrade_train_config
 
 T = TypeVar("T")
@@ -36,6 +37,11 @@ class _FieldProblem(Exception):
 def _need(ok: bool, where: str, value: Any, problem: str) -> None:
     if not ok:
         raise _FieldProblem(where, value, problem)
+
+
+# For other JSON files read through config_from_dict (study.py's): a check that fails names the
+# file and the field in one line, as the configs' own checks do.
+need = _need
 
 
 @dataclass
@@ -230,15 +236,35 @@ class LossParams:
     def check(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            _need(value >= 0, f.name, value, "must be >= 0")
+            if _IS[float](value):  # every number (weights, epochs, steps) is >= 0
+                _need(value >= 0, f.name, value, "must be >= 0")
 
 
 @dataclass
 class CompositeLossParams(LossParams):
-    """The composite scheme's loss adds lambda_pips * PIPS and lambda_disc * adversarial."""
+    """The composite scheme's loss adds lambda_pips * PIPS and lambda_disc * adversarial.
+
+    Options from taming-transformers' LPIPSWithDiscriminator, off by default (the reference):
+    adaptive_disc_weight scales the adversarial term to lambda_disc * ||grad recon|| / (||grad
+    adv|| + 1e-4) at the decoder's last layer; gan_loss names the critic's objective
+    (utils/gan_losses.py). grad_ratio_every: every that many steps the gradient norms of the
+    extra terms at that layer are measured against the reconstruction's and logged (0: never).
+    """
 
     lambda_pips: float = 1.0
     lambda_disc: float = 0.5
+    adaptive_disc_weight: bool = False
+    gan_loss: str = "bce"
+    grad_ratio_every: int = 50
+
+    def check(self) -> None:
+        super().check()
+        _need(
+            self.gan_loss in GAN_LOSSES,
+            "gan_loss",
+            self.gan_loss,
+            f"must be one of {', '.join(GAN_LOSSES)}",
+        )
 
 
 @dataclass
@@ -444,6 +470,8 @@ def _type_name(tp: Any) -> str:
         return "an object"
     if typing.get_origin(tp) is list:
         (item,) = typing.get_args(tp)
+        if dataclasses.is_dataclass(item):
+            return "a list of objects"
         return "a list of " + {int: "integers", float: "numbers", str: "strings"}[item]
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[tp]
 

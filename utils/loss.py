@@ -7,14 +7,15 @@ adversarial term; it also computes the discriminator's own loss. The training lo
 """
 
 import math
+from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from model.discriminator import PatchDiscriminator
 from model.pips import PIPS
 from utils.config import CompositeLossParams, LossParams
+from utils.gan_losses import GAN_LOSSES
 
 Terms = dict[str, torch.Tensor]
 
@@ -33,9 +34,11 @@ class BetaVAELoss(nn.Module):
     """Simple scheme. beta rises by beta / (warmup_epochs * steps_per_epoch) per step, capped;
     free bits clamp each sample's total KL from below before the batch mean."""
 
-    # The terms each step may report, in logging order: generator terms, then the critic's. The
-    # adversarial terms exist only once the critic is on; epochs before that log NaN, not 0.
+    # The terms each step may report, in logging order: generator terms (training and
+    # validation), diagnostics of the training steps alone, then the critic's. The adversarial
+    # terms exist only once the critic is on; epochs before that log NaN, not 0.
     term_names: tuple[str, ...] = ("loss", "recon", "kl", "kl_raw")
+    diagnostic_names: tuple[str, ...] = ()
     critic_term_names: tuple[str, ...] = ()
 
     def __init__(self, config: LossParams, steps_per_epoch: int):
@@ -49,6 +52,22 @@ class BetaVAELoss(nn.Module):
             return self.config.beta
         return min(self.config.beta, step * (self.config.beta / self.beta_warmup_steps))
 
+    def vae_terms(
+        self, x_hat: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+        step: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, Terms]:  # fmt: skip
+        """(lambda_recon * recon, the simple loss, its detached named terms), in float32 also
+        when the forward pass ran under a bfloat16 autocast."""
+        x_hat, mu, logvar = x_hat.float(), mu.float(), logvar.float()
+        recon = reconstruction_error(x_hat, x)
+        kl = kl_per_sample(mu, logvar)
+        kl_free = kl.clamp(min=self.config.free_bits).mean()
+        recon_term = self.config.lambda_recon * recon
+        loss = recon_term + self.beta(step) * kl_free
+        terms = {"loss": loss.detach(), "recon": recon.detach(), "kl": kl_free.detach(),
+                 "kl_raw": kl.mean().detach()}  # fmt: skip
+        return recon_term, loss, terms
+
     def generator_loss(
         self,
         x_hat: torch.Tensor,
@@ -57,27 +76,25 @@ class BetaVAELoss(nn.Module):
         logvar: torch.Tensor,
         step: int,
     ) -> tuple[torch.Tensor, Terms]:
-        """Images (N, C, H, W) in [0, 1], posterior (N, D). Returns (loss, detached named terms),
-        computed in float32 also when the forward pass ran under a bfloat16 autocast."""
-        x_hat, mu, logvar = x_hat.float(), mu.float(), logvar.float()
-        recon = reconstruction_error(x_hat, x)
-        kl = kl_per_sample(mu, logvar)
-        kl_free = kl.clamp(min=self.config.free_bits).mean()
-        loss = self.config.lambda_recon * recon + self.beta(step) * kl_free
-        return loss, {
-            "loss": loss.detach(),
-            "recon": recon.detach(),
-            "kl": kl_free.detach(),
-            "kl_raw": kl.mean().detach(),
-        }
+        """Images (N, C, H, W) in [0, 1], posterior (N, D). Returns (loss, detached named terms)."""
+        _, loss, terms = self.vae_terms(x_hat, x, mu, logvar, step)
+        return loss, terms
 
 
 class CompositeLoss(BetaVAELoss):
-    """Composite scheme: the simple loss + lambda_pips * PIPS (+ lambda_disc * adversarial from
-    step int(critic_start_ratio * total_steps), the train config's optimizer.params_d.warmup_ratio).
-    Owns the discriminator and the PIPS network."""
+    """Composite scheme: the simple loss + lambda_pips * PIPS (+ the adversarial term from step
+    int(critic_start_ratio * total_steps), the train config's optimizer.params_d.warmup_ratio,
+    weighted by lambda_disc or, with adaptive_disc_weight, by taming-transformers' adaptive
+    weight). Owns the discriminator and the PIPS network; `last_layer` returns the decoder's
+    last weight, where the adaptive weight and the logged gradient ratios are measured.
+
+    A term whose weight is 0 is not computed: lambda_pips 0 runs no PIPS network (the `pips`
+    column stays NaN) and lambda_disc 0 never switches the critic on, so those arms cost only
+    what they use; the VAE's updates are the same as if they were computed and multiplied by 0.
+    """
 
     term_names = (*BetaVAELoss.term_names, "pips", "adv")
+    diagnostic_names = ("disc_weight", "grad_ratio_pips", "grad_ratio_adv")
     critic_term_names = ("disc",)
 
     def __init__(
@@ -88,11 +105,19 @@ class CompositeLoss(BetaVAELoss):
         critic_start_ratio: float,
         discriminator: PatchDiscriminator,
         pips: PIPS,
+        last_layer: Callable[[], torch.Tensor],
     ):
         super().__init__(config, steps_per_epoch)
         self.discriminator = discriminator
         self.pips = pips
-        self.disc_start = math.floor(critic_start_ratio * total_steps)
+        self.last_layer = last_layer
+        self.gan = GAN_LOSSES[config.gan_loss]
+        self.disc_start = (
+            math.floor(critic_start_ratio * total_steps) if config.lambda_disc > 0 else math.inf
+        )
+        # The adversarial weight of the latest training step (lambda_disc until the adaptive
+        # weight is first computed); validation, which has no gradients, uses it.
+        self.disc_weight: float | torch.Tensor = config.lambda_disc
 
     def discriminator_on(self, step: int) -> bool:
         return step >= self.disc_start
@@ -105,33 +130,60 @@ class CompositeLoss(BetaVAELoss):
         logvar: torch.Tensor,
         step: int,
     ) -> tuple[torch.Tensor, Terms]:
-        loss, terms = super().generator_loss(x_hat, x, mu, logvar, step)
-        pips = self.pips(x_hat, x)
-        loss = loss + self.config.lambda_pips * pips
-        terms["pips"] = pips.detach()
+        recon_term, loss, terms = self.vae_terms(x_hat, x, mu, logvar, step)
+        extra = {}
+        if self.config.lambda_pips > 0:
+            pips = self.pips(x_hat, x)
+            extra["pips"] = self.config.lambda_pips * pips
+            terms["pips"] = pips.detach()
+        training = torch.is_grad_enabled() and recon_term.requires_grad
         if self.discriminator_on(step):
             # The critic's weights need no gradient here: only the generator is being updated.
             self.discriminator.requires_grad_(False)
-            logits = self.discriminator(x_hat)
+            adv = self.gan.generator(self.discriminator(x_hat).float())
             self.discriminator.requires_grad_(True)
-            adv = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
-            loss = loss + self.config.lambda_disc * adv
+            if training and self.config.adaptive_disc_weight:
+                self.disc_weight = self.adaptive_weight(recon_term, adv)
+            extra["adv"] = self.disc_weight * adv
             terms["adv"] = adv.detach()
+            terms["disc_weight"] = torch.as_tensor(self.disc_weight, device=adv.device)
+        if training and self.config.grad_ratio_every and step % self.config.grad_ratio_every == 0:
+            terms |= self.gradient_ratios(recon_term, extra)
+        for term in extra.values():  # in this order, as the reference adds them
+            loss = loss + term
         terms["loss"] = loss.detach()
         return loss, terms
+
+    def adaptive_weight(self, recon_term: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
+        """taming's calculate_adaptive_weight: lambda_disc * clamp(||grad recon|| / (||grad adv||
+        + 1e-4), 0, 1e4) at the decoder's last layer, detached (it balances the two terms; it is
+        not itself trained)."""
+        recon_norm, adv_norm = (self.gradient_norm(term) for term in (recon_term, adv))
+        ratio = (recon_norm / (adv_norm + 1e-4)).clamp(0.0, 1e4)
+        return (self.config.lambda_disc * ratio).detach()
+
+    def gradient_norm(self, term: torch.Tensor) -> torch.Tensor:
+        """||d term / d last layer||, keeping the graph for the update's own backward pass."""
+        (grad,) = torch.autograd.grad(term, self.last_layer(), retain_graph=True)
+        return grad.norm()
+
+    def gradient_ratios(self, recon_term: torch.Tensor, extra: Terms) -> Terms:
+        """Each weighted extra term's gradient norm at the decoder's last layer over the
+        weighted reconstruction term's: how much each one steers the decoder (device tensors,
+        read with the epoch's means)."""
+        recon_norm = self.gradient_norm(recon_term)
+        return {f"grad_ratio_{name}": (self.gradient_norm(term) / recon_norm).detach()
+                for name, term in extra.items()}  # fmt: skip
 
     def discriminator_loss(
         self, x_hat: torch.Tensor, x: torch.Tensor, critic: nn.Module | None = None
     ) -> tuple[torch.Tensor, Terms]:
-        """0.5 * (BCE(D(fake), 0) + BCE(D(real), 1)); `x_hat` must already be detached. `critic`
-        runs D: by default the discriminator itself; under torchrun its DistributedDataParallel
-        wrapper, which averages this update's gradients over ranks. (The generator's
-        adversarial term needs no such wrapper: it computes no gradient for D.)"""
+        """The critic's objective (gan_loss) on real `x` and `x_hat`, which must already be
+        detached. `critic` runs D: by default the discriminator itself; under torchrun its
+        DistributedDataParallel wrapper, which averages this update's gradients over ranks.
+        (The generator's adversarial term needs no such wrapper: it computes no gradient for D.)"""
         critic = self.discriminator if critic is None else critic
         fake = critic(x_hat)
         real = critic(x)
-        loss = 0.5 * (
-            F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
-            + F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
-        )
+        loss = self.gan.critic(real.float(), fake.float())
         return loss, {"disc": loss.detach()}

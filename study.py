@@ -1,0 +1,478 @@
+r"""Run a study: arms x seeds, each run a real train.py process graded by evaluate.py, on Optuna's
+storage, then the paired comparison of every arm against a baseline, figures and REPORT.md.
+
+    python study.py studies/smoke.json --data_root data/
+    python study.py studies/main.json --data_root data/ --workers 2
+    python study.py studies/main.json --data_root data/ --storage postgresql://host/studies
+    python study.py studies/pilot.json --data_root data/ --search
+
+A study file names the arms (a scheme, its model and training configs, train.py --set changes),
+the seeds, the budget (epochs, training images, prior samples graded) and the baseline every arm
+is compared with; studies/README.md describes the fields. Runs are Optuna trials in a study of
+that name: a SQLite file in --out by default, or any database URL Optuna takes, so the same
+command on several machines shares one study (each machine trains the runs it takes, in its own
+--out). A finished run is never redone; a run whose process died is taken again (Optuna's
+heartbeat marks it failed, then retries it) and continues from its last checkpoint with
+--resume auto. --workers N runs N at once, each train.py with OMP_NUM_THREADS set to its share of
+the cores (--threads).
+
+--search lets Optuna's TPE sampler look for the `search` block's settings (ranges of config
+fields) of one arm that minimise a named grade, one seed, at the study's budget: a pilot. It
+writes search.csv and SEARCH.md; the grid of arms is not run.
+
+Writes into --out (default results/studies/<name>/):
+    study.db                    the Optuna storage (without --storage)
+    runs/<arm>_seed<S>/         run folders (configs, metrics.csv, eval.json, checkpoints)
+    runs.csv                    one row per finished run: arm, seed, cost, every grade
+    summary.csv                 per arm and measure, arm minus baseline over the shared seeds
+                                (95 % t-interval, d_z, p, Holm's correction across every arm
+                                and measure, verdict)
+    <arm>_samples.png, <arm>_recon.png   the first seed's prior samples (the same z in every
+                                arm) and reconstructions
+    REPORT.md                   the arms, the budget, cost, the tables, the figures
+"""
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import statistics
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from utils.cli import OneLineParser, run_cli
+from utils.comparison import (
+    DIAGNOSTICS,
+    MEASURES,
+    REPO,
+    SMALLEST_EFFECTS,
+    SUMMARY_FIELDS,
+    Arm,
+    Budget,
+    contrast,
+    markdown_table,
+    run_process,
+    summarise_contrasts,
+    train_and_grade,
+    write_csv,
+)
+from utils.config import (
+    config_from_dict,
+    load_model_config,
+    load_train_config,
+    need,
+    parse_settings,
+    read_json,
+)
+from utils.errors import UserError
+
+
+@dataclass
+class ArmSpec:
+    """One arm: `scheme` with two config files (relative to the repo) and train.py --set
+    changes, each "KEY=VALUE" with VALUE JSON."""
+
+    name: str
+    scheme: str
+    model_config: str
+    train_config: str
+    settings: list[str] = field(default_factory=list)
+    # The arm this one is compared with, when not the study's baseline (another cell's own).
+    baseline: str | None = None
+
+    def check(self) -> None:
+        ok = self.name.replace("_", "").replace("-", "").isalnum()
+        need(ok, "name", self.name, "must be letters, digits, - and _ (a folder name)")
+
+
+@dataclass
+class SearchParam:
+    """One config field the sampler varies: a dotted --set key, its range, log scale or not."""
+
+    key: str
+    low: float
+    high: float
+    log: bool = False
+
+    def check(self) -> None:
+        ok = self.low < self.high and (self.low > 0 or not self.log)
+        need(ok, "low", self.low, "must be below high (and > 0 on a log scale)")
+
+
+@dataclass
+class SearchSpec:
+    """--search: vary `params` of arm `arm` over `trials` runs to minimise grade `minimise`."""
+
+    arm: str
+    minimise: str
+    trials: int
+    params: list[SearchParam]
+    seed: int = 0
+
+    def check(self) -> None:
+        need(
+            self.minimise in MEASURES,
+            "minimise",
+            self.minimise,
+            f"must be one of {', '.join(MEASURES)}",
+        )
+        need(self.trials >= 1, "trials", self.trials, "must be >= 1")  # fmt: skip
+
+
+@dataclass
+class StudySpec:
+    """A study file: see studies/README.md."""
+
+    name: str
+    baseline: str
+    seeds: list[int]
+    epochs: int
+    arms: list[ArmSpec]
+    subset: int | None = None
+    num_samples: int | None = None
+    objective: str = "fid_samples"
+    search: SearchSpec | None = None
+
+    def check(self) -> None:
+        names = [a.name for a in self.arms]
+        need(len(set(names)) == len(names), "arms", names, "names an arm twice; rename one")
+        need(
+            self.baseline in names,
+            "baseline",
+            self.baseline,
+            f"must be one of the arms: {', '.join(names)}",
+        )
+        need(
+            len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds),
+            "seeds",
+            self.seeds,
+            "must be distinct seeds, at least one",
+        )
+        need(self.epochs >= 1, "epochs", self.epochs, "must be >= 1")
+        need(self.subset is None or self.subset >= 1, "subset", self.subset, "must be >= 1")
+        need(
+            self.objective in MEASURES,
+            "objective",
+            self.objective,
+            f"must be one of {', '.join(MEASURES)}",
+        )
+        for arm in self.arms:
+            need(arm.baseline in (None, *names), f"arms.{arm.name}.baseline", arm.baseline,
+                 f"must be one of the arms: {', '.join(names)}")  # fmt: skip
+        if self.search is not None:
+            need(self.search.arm in names, "search.arm", self.search.arm,
+                 f"must be one of the arms: {', '.join(names)}")  # fmt: skip
+
+
+def parse_args() -> argparse.Namespace:
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("study", help="the study file (studies/*.json)")
+    p.add_argument("--data_root", default="data/", help="folder holding MNIST/raw/")
+    p.add_argument("--out", help="folder to write (default results/studies/<name>/)")
+    p.add_argument("--workers", type=int, default=1, help="runs at once (default 1)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="OMP_NUM_THREADS of each run (default: the cores over --workers, at least 1)",
+    )
+    p.add_argument("--storage", help="Optuna storage URL (default sqlite:///<out>/study.db)")
+    p.add_argument("--search", action="store_true", help="search the `search` block's settings")
+    args = p.parse_args()
+    if args.workers < 1:
+        p.error(f"--workers {args.workers}: must be >= 1")
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads {args.threads}: must be >= 1")
+    return args
+
+
+def load_study(path: str) -> StudySpec:
+    """The study file, checked, with every arm's configs and settings checked as train.py would
+    check them, so that a mistake stops the study before its first run."""
+    spec = config_from_dict(read_json(path), StudySpec, path)
+    for arm in spec.arms:
+        where = f"{path}: arm {arm.name!r}"
+        for config in (arm.model_config, arm.train_config):
+            if not (REPO / config).is_file():
+                raise UserError(f"{where}: no config file {config} in the repo")
+        model_settings, train_settings = parse_settings(arm.settings, arm.scheme)
+        try:
+            load_model_config(REPO / arm.model_config, model_settings)
+            load_train_config(REPO / arm.train_config, arm.scheme, train_settings)
+        except UserError as e:
+            raise UserError(f"{where}: {e}") from None
+    return spec
+
+
+def import_optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise UserError(
+            "study.py needs Optuna: pip install optuna (or pip install -e '.[study]')"
+        ) from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # fail_stale_trials and the heartbeat options are marked experimental; the study relies on
+    # them as documented, so the warning says nothing to the user.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    return optuna
+
+
+def open_study(optuna, spec_name: str, url: str, sampler):
+    """The study `spec_name` in storage `url`, made if new. Each running trial beats every 30 s;
+    one silent for 120 s (its process died) is marked failed and queued again, as often as it
+    takes."""
+    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    storage = RDBStorage(url, engine_kwargs=engine, heartbeat_interval=30, grace_period=120,
+                         failed_trial_callback=RetryFailedTrialCallback())  # fmt: skip
+    return optuna.create_study(storage=storage, study_name=spec_name, sampler=sampler,
+                               direction="minimize", load_if_exists=True)  # fmt: skip
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
+def run_workers(optuna, study, objective, workers: int, more) -> None:
+    """`workers` threads, each taking one trial at a time while `more()` says there is work."""
+    from optuna.storages import fail_stale_trials
+
+    def work() -> None:
+        while True:
+            fail_stale_trials(study)
+            if not more():
+                return
+            study.optimize(objective, n_trials=1, catch=(UserError,))
+
+    with ThreadPoolExecutor(workers) as pool:
+        for done in [pool.submit(work) for _ in range(workers)]:
+            done.result()
+
+
+def arm_of(spec: StudySpec, name: str, extra: tuple[str, ...] = ()) -> Arm:
+    a = next(a for a in spec.arms if a.name == name)
+    return Arm(a.name, a.scheme, a.model_config, a.train_config, (*a.settings, *extra))
+
+
+def run_grid(optuna, spec: StudySpec, args: argparse.Namespace, out: Path, budget: Budget) -> None:
+    """Every arm x seed as a queued trial; workers take them until none is left."""
+    study = open_study(optuna, spec.name, args.storage, optuna.samplers.RandomSampler(seed=0))
+    wanted = [{"arm": a.name, "seed": s} for s in spec.seeds for a in spec.arms]
+    TrialState = optuna.trial.TrialState
+    live = (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
+    held = [t.params or t.system_attrs.get("fixed_params") for t in study.get_trials(states=live)]
+    for params in wanted:
+        if params not in held:
+            study.enqueue_trial(params, user_attrs={"queued": True})
+    env = thread_env(args.threads)
+
+    def objective(trial) -> float:
+        if not trial.user_attrs.get("queued"):  # the queue emptied under us: nothing to run
+            raise optuna.TrialPruned()
+        name = trial.suggest_categorical("arm", [a.name for a in spec.arms])
+        seed = trial.suggest_categorical("seed", spec.seeds)
+        row = train_and_grade(arm_of(spec, name), seed, budget, out / "runs" / f"{name}_seed{seed}",
+                              env)  # fmt: skip
+        trial.set_user_attr("row", row)
+        return row[spec.objective]
+
+    def more() -> bool:
+        return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+    print(f"{spec.name}: {len(wanted)} runs ({len(spec.arms)} arms x {len(spec.seeds)} seeds), "
+          f"{args.workers} at a time, {args.threads} threads each -> {out}",
+          flush=True)  # fmt: skip
+    run_workers(optuna, study, objective, args.workers, more)
+    rows = finished_rows(study, TrialState, wanted)
+    report(spec, args, out, budget, rows)
+
+
+def finished_rows(study, TrialState, wanted: list[dict]) -> list[dict]:
+    """The finished runs' rows in the study's order; one line naming any run not finished."""
+    rows = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if "row" in t.user_attrs:
+            rows[(t.params["arm"], t.params["seed"])] = t.user_attrs["row"]
+    missing = [f"{w['arm']}/seed {w['seed']}" for w in wanted if (w["arm"], w["seed"]) not in rows]
+    if missing:
+        raise UserError(
+            f"{len(missing)} of {len(wanted)} runs did not finish ({', '.join(missing[:5])}"
+            f"{', ...' if len(missing) > 5 else ''}); see their output above, then run the "
+            "same command again to retry them"
+        )
+    return [rows[(w["arm"], w["seed"])] for w in wanted]
+
+
+def report(
+    spec: StudySpec, args: argparse.Namespace, out: Path, budget: Budget, rows: list[dict]
+) -> None:
+    """runs.csv, summary.csv, the figures and REPORT.md."""
+    write_csv(out / "runs.csv", rows)
+    baselines = {a.name: a.baseline or spec.baseline for a in spec.arms}
+    contrasts = {name: contrast(rows, base, name) for name, base in baselines.items()
+                 if name != base}  # fmt: skip
+    summaries = summarise_contrasts(contrasts, SMALLEST_EFFECTS)
+    write_csv(out / "summary.csv", [{"arm": name, "baseline": baselines[name], **r}
+                                    for name in summaries for r in summaries[name]],
+              ("arm", "baseline", *SUMMARY_FIELDS))  # fmt: skip
+    figures = draw_figures(spec, out, budget)
+    text = report_text(spec, args, budget, rows, baselines, summaries, figures)
+    (out / "REPORT.md").write_text(text)
+    print(f"-> {out / 'REPORT.md'}, {out / 'runs.csv'}, {out / 'summary.csv'}")
+
+
+def draw_figures(spec: StudySpec, out: Path, budget: Budget) -> dict[str, list[str]]:
+    """Per arm, the first seed's prior samples (infer.py's seed: the same z in every arm) and
+    reconstructions of the same test images (arms whose run another machine trained have
+    none here)."""
+    figures = {}
+    for arm in spec.arms:
+        run = out / "runs" / f"{arm.name}_seed{spec.seeds[0]}"
+        if not (run / "final_model.pth").exists():  # trained on another machine
+            continue
+        figures[arm.name] = []
+        for mode, extra in (("samples", []), ("recon", ["--data_root", budget.data_root])):
+            path = out / f"{arm.name}_{mode}.png"
+            if not path.exists():
+                run_process(["infer.py", "--mode", mode, "--model_config",
+                             str(run / "model_config.json"), "--ckpt_path",
+                             str(run / "final_model.pth"), *extra,
+                             "--save_path", str(path)])  # fmt: skip
+            figures[arm.name].append(path.name)
+    return figures
+
+
+def report_text(
+    spec: StudySpec, args: argparse.Namespace, budget: Budget, rows: list[dict],
+    baselines: dict[str, str], summaries: dict[str, list[dict]], figures: dict[str, list[str]],
+) -> str:  # fmt: skip
+    """REPORT.md: what ran, what it cost, and every arm against the baseline."""
+    lines = [f"# Study `{spec.name}`", "",
+             f"Written by `python study.py {args.study} --data_root {args.data_root} "
+             f"--workers {args.workers}` ({len(rows)} runs).", "",
+             f"Budget: {spec.epochs} epochs, "
+             f"{budget.subset or 'all'} training images, seeds {', '.join(map(str, spec.seeds))}, "
+             f"{budget.num_samples or 10_000} prior samples graded per run. Each arm is compared "
+             f"with `{spec.baseline}` (or the baseline it names) seed by seed: paired 95 % "
+             "t-intervals, Holm's correction across every arm and measure, and \"equivalent\" "
+             "only where the 90 % interval lies inside the smallest effect that matters "
+             "(utils/comparison.py).", "",
+             "## Arms", "", "| arm | scheme | model config | training config | changes |",
+             "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    for a in spec.arms:
+        changes = ", ".join(f"`{s}`" for s in a.settings) or "—"
+        lines.append(f"| {a.name} | {a.scheme} | `{a.model_config}` | `{a.train_config}` | "
+                     f"{changes} |")  # fmt: skip
+    lines += ["", "## Cost", "", "| arm | seconds per epoch (median over runs) | peak RSS, MB |",
+              "| --- | --- | --- |"]  # fmt: skip
+    for a in spec.arms:
+        mine = [r for r in rows if r["arm"] == a.name]
+        seconds = statistics.median(float(r["seconds_per_epoch"]) for r in mine)
+        peak = max(float(r["peak_rss_mb"]) for r in mine)
+        lines.append(f"| {a.name} | {seconds:.3g} | {peak:.0f} |")
+    logged = [a.name for a in spec.arms if any(k in r for r in rows if r["arm"] == a.name
+                                                for k in DIAGNOSTICS)]  # fmt: skip
+    if logged:
+        lines += ["", "## Balance of the extra terms (last epoch, median over seeds)", "",
+                  "grad_ratio_X: the gradient of the weighted term X at the decoder's last layer "
+                  "over the weighted reconstruction's; disc_weight: the adversarial weight "
+                  "(lambda_disc, or the adaptive one).", "",
+                  "| arm | " + " | ".join(DIAGNOSTICS) + " |",
+                  "| --- |" + " --- |" * len(DIAGNOSTICS)]  # fmt: skip
+        for name in logged:
+            mine = [r for r in rows if r["arm"] == name]
+            cells = [median_text([r[k] for r in mine if k in r]) for k in DIAGNOSTICS]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for name, summary in summaries.items():
+        lines += ["", f"## {name} against {baselines[name]}", "",
+                  markdown_table(summary, baselines[name], name).rstrip()]  # fmt: skip
+    lines += ["", "## Figures", ""]
+    for name, files in figures.items():
+        lines.append(f"{name}: " + " · ".join(f"![{f}]({f})" for f in files))
+    return "\n".join(lines) + "\n"
+
+
+def median_text(values: list) -> str:
+    finite = [float(v) for v in values if v not in (None, "") and math.isfinite(float(v))]
+    return f"{statistics.median(finite):.3g}" if finite else "—"
+
+
+def search_folder(settings: dict[str, float]) -> str:
+    """A run folder named by its settings, so a retried trial continues the same run."""
+    text = json.dumps(settings, sort_keys=True)
+    return "search_" + hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def run_search(
+    optuna, spec: StudySpec, args: argparse.Namespace, out: Path, budget: Budget
+) -> None:
+    """Optuna's TPE sampler over the search block's ranges, `trials` finished runs in all."""
+    search = spec.search
+    if search is None:
+        raise UserError(f"{args.study}: has no 'search' block for --search; add one")
+    sampler = optuna.samplers.TPESampler(seed=search.seed)
+    study = open_study(optuna, f"{spec.name}-search", args.storage, sampler)
+    TrialState = optuna.trial.TrialState
+    env = thread_env(args.threads)
+    lock = threading.Lock()
+
+    def objective(trial) -> float:
+        values = {p.key: trial.suggest_float(p.key, p.low, p.high, log=p.log)
+                  for p in search.params}  # fmt: skip
+        extra = tuple(f"{k}={json.dumps(v)}" for k, v in values.items())
+        run = out / "runs" / search_folder(values)
+        row = train_and_grade(arm_of(spec, search.arm, extra), spec.seeds[0], budget, run, env)
+        trial.set_user_attr("row", row)
+        trial.set_user_attr("folder", run.name)
+        return row[search.minimise]
+
+    def more() -> bool:
+        with lock:
+            states = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
+            return len(study.get_trials(deepcopy=False, states=states)) < search.trials
+
+    print(f"{spec.name}: searching {', '.join(p.key for p in search.params)} of arm "
+          f"{search.arm!r} for the lowest {search.minimise}, {search.trials} runs -> {out}",
+          flush=True)  # fmt: skip
+    run_workers(optuna, study, objective, args.workers, more)
+    done = [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if "row" in t.user_attrs]
+    if not done:
+        raise UserError("no search run finished; see their output above")
+    rows = [{"trial": t.number, **t.params, search.minimise: t.value,
+             "folder": t.user_attrs["folder"],
+             **{k: v for k, v in t.user_attrs["row"].items() if k in MEASURES}}
+            for t in sorted(done, key=lambda t: t.value)]  # fmt: skip
+    write_csv(out / "search.csv", rows)
+    best = rows[0]
+    text = [f"# Search `{spec.name}`: arm `{search.arm}`, lowest {search.minimise}", "",
+            f"{len(rows)} runs, seed {spec.seeds[0]}, {spec.epochs} epochs, "
+            f"{budget.subset or 'all'} training images. Best: "
+            + ", ".join(f"`{p.key}` = {best[p.key]:.4g}" for p in search.params)
+            + f" ({search.minimise} {best[search.minimise]:.4g}). Every run: search.csv."
+            ]  # fmt: skip
+    (out / "SEARCH.md").write_text("\n".join(text) + "\n")
+    print(text[-1])
+
+
+def main() -> None:
+    args = parse_args()
+    spec = load_study(args.study)
+    optuna = import_optuna()
+    out = Path(args.out or f"results/studies/{spec.name}")
+    out.mkdir(parents=True, exist_ok=True)
+    args.storage = args.storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    args.threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
+    budget = Budget(args.data_root, spec.epochs, spec.subset, spec.num_samples)
+    if args.search:
+        run_search(optuna, spec, args, out, budget)
+    else:
+        run_grid(optuna, spec, args, out, budget)
+
+
+if __name__ == "__main__":
+    run_cli(main)

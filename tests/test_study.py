@@ -1,0 +1,133 @@
+"""study.py: studies/smoke.json run for real (train.py and evaluate.py processes on Optuna's
+SQLite storage), a second call that trains nothing, a search, and one-line refusals."""
+
+import csv
+import json
+import sys
+
+import pytest
+
+import study
+from tests.helpers import REPO, make_mnist_root, run_script
+from utils.comparison import SUMMARY_FIELDS
+from utils.errors import UserError
+
+SMOKE = REPO / "studies" / "smoke.json"
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """The smoke study on a small synthetic MNIST, run once from a bare folder."""
+    root = tmp_path_factory.mktemp("study")
+    mnist = make_mnist_root(root / "mnist", n_train=256, n_test=128)
+    argv = [str(SMOKE), "--data_root", str(mnist), "--out", str(root / "out"), "--threads", "1"]
+    result = run_script(str(REPO / "study.py"), *argv, cwd=root)
+    return root, argv, result
+
+
+def test_the_smoke_study_runs_every_arm_and_writes_its_report(smoke):
+    root, _, result = smoke
+    assert result.returncode == 0, result.stderr
+    out = root / "out"
+    spec = json.loads(SMOKE.read_text())
+    arms = [a["name"] for a in spec["arms"]]
+    with open(out / "runs.csv") as f:
+        runs = list(csv.DictReader(f))
+    assert [(r["arm"], r["seed"], r["epochs"]) for r in runs] == [(a, "1", "1") for a in arms]
+    with open(out / "summary.csv") as f:
+        summary = list(csv.DictReader(f))
+    assert list(summary[0]) == ["arm", "baseline", *SUMMARY_FIELDS]
+    assert {r["arm"] for r in summary} == set(arms) - {spec["baseline"]}
+    assert {r["n"] for r in summary} == {"1"}  # one seed: no interval, never "± 0"
+    report = (out / "REPORT.md").read_text()
+    assert report.startswith("# Study `smoke`")
+    assert "## both_adaptive_hinge against simple" in report and "± 0" not in report
+    assert '`loss.params.gan_loss="hinge"`' in report
+    # The composite arm's balance: its last epoch's logged ratios, in runs.csv and the report.
+    assert runs[0]["grad_ratio_adv"] == "" and float(runs[1]["grad_ratio_adv"]) > 0
+    assert "| both_adaptive_hinge | " in report.split("## Balance of the extra terms")[1]
+    for arm in arms:
+        for view in ("samples", "recon"):
+            assert (out / f"{arm}_{view}.png").stat().st_size > 1000
+            assert f"({arm}_{view}.png)" in report
+    assert (out / "study.db").is_file()
+
+
+def test_the_composite_arm_logs_its_weight_and_gradient_ratios(smoke):
+    root, _, result = smoke
+    assert result.returncode == 0, result.stderr
+    with open(root / "out/runs/both_adaptive_hinge_seed1/metrics.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    # The critic is on from step 0 (warmup_ratio 0), the ratios are measured at step 0.
+    weight = float(row["train_disc_weight"])
+    assert 0 < weight <= 0.5 * 1e4
+    # The adaptive weight makes the adversarial gradient lambda_disc times the reconstruction's
+    # (less the 1e-4 in the denominator) at the decoder's last layer.
+    assert float(row["train_grad_ratio_adv"]) == pytest.approx(0.5, rel=1e-2)
+    assert float(row["train_grad_ratio_pips"]) > 0
+    assert float(row["lr_d"]) == 5e-5  # scheduler.params_d null: a constant critic rate
+
+
+def test_a_second_call_trains_nothing_and_keeps_the_runs(smoke):
+    root, argv, first = smoke
+    assert first.returncode == 0, first.stderr
+    finals = sorted((root / "out/runs").glob("*/final_model.pth"))
+    made_at = [p.stat().st_mtime_ns for p in finals]
+    again = run_script(str(REPO / "study.py"), *argv, cwd=root)
+    assert again.returncode == 0, again.stderr
+    assert [p.stat().st_mtime_ns for p in finals] == made_at
+    assert "epoch 1/1" not in again.stdout + again.stderr
+    with open(root / "out/runs.csv") as f:
+        assert len(list(csv.DictReader(f))) == 2
+
+
+def test_search_mode_runs_the_sampler_and_names_the_best_setting(smoke):
+    root, argv, first = smoke
+    assert first.returncode == 0, first.stderr
+    result = run_script(str(REPO / "study.py"), *argv, "--search", cwd=root)
+    assert result.returncode == 0, result.stderr
+    with open(root / "out/search.csv") as f:
+        trials = list(csv.DictReader(f))
+    assert len(trials) == 2
+    values = [float(t["fid_samples"]) for t in trials]
+    assert values == sorted(values)  # best first
+    assert all(10 <= float(t["loss.params.lambda_pips"]) <= 1000 for t in trials)
+    for t in trials:  # each run's folder is named by its settings, so a retry continues it
+        assert (root / "out/runs" / t["folder"] / "eval.json").is_file()
+    assert "Best: `loss.params.lambda_pips` = " in (root / "out/SEARCH.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"baseline": "nobody"}, "field 'baseline' = \"nobody\" must be one of the arms"),
+        ({"seeds": [1, 1]}, "field 'seeds' = [1, 1] must be distinct seeds"),
+        ({"objective": "beauty"}, "field 'objective' = \"beauty\" must be one of recon_mse"),
+        ({"arms": []}, "must be one of the arms: "),
+    ],
+)
+def test_a_bad_study_file_is_one_line_naming_the_field(tmp_path, change, says):
+    path = tmp_path / "study.json"
+    path.write_text(json.dumps({**json.loads(SMOKE.read_text()), **change}))
+    result = run_script(str(REPO / "study.py"), str(path), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"error: {path}: ")
+    assert says in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_arm_whose_settings_train_py_would_refuse_stops_the_study_first(tmp_path):
+    spec = json.loads(SMOKE.read_text())
+    spec["arms"][1]["settings"] = ['loss.params.gan_loss="wgan"']
+    path = tmp_path / "study.json"
+    path.write_text(json.dumps(spec))
+    result = run_script(str(REPO / "study.py"), str(path), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "arm 'both_adaptive_hinge'" in result.stderr
+    assert "'loss.params.gan_loss' = \"wgan\" must be one of bce, hinge" in result.stderr
+
+
+def test_without_optuna_the_study_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` raises ImportError
+    with pytest.raises(UserError, match=r"study.py needs Optuna: pip install optuna"):
+        study.import_optuna()

@@ -1,0 +1,231 @@
+"""What compare_schemes.py and study.py share: an arm (a scheme, its two config files and --set
+changes), one graded run of an arm (a real train.py process, then evaluate.py), and the paired
+summary of one arm against a baseline over the seeds both ran.
+
+A run folder is kept once finished (final_model.pth) and continued with `--resume auto` when it
+holds checkpoints; a graded one (eval.json) is not graded again. Each run's peak memory is its
+train.py process's maximum resident set.
+"""
+
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from utils.errors import UserError
+from utils.stats import describe, equivalence, holm, paired_difference
+
+REPO = Path(__file__).resolve().parent.parent
+# The grades a run is compared by, in table order: evaluate.py's, then the cost.
+MEASURES = ("recon_mse", "rate_kl", "fid_samples", "fid_recon", "precision", "recall", "class_kl",
+            "edge_sharpness", "background_speckle", "sharpness_ratio", "recon_accuracy",
+            "grid_confident_share", "grid_classes", "seconds_per_epoch", "peak_rss_mb")  # fmt: skip
+# The smallest differences that would matter, arm minus baseline, in each measure's units:
+# "equivalent" needs the 90 % interval inside ±delta (utils/stats.equivalence). About 3 % of a
+# 40-epoch recon_mse; FID moves by more than 10 between seeds; a tenth of the sharpness ratio's
+# 0.05-0.07; 2 points of accuracy; about one cell in 16 of the grid; one digit; 5 % of real
+# digits' edge sharpness; 5 points of precision or recall; 0.05 nats of class histogram; half a
+# nat of rate. Cost has none: nobody asks whether one arm is as fast as another.
+SMALLEST_EFFECTS = {
+    "recon_mse": 1.0,
+    "fid_samples": 10.0,
+    "fid_recon": 10.0,
+    "sharpness_ratio": 0.01,
+    "recon_accuracy": 0.02,
+    "grid_confident_share": 0.05,
+    "grid_classes": 1.0,
+    "edge_sharpness": 0.05,
+    "precision": 0.05,
+    "recall": 0.05,
+    "class_kl": 0.05,
+    "rate_kl": 0.5,
+}
+# What the composite loss logs about its balance (metrics.csv's train_ columns): a run's row
+# carries the last epoch's, where its run logged them.
+DIAGNOSTICS = ("disc_weight", "grad_ratio_pips", "grad_ratio_adv")
+SUMMARY_FIELDS = ("measure", "n", "baseline_mean", "arm_mean", "difference", "ci_low", "ci_high",
+                  "d_z", "p", "p_holm", "verdict", "smallest_effect")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One way to train: `scheme` with its model and training config files (relative to the
+    repo, or absolute) and train.py --set changes ("KEY=VALUE", VALUE JSON)."""
+
+    name: str
+    scheme: str
+    model_config: str
+    train_config: str
+    settings: tuple[str, ...] = field(default=())
+
+    def config_paths(self) -> tuple[Path, Path]:
+        return REPO / self.model_config, REPO / self.train_config
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What every run of a comparison shares: epochs, training images (None: all) and data."""
+
+    data_root: str
+    epochs: int
+    subset: int | None = None
+    num_samples: int | None = None
+
+
+def run_process(args: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
+    """Run one of the repo's entry scripts; returns (wall seconds, peak resident memory in MB)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, str(REPO / args[0]), *args[1:]], env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise UserError(f"{' '.join(args[:3])} ... exited {proc.returncode}; see its output above")
+    return time.perf_counter() - started, usage.ru_maxrss / 1024
+
+
+def train_and_grade(
+    arm: Arm, seed: int, budget: Budget, run: Path, env: dict[str, str] | None = None
+) -> dict:
+    """One run of `arm` with `seed` into `run` (kept if finished), graded by evaluate.py: a row
+    of the arm, seed, epochs, cost and every measure evaluate.py gave."""
+    model_config, train_config = arm.config_paths()
+    cost = run / "cost.json"
+    if not (run / "final_model.pth").exists():
+        command = ["train.py", "--scheme", arm.scheme, "--model_config", str(model_config),
+                   "--train_config", str(train_config), "--data_root", budget.data_root,
+                   "--save_dir", str(run), "--epochs", str(budget.epochs),
+                   "--seed", str(seed)]  # fmt: skip
+        for setting in arm.settings:
+            command += ["--set", setting]
+        if budget.subset:
+            command += ["--subset", str(budget.subset)]
+        if list(run.glob("checkpoint_*.pth")):
+            command += ["--resume", "auto"]
+        _, peak_mb = run_process(command, env)
+        before = json.loads(cost.read_text())["peak_rss_mb"] if cost.exists() else 0.0
+        cost.write_text(json.dumps({"peak_rss_mb": max(before, peak_mb)}) + "\n")
+    if not (run / "eval.json").exists():
+        command = ["evaluate.py", "--model_config", str(run / "model_config.json"),
+                   "--ckpt_path", str(run / "final_model.pth"), "--data_root", budget.data_root,
+                   "--out", str(run / "eval.json")]  # fmt: skip
+        if budget.num_samples:
+            command += ["--num_samples", str(budget.num_samples)]
+        run_process(command, env)
+    grades = json.loads((run / "eval.json").read_text())
+    with open(run / "metrics.csv") as f:
+        epochs = list(csv.DictReader(f))
+    last = epochs[-1]
+    return {"arm": arm.name, "scheme": arm.scheme, "seed": seed, "epochs": len(epochs),
+            "seconds_per_epoch": statistics.median(float(e["seconds"]) for e in epochs),
+            "peak_rss_mb": json.loads(cost.read_text())["peak_rss_mb"],
+            **{k: grades[k] for k in MEASURES if k in grades},
+            **{k: float(last[f"train_{k}"]) for k in DIAGNOSTICS
+               if last.get(f"train_{k}") not in (None, "")}}  # fmt: skip
+
+
+def write_csv(path: Path, rows: list[dict], fields: tuple[str, ...] | None = None) -> None:
+    """`rows` under `fields` (default: every key of any row, in order of first appearance; a
+    row without one leaves its cell empty)."""
+    fields = fields or tuple(dict.fromkeys(k for row in rows for k in row))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def contrast(rows: list[dict], baseline: str, arm: str, key: str = "arm") -> list[tuple]:
+    """Per measure, (measure, baseline values, arm values, their paired difference) over the
+    seeds both ran, `key` the rows' column naming the arms. A runs.csv written before a measure
+    existed has no column for it: that measure is left out (and out of Holm's family)."""
+    measures = [m for m in MEASURES if all(r.get(m) not in (None, "") for r in rows)]
+    out = []
+    for measure in measures:
+        by_seed = {
+            name: {r["seed"]: float(r[measure]) for r in rows if r[key] == name}
+            for name in (baseline, arm)
+        }
+        seeds = [seed for seed in by_seed[baseline] if seed in by_seed[arm]]
+        base, other = ([by_seed[name][seed] for seed in seeds] for name in (baseline, arm))
+        out.append((measure, base, other, paired_difference(base, other)))
+    return out
+
+
+def summarise_contrasts(
+    contrasts: dict[str, list[tuple]], smallest_effects: dict[str, float] | None = None
+) -> dict[str, list[dict]]:
+    """Each contrast's rows (SUMMARY_FIELDS, plus `text`, the difference as utils/stats.describe
+    writes it, and `sentence`, the verdict's), with Holm's correction taken across every measure
+    of every contrast: the family is all the questions asked at once."""
+    effects = SMALLEST_EFFECTS if smallest_effects is None else smallest_effects
+    family = [(name, *item) for name, items in contrasts.items() for item in items]
+    p_holm = holm([d.p for *_, d in family])
+    summaries: dict[str, list[dict]] = {name: [] for name in contrasts}
+    for (name, measure, base, other, d), adjusted in zip(family, p_holm, strict=True):
+        verdict = equivalence(d, effects.get(measure), adjusted)
+        summaries[name].append(
+            {
+                "measure": measure,
+                "n": d.n,
+                "baseline_mean": statistics.fmean(base),
+                "arm_mean": statistics.fmean(other),
+                "difference": d.mean,
+                "ci_low": d.ci[0] if d.ci else "",
+                "ci_high": d.ci[1] if d.ci else "",
+                "d_z": "" if d.d_z is None else d.d_z,
+                "p": "" if d.p is None else d.p,
+                "p_holm": "" if adjusted is None else adjusted,
+                "verdict": verdict.verdict.value,
+                "smallest_effect": effects.get(measure, ""),
+                "text": describe(d),
+                "sentence": verdict.sentence,
+            }
+        )
+    return summaries
+
+
+def summarise(
+    rows: list[dict], baseline: str, arm: str, key: str = "arm",
+    smallest_effects: dict[str, float] | None = None,
+) -> list[dict]:  # fmt: skip
+    """Per measure, `arm` minus `baseline` paired by seed, Holm's correction across the
+    measures (summarise_contrasts with this one contrast)."""
+    contrasts = {arm: contrast(rows, baseline, arm, key)}
+    return summarise_contrasts(contrasts, smallest_effects)[arm]
+
+
+def markdown_table(summary: list[dict], baseline: str, arm: str) -> str:
+    """The summary as a Markdown table: a row per measure, both arms' means, the paired
+    difference as describe() writes it, p before and after Holm's correction, the verdict."""
+    header = (
+        "measure",
+        baseline,
+        arm,
+        f"{arm} − {baseline} [95 % CI]",
+        "p",
+        "p (Holm)",
+        "verdict",
+    )
+    lines = ["| " + " | ".join(header) + " |", "| --- |" + " --- |" * (len(header) - 1)]
+    for r in summary:
+        ps = " | ".join("—" if r[k] == "" else f"{r[k]:.2g}" for k in ("p", "p_holm"))
+        lines.append(
+            f"| {r['measure']} | {r['baseline_mean']:.4g} | {r['arm_mean']:.4g} | "
+            f"{r['text']} | {ps} | {r['sentence']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def read_runs(path: Path, key: str) -> list[dict]:
+    """The rows of a runs.csv a comparison wrote."""
+    if not path.is_file():
+        raise UserError(f"{path}: no runs.csv to summarise; run the comparison first")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {key, "seed"} <= rows[0].keys():
+        raise UserError(f"{path}: holds no runs (no {key} and seed columns)")
+    return rows
