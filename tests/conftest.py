@@ -14,6 +14,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.helpers import make_mnist_root, real_mnist_root  # noqa: E402
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (pyproject.toml's addopts: one worker per core) each worker runs its
+    tests, and the scripts they start, on one thread, so the workers share the cores instead of
+    fighting over them. The few tests that need a given thread count set it themselves."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def fake_mnist(tmp_path_factory) -> Path:
     return make_mnist_root(tmp_path_factory.mktemp("mnist"))

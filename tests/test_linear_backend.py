@@ -5,6 +5,7 @@ op is missing or wrong; one step of the VAE on either backend."""
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import model.linear_backend as lb
 from model.linear_backend import Linear, choose, onednn_linear, onednn_problem
@@ -182,8 +183,10 @@ def test_a_resumed_run_takes_its_own_backend_without_timing(monkeypatch, saved):
 @needs_onednn
 def test_one_vae_step_agrees_between_backends():
     # The same weights, batch and dropout masks: outputs and every gradient equal up to float32
-    # rounding, amplified a little by BatchNorm (seen: at most 6e-6 of each tensor's largest
-    # value), whichever backend runs the products.
+    # rounding, amplified a little by BatchNorm, whichever backend runs the products. LeakyReLU
+    # is swapped for a smooth activation here: with its kink, a pre-activation within rounding
+    # of 0 takes slope 1 on one backend and 0.2 on the other, and that one element's gradient
+    # then differs by 80 % (at some seeds and thread counts), which says nothing of the products.
     torch.manual_seed(0)
     reference = VAE(simple_config().model_config)
     x = torch.rand(128, 1, 28, 28)
@@ -191,6 +194,10 @@ def test_one_vae_step_agrees_between_backends():
     for backend in ("aten", "onednn"):
         vae = VAE(simple_config().model_config)
         vae.load_state_dict(reference.state_dict())
+        for module in list(vae.modules()):
+            for name, child in module.named_children():
+                if isinstance(child, nn.LeakyReLU):
+                    setattr(module, name, nn.SiLU())
         vae.set_linear_backend(backend)
         torch.manual_seed(1)
         x_hat, mu, logvar = vae(x)
