@@ -58,6 +58,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds (default 1 2 3)")
     p.add_argument("--epochs", type=int, default=40, help="epochs per run (default 40)")
     p.add_argument("--subset", type=int, help="train on the first N training images only")
+    p.add_argument(
+        "--num_samples", type=int, help="prior samples evaluate.py grades (default its 10000)"
+    )
     p.add_argument("--out", default="results", help="output folder (default results/)")
     p.add_argument(
         "--summarise_only",
@@ -96,7 +99,7 @@ def main() -> None:
     if args.summarise_only:
         rows = read_runs(out / "runs.csv", "scheme")
     else:
-        budget = Budget(args.data_root, args.epochs, args.subset)
+        budget = Budget(args.data_root, args.epochs, args.subset, args.num_samples)
         rows = [train_and_grade(arm, seed, budget, out / "runs" / f"{name}_seed{seed}")
                 for seed in args.seeds for name, arm in ARMS.items()]  # fmt: skip
         write_csv(out / "runs.csv", rows)
@@ -108,18 +111,23 @@ def main() -> None:
     if args.summarise_only:
         print(table, end="")
         return
+    # The figures show the first seed's runs, which a later call with more seeds keeps: drawn
+    # once.
     first = {name: out / "runs" / f"{name}_seed{args.seeds[0]}" for name in ARMS}
-    run_process(["infer.py", "--mode", "compare",
-                 "--model_config", str(first["simple"] / "model_config.json"),
-                 "--ckpt_path", str(first["simple"] / "final_model.pth"),
-                 "--model_config_b", str(first["composite"] / "model_config.json"),
-                 "--ckpt_path_b", str(first["composite"] / "final_model.pth"),
-                 "--data_root", args.data_root,
-                 "--save_path", str(out / f"compare_seed{args.seeds[0]}.png")])  # fmt: skip
+    compare = out / f"compare_seed{args.seeds[0]}.png"
+    if not compare.exists():
+        run_process(["infer.py", "--mode", "compare",
+                     "--model_config", str(first["simple"] / "model_config.json"),
+                     "--ckpt_path", str(first["simple"] / "final_model.pth"),
+                     "--model_config_b", str(first["composite"] / "model_config.json"),
+                     "--ckpt_path_b", str(first["composite"] / "final_model.pth"),
+                     "--data_root", args.data_root, "--save_path", str(compare)])  # fmt: skip
     for scheme, run in first.items():
-        run_process(["infer.py", "--mode", "samples", "--model_config",
-                     str(run / "model_config.json"), "--ckpt_path", str(run / "final_model.pth"),
-                     "--save_path", str(out / f"{scheme}_samples.png")])  # fmt: skip
+        samples = out / f"{scheme}_samples.png"
+        if not samples.exists():
+            run_process(["infer.py", "--mode", "samples", "--model_config",
+                         str(run / "model_config.json"), "--ckpt_path",
+                         str(run / "final_model.pth"), "--save_path", str(samples)])  # fmt: skip
     print(table, end="")
     print(f"-> {out / 'runs.csv'}, {out / 'summary.csv'}, {out / 'summary.md'}, figures in {out}")
 

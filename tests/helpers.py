@@ -2,8 +2,11 @@
 entry scripts' command lines run as real subprocesses, and a run folder's metrics.csv.
 (Fixtures live in tests/conftest.py.)"""
 
+import contextlib
 import csv
 import fcntl
+import importlib
+import io
 import json
 import os
 import pty
@@ -99,6 +102,24 @@ def config_variant(folder: Path, source: str | Path, changes: dict[str, Any]) ->
     return path
 
 
+def small_composite_model(folder: Path, source: str = "configs/model_composite_mnist_config.json",
+                          changes: dict[str, Any] | None = None) -> Path:  # fmt: skip
+    """A copy of a composite model config whose critic is narrow (8-16-32-32 channels) and whose
+    PIPS is the MNIST CNN at its initial weights, saved in `folder` (made without training): the
+    scheme's every code path at a fraction of the reference critic's cost per step."""
+    from utils.dataset import MNISTSplit
+    from utils.networks import make_network
+
+    backbone = folder / "pips_cnn_initial.pth"
+    if not backbone.exists():
+        split = MNISTSplit(torch.zeros(1, 1, 28, 28), torch.zeros(1, dtype=torch.long))
+        make_network("pips", backbone, split, split, epochs=0)
+    small = {"discriminator_config.hidden_channels": [8, 16, 32, 32],
+             "pips_config": {"backbone": "mnist_cnn", "input_size": 28, "weights": "mnist",
+                             "weights_path": str(backbone)}}  # fmt: skip
+    return config_variant(folder, source, {**small, **(changes or {})})
+
+
 # The entry scripts as a user runs them
 
 
@@ -154,6 +175,37 @@ def run_script(
         text=True,
         timeout=timeout,
     )
+
+
+def run_main(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """An entry script's command line run in this process, as its `__main__` runs it: the
+    script's main() behind utils/cli.run_cli, with sys.argv, the working folder, stdout and
+    stderr as a subprocess has them, and its exit code. For the many error paths, where a
+    subprocess would spend most of the test starting the interpreter and importing torch; every
+    script keeps tests in real processes too. An exception run_cli does not turn into one line
+    propagates, failing the test, where a subprocess would print its traceback."""
+    from utils.cli import run_cli
+
+    module = importlib.import_module(Path(args[0]).stem)
+    out, err = io.StringIO(), io.StringIO()
+    saved_argv, saved_cwd, code = sys.argv, os.getcwd(), 0
+    try:
+        sys.argv = [str(args[0]), *map(str, args[1:])]
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                run_cli(module.main)
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    finally:
+        sys.argv = saved_argv
+        os.chdir(saved_cwd)
+        # What the process's exit would do: train.py's run-folder locks last while their files
+        # are open.
+        for handle in getattr(module, "HELD_LOCKS", []):
+            handle.close()
+        getattr(module, "HELD_LOCKS", []).clear()
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 def start_scripts(commands: dict[str, list[str]]) -> dict[str, subprocess.CompletedProcess]:

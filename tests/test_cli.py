@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.helpers import REPO, run_script
+from tests.helpers import REPO, run_main, run_script
 
 
 @pytest.mark.parametrize(
@@ -28,12 +28,25 @@ from tests.helpers import REPO, run_script
         (["make_networks.py", "--network", "x"], "error: argument --network: invalid choice: 'x' "
                                                  "(choose from 'pips', 'eval', 'both'); see python "
                                                  "make_networks.py --help"),
+        (["study.py"], "error: the following arguments are required: study; see python study.py "
+                       "--help"),
+        (["study.py", "studies/smoke.json", "--workers", "0"],
+         "error: --workers 0: must be >= 1; see python study.py --help"),
+        (["compare_schemes.py", "--seeds"], "error: argument --seeds: expected at least one "
+                                            "argument; see python compare_schemes.py --help"),
     ],
 )  # fmt: skip
 def test_a_bad_flag_is_one_line_in_every_script(argv, line):
-    result = run_script(*argv)
+    # In this process, as the script's __main__ runs it: argparse's exit is the script's.
+    result = run_main(*argv)
     assert result.returncode == 2
     assert result.stderr == line + "\n"
+
+
+def test_a_bad_flag_is_one_line_in_a_real_process():
+    result = run_script("infer.py", "--bogus")
+    assert (result.returncode, result.stderr) == (
+        2, "error: unrecognized arguments: --bogus; see python infer.py --help\n")  # fmt: skip
 
 
 def test_ctrl_c_while_the_perceptual_network_trains_is_one_line(tmp_path, fake_mnist):

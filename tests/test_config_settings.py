@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tests.helpers import REPO, run_script
+from tests.helpers import REPO, run_main, run_script
 from train import short_warmup
 from utils.config import load_model_config, load_train_config, parse_settings
 from utils.errors import ConfigError
@@ -120,7 +120,7 @@ def test_train_records_settings_in_the_run_folder_and_refuses_a_bad_one(tmp_path
     )
 
     refused = tmp_path / "refused"
-    failed = run_script(*common, "--set", f'save_dir="{refused}"', "--set", "loss.params.beta=-1")
+    failed = run_main(*common, "--set", f'save_dir="{refused}"', "--set", "loss.params.beta=-1")
     assert failed.returncode == 2
     assert failed.stderr.splitlines() == [
         "error: --set loss.params.beta=-1: field 'loss.params.beta' = -1.0 must be >= 0"

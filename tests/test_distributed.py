@@ -30,6 +30,7 @@ from tests.helpers import (
     read_metrics,
     run_script,
     run_with_terminal,
+    small_composite_model,
     train_argv,
 )
 from train import check_processes
@@ -212,9 +213,7 @@ def test_interrupted_two_process_run_resumes_bit_identical(tmp_path, mnist, trai
 
 
 def test_composite_critic_is_wrapped_too_and_early_stopping_ends_every_rank(tmp_path, mnist):
-    model_path = config_variant(tmp_path, "configs/model_composite_config.json",
-                                {"pips_config": {"backbone": "vgg16", "input_size": 32,
-                                                 "weights": "random"}})  # fmt: skip
+    model_path = small_composite_model(tmp_path)
     # A tolerance no epoch can beat: epoch 1 is the best, epoch 2 uses up patience 1.
     train_path = config_variant(tmp_path, "configs/train_composite_config.json",
                                 {"data.train_bs": BATCH,

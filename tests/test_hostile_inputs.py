@@ -2,8 +2,9 @@
 line on stderr naming the file, flag or value and the fix, exit code 2, no traceback, and
 nothing already saved is overwritten.
 
-The scripts run as real subprocesses on a narrow untrained VAE, the synthetic MNIST of
-conftest.py and an untrained (0-epoch) evaluation CNN, so that no test trains anything.
+The scripts run on a narrow untrained VAE, the synthetic MNIST of conftest.py and an untrained
+(0-epoch) evaluation CNN, so that no test trains anything: most in this process, as their
+`__main__` runs them (tests/helpers.run_main), a few as real subprocesses.
 """
 
 import json
@@ -13,7 +14,15 @@ import pytest
 import torch
 
 from model.vae import VAE
-from tests.helpers import REPO, assert_png, fake_digits, make_mnist_root, run_script, write_idx
+from tests.helpers import (
+    REPO,
+    assert_png,
+    fake_digits,
+    make_mnist_root,
+    run_main,
+    run_script,
+    write_idx,
+)
 from utils.checkpoint import save_checkpoint
 from utils.config import load_model_config
 from utils.dataset import load_mnist
@@ -78,7 +87,7 @@ def test_a_save_path_under_a_file_is_one_line_and_the_file_stays(tmp_path, files
     blocker = tmp_path / "notes.txt"
     blocker.write_text("keep me")
     png = blocker / "grid.png"
-    result = run_script(*infer_args(files, png))
+    result = run_main(*infer_args(files, png))
     line = one_line(result, str(png), "choose another --save_path")
     assert line == (
         f"error: {png}: cannot write ({blocker} is a file, not a folder); "
@@ -92,7 +101,7 @@ def test_an_unknown_extension_is_refused_before_anything_is_read(tmp_path, files
     path = tmp_path / "grid.pngg"
     argv = infer_args(files, path)
     argv[argv.index(str(files["ckpt"]))] = str(tmp_path / "missing.pth")
-    line = one_line(run_script(*argv))
+    line = one_line(run_main(*argv))
     assert line == (
         f"error: --save_path {path}: cannot write '.pngg' figures; end it in .png, .pdf or .svg"
     )
@@ -102,7 +111,7 @@ def test_an_unknown_extension_is_refused_before_anything_is_read(tmp_path, files
 def test_an_unwritable_save_path_is_one_line(files):
     """As root no folder can be made unwritable with chmod; /proc refuses new files to anyone,
     and so stands in for a read-only folder (the OSError path)."""
-    result = run_script(*infer_args(files, "/proc/hostile_grid.png"))
+    result = run_main(*infer_args(files, "/proc/hostile_grid.png"))
     assert one_line(result).startswith("error: /proc/hostile_grid.png: cannot write (")
     assert result.stderr.rstrip().endswith("); choose another --save_path")
 
@@ -117,7 +126,7 @@ def test_a_save_path_without_suffix_writes_and_reports_a_png(tmp_path, files):
 
 
 def test_a_pdf_save_path_writes_a_pdf(tmp_path, files):
-    result = run_script(*infer_args(files, tmp_path / "grid.PDF", "--grid_size", "3"))
+    result = run_main(*infer_args(files, tmp_path / "grid.PDF", "--grid_size", "3"))
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "grid.PDF").read_bytes()[:5] == b"%PDF-"
 
@@ -127,7 +136,7 @@ def test_a_pdf_save_path_writes_a_pdf(tmp_path, files):
 
 def test_curves_of_a_non_utf8_metrics_csv_is_one_line(tmp_path):
     (tmp_path / "metrics.csv").write_bytes(b"epoch,step,train_loss\n1,4,9\xff\xfe0\n")
-    result = run_script("infer.py", "--mode", "curves", "--run_dir", str(tmp_path),
+    result = run_main("infer.py", "--mode", "curves", "--run_dir", str(tmp_path),
                         "--save_path", str(tmp_path / "curves.png"))  # fmt: skip
     line = one_line(result)
     assert line == (
@@ -138,7 +147,7 @@ def test_curves_of_a_non_utf8_metrics_csv_is_one_line(tmp_path):
 
 def test_curves_of_a_row_longer_than_its_header_is_one_line(tmp_path):
     (tmp_path / "metrics.csv").write_text("epoch,step\n1,4\n2,8,5\n")
-    result = run_script("infer.py", "--mode", "curves", "--run_dir", str(tmp_path),
+    result = run_main("infer.py", "--mode", "curves", "--run_dir", str(tmp_path),
                         "--save_path", str(tmp_path / "curves.png"))  # fmt: skip
     one_line(result, f"{tmp_path / 'metrics.csv'}: line 3 has more cells than the header")
 
@@ -169,7 +178,7 @@ def test_evaluate_refuses_nan_weights(tmp_path, files, nan_ckpt):
     path, name = nan_ckpt
     argv = evaluate_args(files, tmp_path / "eval.json")
     argv[argv.index(str(files["ckpt"]))] = str(path)
-    assert one_line(run_script(*argv)) == expected_nan_line(path, name)
+    assert one_line(run_main(*argv)) == expected_nan_line(path, name)
     assert not (tmp_path / "eval.json").exists()
 
 
@@ -177,7 +186,7 @@ def test_infer_refuses_nan_weights_instead_of_drawing_a_blank(tmp_path, files, n
     path, name = nan_ckpt
     argv = infer_args(files, tmp_path / "grid.png")
     argv[argv.index(str(files["ckpt"]))] = str(path)
-    assert one_line(run_script(*argv)) == expected_nan_line(path, name)
+    assert one_line(run_main(*argv)) == expected_nan_line(path, name)
     assert not (tmp_path / "grid.png").exists()
 
 
@@ -185,7 +194,7 @@ def test_infer_refuses_nan_weights_instead_of_drawing_a_blank(tmp_path, files, n
 
 
 def test_infer_grid_size_is_bounded(tmp_path, files):
-    line = one_line(run_script(*infer_args(files, tmp_path / "g.png", "--grid_size", "101")))
+    line = one_line(run_main(*infer_args(files, tmp_path / "g.png", "--grid_size", "101")))
     assert line == "error: --grid_size 101: must be at most 100; lower it, e.g. 8"
 
 
@@ -194,7 +203,7 @@ def test_infer_grid_size_is_bounded(tmp_path, files):
     [("--num_samples", str(10**12), "100000"), ("--grid_size", "10000", "100")],
 )
 def test_evaluate_sizes_are_bounded(tmp_path, files, flag, value, bound):
-    line = one_line(run_script(*evaluate_args(files, tmp_path / "e.json", flag, value)))
+    line = one_line(run_main(*evaluate_args(files, tmp_path / "e.json", flag, value)))
     assert line == f"error: {flag} {value}: must be at most {bound}; lower it"
     assert not (tmp_path / "e.json").exists()
 
@@ -213,7 +222,7 @@ def test_a_model_too_big_for_memory_is_refused_before_it_is_built(
     config = narrow_config(tmp_path / "huge.json", **changes)
     argv = (infer_args if script == "infer.py" else evaluate_args)(files, tmp_path / "out.png")
     argv[argv.index(str(files["config"]))] = str(config)
-    line = one_line(run_script(*argv), f"error: {config}: the model has ", f"lower {field}")
+    line = one_line(run_main(*argv), f"error: {config}: the model has ", f"lower {field}")
     assert "GiB of float32 weights" in line and "GiB of memory" in line
 
 
@@ -258,7 +267,7 @@ def test_an_idx_file_with_no_images_or_a_label_past_9_is_one_line(tmp_path, file
     raw = mnist_with_test_split(tmp_path, *split())
     argv = evaluate_args(files, tmp_path / "e.json")
     argv[argv.index(str(files["data"]))] = str(tmp_path)
-    line = one_line(run_script(*argv))
+    line = one_line(run_main(*argv))
     assert line == f"error: {raw / file}: {problem}; replace it with the original MNIST file"
 
 
@@ -291,7 +300,7 @@ def test_out_on_the_graded_checkpoint_is_refused_before_grading(tmp_path, files)
     ckpt.write_bytes(files["ckpt"].read_bytes())
     argv = evaluate_args(files, ckpt)
     argv[argv.index(str(files["ckpt"]))] = str(ckpt)
-    line = one_line(run_script(*argv))
+    line = one_line(run_main(*argv))
     assert line == (
         f"error: --out {ckpt}: exists and is not a results file evaluate.py wrote; "
         "choose another --out (nothing was graded)"
@@ -302,12 +311,12 @@ def test_out_on_the_graded_checkpoint_is_refused_before_grading(tmp_path, files)
 def test_out_on_another_json_file_is_refused_but_a_results_file_is_rewritten(tmp_path, files):
     other = tmp_path / "model_config.json"
     other.write_text(files["config"].read_text())
-    one_line(run_script(*evaluate_args(files, other)), f"--out {other}: exists and is not")
+    one_line(run_main(*evaluate_args(files, other)), f"--out {other}: exists and is not")
     assert other.read_text() == files["config"].read_text()
 
     out = tmp_path / "eval.json"
     for _ in range(2):  # the second run replaces the first run's results
-        result = run_script(*evaluate_args(files, out))
+        result = run_main(*evaluate_args(files, out))
         assert result.returncode == 0, result.stderr
         assert json.loads(out.read_text())["num_samples"] == 100
 
@@ -316,7 +325,7 @@ def test_out_on_the_eval_net_to_be_made_is_refused(tmp_path, files):
     net = tmp_path / "eval_net.pth"
     argv = evaluate_args(files, net)
     argv[argv.index(str(files["eval_net"]))] = str(net)
-    line = one_line(run_script(*argv))
+    line = one_line(run_main(*argv))
     assert line == f"error: --out {net}: is the --eval_net file; choose another --out"
     assert not net.exists()
 
@@ -325,7 +334,7 @@ def test_out_under_a_file_is_refused_before_grading_and_names_out(tmp_path, file
     blocker = tmp_path / "notes.txt"
     blocker.write_text("keep me")
     out = blocker / "eval.json"
-    line = one_line(run_script(*evaluate_args(files, out)))
+    line = one_line(run_main(*evaluate_args(files, out)))
     assert line == (
         f"error: {out}: cannot write ({blocker} is a file, not a folder); choose another --out"
     )
@@ -360,7 +369,7 @@ def test_traverse_of_more_latent_dimensions_than_rows_it_can_draw_is_one_line(tm
     save_checkpoint(
         {"model_state_dict": VAE(load_model_config(wide).model_config).state_dict()}, ckpt
     )
-    result = run_script("infer.py", "--mode", "traverse", "--model_config", str(wide),
+    result = run_main("infer.py", "--mode", "traverse", "--model_config", str(wide),
                         "--ckpt_path", str(ckpt), "--save_path", str(tmp_path / "t.png"),
                         "--device", "cpu")  # fmt: skip
     assert one_line(result) == (

@@ -22,8 +22,10 @@ from tests.helpers import (
     config_variant,
     make_mnist_root,
     read_metrics,
+    run_main,
     run_script,
     run_with_terminal,
+    small_composite_model,
     train_argv,
 )
 from training_schemes import train
@@ -172,7 +174,7 @@ def test_resume_may_extend_the_epochs_but_nothing_else(tmp_path, mnist, train_co
     changed["loss"]["params"]["free_bits"] = 0.5
     changed_path = tmp_path / "changed.json"
     changed_path.write_text(json.dumps(changed))
-    refused = run_script(*train_args(mnist, changed_path, run, "--resume", "auto"))
+    refused = run_main(*train_args(mnist, changed_path, run, "--resume", "auto"))
     assert refused.returncode == 2
     assert refused.stderr == (
         f"error: {changed_path}: field 'loss.params.free_bits' is 0.5 but the run used 0.2; "
@@ -216,11 +218,11 @@ def test_a_checkpoint_from_before_a_config_field_existed_resumes_with_its_defaul
 
 def test_resume_refuses_weights_only_and_missing_checkpoints(tmp_path, mnist, train_config,
                                                              uninterrupted):  # fmt: skip
-    weights_only = run_script(*train_args(mnist, train_config, tmp_path / "a", "--resume",
+    weights_only = run_main(*train_args(mnist, train_config, tmp_path / "a", "--resume",
                                           str(uninterrupted / "final_model.pth")))  # fmt: skip
     assert weights_only.returncode == 2
     assert "holds weights only" in weights_only.stderr and weights_only.stderr.count("\n") == 1
-    nothing = run_script(*train_args(mnist, train_config, tmp_path / "b", "--resume", "auto"))
+    nothing = run_main(*train_args(mnist, train_config, tmp_path / "b", "--resume", "auto"))
     assert nothing.returncode == 2 and "no readable checkpoint_*.pth" in nothing.stderr
 
 
@@ -289,7 +291,7 @@ def test_non_finite_loss_names_the_step_and_keeps_the_last_good_checkpoint(
 def test_unwritable_save_folder_is_one_line(tmp_path, mnist, train_config):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    result = run_script(*train_args(mnist, train_config, blocker / "run"))
+    result = run_main(*train_args(mnist, train_config, blocker / "run"))
     assert result.returncode == 2
     assert result.stderr.startswith(f"error: {blocker / 'run'}: cannot write the run folder")
     assert result.stderr.count("\n") == 1
@@ -297,15 +299,16 @@ def test_unwritable_save_folder_is_one_line(tmp_path, mnist, train_config):
 
 @pytest.fixture
 def composite_args(tmp_path, mnist):
-    """train.py arguments of a small composite run with its own PIPS backbone file (made by the
-    first run) and a checkpoint every epoch: composite_args(run_folder, *extra)."""
-    backbone = {"pips_config.weights_path": str(tmp_path / "pips_cnn.pth")}
-    model_path = config_variant(tmp_path, "configs/model_composite_mnist_config.json", backbone)
-    train_path = config_variant(tmp_path, "configs/train_composite_config.json", {"save_every": 1})
+    """train.py arguments of a small composite run (a narrow critic, the MNIST CNN as PIPS at its
+    initial weights in its own file, batches of 32, 8 steps an epoch) with a checkpoint every
+    epoch: composite_args(run_folder, *extra)."""
+    model_path = small_composite_model(tmp_path)
+    train_path = config_variant(tmp_path, "configs/train_composite_config.json",
+                                {"save_every": 1, "data.train_bs": 32})  # fmt: skip
 
     def args(run: Path, *extra: str) -> list[str]:
         return train_argv("composite", model_path, train_path, mnist, run, "--epochs", "2",
-                          "--subset", "1024", *extra)  # fmt: skip
+                          "--subset", "256", *extra)  # fmt: skip
 
     return args
 
@@ -335,7 +338,7 @@ def test_composite_resume_against_another_backbone_file_is_refused(tmp_path, com
     run = tmp_path / "run"
     first = run_script(*composite_args(run, "--epochs", "1"))
     assert first.returncode == 0, first.stderr
-    backbone = tmp_path / "pips_cnn.pth"
+    backbone = tmp_path / "pips_cnn_initial.pth"
     payload = load_checkpoint(backbone)
     first_weight = next(iter(payload["state_dict"]))
     payload["state_dict"][first_weight] += 0.01  # as if the backbone had been made again

@@ -1,6 +1,7 @@
 """A run folder belongs to one run and one process: a checkpoint resumes only in its own folder,
 an ended run is not trained on, a second train.py is refused while one runs, and pruning removes
-only the run's own older checkpoints (by the step each records)."""
+only the run's own older checkpoints (by the step each records). Runs that train are real
+processes; refusals run train.py in this process (tests/helpers.run_main)."""
 
 import json
 import os
@@ -13,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from tests.helpers import REPO, config_variant, make_mnist_root, run_script, train_argv
+from tests.helpers import REPO, config_variant, make_mnist_root, run_main, run_script, train_argv
 from train import HELD_LOCKS, RUN_LOCK, lock_run_folder
 from training_schemes import INTERRUPT_CHECKPOINT, prune_checkpoints
 from utils.errors import UserError
@@ -47,7 +48,7 @@ def test_a_checkpoint_resumes_only_in_its_own_folder(tmp_path, fake_mnist, finis
     assert made.returncode == 0, made.stderr
     before = contents(other)
     elsewhere = str(run / "checkpoint_epoch_001.pth")
-    refused = run_script(
+    refused = run_main(
         *simple_args(fake_mnist, other, "--epochs", "2", "--resume", elsewhere, train_config=cfg)
     )
     assert refused.returncode == 2
@@ -62,7 +63,7 @@ def test_a_checkpoint_resumes_only_in_its_own_folder(tmp_path, fake_mnist, finis
 def test_a_finished_run_is_not_trained_on_unless_given_more_epochs(fake_mnist, finished):
     run, cfg = finished
     before = contents(run)
-    again = run_script(*simple_args(fake_mnist, run, "--epochs", "2", "--resume", "auto",
+    again = run_main(*simple_args(fake_mnist, run, "--epochs", "2", "--resume", "auto",
                                     train_config=cfg))  # fmt: skip
     assert again.returncode == 2
     assert again.stderr == (
@@ -81,7 +82,7 @@ def test_an_early_stopped_run_is_not_resumed(tmp_path, fake_mnist):
     assert first.returncode == 0, first.stderr
     assert "early stop after epoch 2" in first.stdout
     before = contents(run)
-    again = run_script(*simple_args(fake_mnist, run, "--resume", "auto", train_config=cfg))
+    again = run_main(*simple_args(fake_mnist, run, "--resume", "auto", train_config=cfg))
     assert again.returncode == 2
     assert again.stderr == (
         f"error: {run / 'checkpoint_epoch_002.pth'}: the run stopped early after epoch 2 (its "
@@ -114,7 +115,7 @@ def test_one_process_at_a_time_owns_a_run_folder(tmp_path, fake_mnist):
             f"{run}: in use by another train.py (pid {holder.pid}); wait for it to end, or "
             "choose another --save_dir"
         )
-        second = run_script(*simple_args(fake_mnist, run, "--epochs", "1"))
+        second = run_main(*simple_args(fake_mnist, run, "--epochs", "1"))
         assert second.returncode == 2
         assert second.stderr == f"error: {caught.value}\n"
         assert sorted(p.name for p in run.iterdir()) == [RUN_LOCK]
@@ -171,7 +172,7 @@ def test_the_run_id_survives_a_resume(tmp_path, fake_mnist, finished):
     ],
 )
 def test_a_save_dir_that_cannot_be_a_run_folder_is_one_line(save_dir, problem):
-    result = run_script(*simple_args(REPO / "data", save_dir, "--epochs", "1"))
+    result = run_main(*simple_args(REPO / "data", save_dir, "--epochs", "1"))
     assert result.returncode == 2
     assert result.stderr.startswith(f"error: {save_dir}: {problem}"), result.stderr
     assert result.stderr.count("\n") == 1
@@ -183,7 +184,7 @@ def test_a_batch_larger_than_the_training_split_is_one_line(tmp_path):
     run = tmp_path / "run"
     args = simple_args(mnist, run, "--epochs", "1")
     del args[args.index("--subset") : args.index("--subset") + 2]
-    result = run_script(*args)
+    result = run_main(*args)
     assert result.returncode == 2
     assert result.stderr == (
         "error: configs/train_simple_config.json: field 'data.train_bs' = 128 is more than the "
@@ -256,7 +257,7 @@ def test_a_hand_made_checkpoint_missing_keys_is_one_line(tmp_path, fake_mnist, f
     payload = torch.load(finished[0] / "checkpoint_epoch_001.pth", weights_only=True)
     del payload[drop], payload["content_sha256"]
     torch.save(payload, run / "checkpoint_epoch_001.pth")
-    refused = run_script(*simple_args(fake_mnist, run, "--epochs", "2", "--resume", "auto",
+    refused = run_main(*simple_args(fake_mnist, run, "--epochs", "2", "--resume", "auto",
                                       train_config=finished[1]))  # fmt: skip
     assert refused.returncode == 2
     assert refused.stderr == (
@@ -267,7 +268,7 @@ def test_a_hand_made_checkpoint_missing_keys_is_one_line(tmp_path, fake_mnist, f
 
 def test_a_missing_resume_file_names_the_resume_flag(tmp_path, fake_mnist):
     run = tmp_path / "run"
-    result = run_script(*simple_args(fake_mnist, run, "--resume", str(run / "nothing.pth")))
+    result = run_main(*simple_args(fake_mnist, run, "--resume", str(run / "nothing.pth")))
     assert result.returncode == 2
     assert (
         result.stderr == f"error: {run / 'nothing.pth'}: no such checkpoint file; check --resume\n"

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import study
-from tests.helpers import REPO, make_mnist_root, run_script
+from tests.helpers import REPO, make_mnist_root, run_main, run_script
 from utils.comparison import SUMMARY_FIELDS
 from utils.errors import UserError
 
@@ -109,7 +109,7 @@ def test_search_mode_runs_the_sampler_and_names_the_best_setting(smoke):
 def test_a_bad_study_file_is_one_line_naming_the_field(tmp_path, change, says):
     path = tmp_path / "study.json"
     path.write_text(json.dumps({**json.loads(SMOKE.read_text()), **change}))
-    result = run_script(str(REPO / "study.py"), str(path), "--out", str(tmp_path / "out"))
+    result = run_main("study.py", str(path), "--out", str(tmp_path / "out"))
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"error: {path}: ")
     assert says in result.stderr
@@ -121,7 +121,7 @@ def test_an_arm_whose_settings_train_py_would_refuse_stops_the_study_first(tmp_p
     spec["arms"][1]["settings"] = ['loss.params.gan_loss="wgan"']
     path = tmp_path / "study.json"
     path.write_text(json.dumps(spec))
-    result = run_script(str(REPO / "study.py"), str(path), "--out", str(tmp_path / "out"))
+    result = run_main("study.py", str(path), "--out", str(tmp_path / "out"))
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "arm 'both_adaptive_hinge'" in result.stderr
     assert "'loss.params.gan_loss' = \"wgan\" must be one of bce, hinge" in result.stderr

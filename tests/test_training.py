@@ -15,6 +15,7 @@ from tests.helpers import (
     infer_argv,
     read_metrics,
     run_script,
+    small_composite_model,
     start_scripts,
     train_argv,
 )
@@ -291,14 +292,15 @@ def test_the_reference_composite_files_offline_stop_at_one_vgg16_line(tmp_path, 
 
 
 def small_composite_run(tmp_path: Path, fake_mnist: Path, critic_schedule) -> Path:
-    """4 epochs x 4 steps of the composite scheme (narrow networks), in-process: the critic from
-    step int(0.25 * 16) = 4, its schedule `critic_schedule` (a warm-up ratio, or None)."""
+    """4 epochs x 4 steps of the composite scheme (narrow networks, the MNIST CNN at its initial
+    weights as PIPS), in-process: the critic from step int(0.25 * 16) = 4, its schedule
+    `critic_schedule` (a warm-up ratio, or None)."""
     narrow = {"model_config.encoder.hidden_features": [64, 32],
               "model_config.decoder.hidden_features": [32, 64],
               "discriminator_config": {"im_channels": 1, "hidden_channels": [8, 16],
-                                       "kernel_size": [4], "stride": [2], "padding": [1]},
-              "pips_config": {"input_size": 16, "weights": "random"}}  # fmt: skip
-    model = config_variant(tmp_path, "configs/model_composite_config.json", narrow)
+                                       "kernel_size": [4], "stride": [2],
+                                       "padding": [1]}}  # fmt: skip
+    model = small_composite_model(tmp_path, "configs/model_composite_config.json", narrow)
     model_cfg = check_scheme("composite", load_model_config(model), str(model))
     train_cfg = load_train_config(REPO / "configs/train_composite_config.json", "composite")
     train_cfg.num_epochs, train_cfg.save_every = 4, 4
