@@ -3,7 +3,7 @@ that is already there unless --force, and refuses --path with both networks."""
 
 import torch
 
-from tests.helpers import make_mnist_root, run_script
+from tests.helpers import make_mnist_root, run_main, run_script
 from utils.dataset import MNISTSplit
 from utils.networks import load_network, make_network, network_record, training_half
 
@@ -20,7 +20,7 @@ def test_makes_one_network_into_path_then_keeps_it_unless_forced(tmp_path):
     assert sum(p.numel() for p in load_network("pips", path).parameters()) > 0
     made_at = path.stat().st_mtime_ns
 
-    kept = run_script("make_networks.py", *argv)
+    kept = run_main("make_networks.py", *argv)  # in this process: nothing to train
     assert kept.returncode == 0, kept.stderr
     assert f"{path}: already there; pass --force" in kept.stdout
     assert path.stat().st_mtime_ns == made_at
@@ -32,7 +32,7 @@ def test_makes_one_network_into_path_then_keeps_it_unless_forced(tmp_path):
 
 def test_path_with_both_networks_is_one_line_and_writes_nothing(tmp_path, fake_mnist):
     path = tmp_path / "net.pth"
-    result = run_script("make_networks.py", "--path", str(path), "--data_root", str(fake_mnist))
+    result = run_main("make_networks.py", "--path", str(path), "--data_root", str(fake_mnist))
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "--network pips" in result.stderr
     assert not path.exists()
