@@ -55,7 +55,7 @@ from model.linear_backend import BACKENDS, choose, onednn_op, onednn_problem
 from model.vae import VAE
 from training_schemes import adam_with_schedule, check_scheme, train
 from utils.cli import OneLineParser, run_cli
-from utils.config import load_model_config, load_train_config
+from utils.config import load_model_config, load_train_config, parse_settings
 from utils.dataset import load_mnist
 from utils.errors import UserError
 from utils.loss import BetaVAELoss
@@ -86,13 +86,15 @@ def parse_args() -> argparse.Namespace:
 
 def project_epoch(configs: tuple[str, str], scheme: str, data_root: str, subset: int | None = None,
                   val_size: int | None = None, precision: str = "float32",
-                  linear_backend: str = "aten", device: str = "cpu") -> float:  # fmt: skip
+                  linear_backend: str = "aten", device: str = "cpu",
+                  settings: tuple[str, ...] = ()) -> float:  # fmt: skip
     """Seconds of one epoch (train steps + validation) through the project's own loop on
-    `device`, the VAE's linear layers on `linear_backend`; the composite scheme's with the critic
-    on from its first step, as in every epoch of a run after its switch-on (and as the FLOP count
-    counts it)."""
-    model_cfg = check_scheme(scheme, load_model_config(configs[0]), configs[0])
-    train_cfg = load_train_config(configs[1], scheme)
+    `device`, the VAE's linear layers on `linear_backend`, the configs changed by `settings`
+    (train.py's --set); the composite scheme's with the critic on from its first step, as in
+    every epoch of a run after its switch-on (and as the FLOP count counts it)."""
+    model_settings, train_settings = parse_settings(list(settings), scheme)
+    model_cfg = check_scheme(scheme, load_model_config(configs[0], model_settings), configs[0])
+    train_cfg = load_train_config(configs[1], scheme, train_settings)
     train_cfg.num_epochs, train_cfg.precision = 1, precision
     train_cfg.linear_backend = linear_backend
     if scheme == "composite":
@@ -191,21 +193,30 @@ class UsualProcess(contextlib.AbstractContextManager):
         self.proc.wait()
 
 
-def epoch_flops(configs: tuple[str, str], scheme: str, data_root: str) -> dict[str, float]:
-    """Float operations of one full epoch, counted over real steps of the project's loop, split
-    into convolutions ("conv") and matrix products ("gemm").
+def epoch_flops(
+    configs: tuple[str, str], scheme: str, data_root: str, settings: tuple[str, ...] = (),
+    train_images: int | None = None,
+) -> dict[str, float]:  # fmt: skip
+    """Float operations of one full epoch (of `train_images` training images, default the whole
+    split), counted over real steps of the project's loop with the configs changed by
+    `settings`, split into convolutions ("conv") and matrix products ("gemm").
 
     One run of 1 step and one of 3 steps (each validating 128 images) give the cost of a step by
     difference; what remains of the first is validation, scaled to the whole test split. The
     linear layers run on ATen here: FlopCounterMode has no formula for oneDNN's op, whose
-    products are the same."""
-    train_bs = load_train_config(configs[1], scheme).data.train_bs
-    steps_per_epoch = len(load_mnist(data_root, "train")) // train_bs
+    products are the same. The composite loss's gradient-ratio diagnostic is left out (it runs
+    every 50th step; at the first step it would be counted as validation)."""
+    if scheme == "composite":
+        settings = (*settings, "loss.params.grad_ratio_every=0")
+    train_cfg = load_train_config(configs[1], scheme, parse_settings(list(settings), scheme)[1])
+    train_bs = train_cfg.data.train_bs
+    steps_per_epoch = (train_images or len(load_mnist(data_root, "train"))) // train_bs
     val_images = len(load_mnist(data_root, "test"))
     counts = []
     for steps in (1, 3):
         with FlopCounterMode(display=False) as counter:
-            project_epoch(configs, scheme, data_root, subset=steps * train_bs, val_size=128)
+            project_epoch(configs, scheme, data_root, subset=steps * train_bs, val_size=128,
+                          settings=settings)  # fmt: skip
         by_op = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
         unrated = set(by_op) - GEMM_OPS - CONV_OPS
         if unrated:

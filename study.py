@@ -27,8 +27,9 @@ Writes into --out (default results/studies/<name>/):
     summary.csv                 per arm and measure, arm minus baseline over the shared seeds
                                 (95 % t-interval, d_z, p, Holm's correction across every arm
                                 and measure, verdict)
-    <arm>_samples.png, <arm>_recon.png   the first seed's prior samples (the same z in every
-                                arm) and reconstructions
+    <arm>_grid.png, <arm>_samples.png, <arm>_recon.png   the first seed's latent grid, prior
+                                samples (the same z in every arm) and reconstructions
+    flops.json                  each arm's float operations per epoch (counted once)
     REPORT.md                   the arms, the budget, cost, the tables, the figures
 """
 
@@ -55,7 +56,6 @@ from utils.comparison import (
     Budget,
     contrast,
     markdown_table,
-    run_process,
     summarise_contrasts,
     train_and_grade,
     write_csv,
@@ -321,28 +321,53 @@ def report(
                                     for name in summaries for r in summaries[name]],
               ("arm", "baseline", *SUMMARY_FIELDS))  # fmt: skip
     figures = draw_figures(spec, out, budget)
-    text = report_text(spec, args, budget, rows, baselines, summaries, figures)
+    flops = arm_flops(spec, out, budget)
+    text = report_text(spec, args, budget, rows, baselines, summaries, figures, flops)
     (out / "REPORT.md").write_text(text)
     print(f"-> {out / 'REPORT.md'}, {out / 'runs.csv'}, {out / 'summary.csv'}")
 
 
+def arm_flops(spec: StudySpec, out: Path, budget: Budget) -> dict[str, float]:
+    """Per arm, the float operations of one epoch at the study's budget (bench.epoch_flops over
+    real steps of the arm's configs and settings), kept in flops.json so a report made again
+    counts nothing."""
+    from bench import epoch_flops
+
+    cache = out / "flops.json"
+    known = json.loads(cache.read_text()) if cache.exists() else {}
+    flops = {}
+    for a in spec.arms:
+        arm = arm_of(spec, a.name)
+        key = json.dumps([arm.scheme, arm.model_config, arm.train_config, arm.settings,
+                          budget.subset])  # fmt: skip
+        if key not in known:
+            counted = epoch_flops(tuple(map(str, arm.config_paths())), arm.scheme,
+                                  budget.data_root, arm.settings, budget.subset)  # fmt: skip
+            known[key] = sum(counted.values())
+        flops[a.name] = known[key]
+    cache.write_text(json.dumps(known, indent=1) + "\n")
+    return flops
+
+
 def draw_figures(spec: StudySpec, out: Path, budget: Budget) -> dict[str, list[str]]:
-    """Per arm, the first seed's prior samples (infer.py's seed: the same z in every arm) and
-    reconstructions of the same test images (arms whose run another machine trained have
-    none here)."""
+    """Per arm, infer.py's views of the first seed's run: its latent grid, prior samples
+    (infer.py's seed: the same z in every arm) and reconstructions of the same test images.
+    Drawn in this process through infer.main; arms whose run another machine trained have none
+    here."""
+    import infer
+
     figures = {}
     for arm in spec.arms:
         run = out / "runs" / f"{arm.name}_seed{spec.seeds[0]}"
-        if not (run / "final_model.pth").exists():  # trained on another machine
+        if not (run / "final_model.pth").exists():
             continue
         figures[arm.name] = []
-        for mode, extra in (("samples", []), ("recon", ["--data_root", budget.data_root])):
+        for mode in ("grid", "samples", "recon"):
             path = out / f"{arm.name}_{mode}.png"
             if not path.exists():
-                run_process(["infer.py", "--mode", mode, "--model_config",
-                             str(run / "model_config.json"), "--ckpt_path",
-                             str(run / "final_model.pth"), *extra,
-                             "--save_path", str(path)])  # fmt: skip
+                infer.main(["--mode", mode, "--model_config", str(run / "model_config.json"),
+                            "--ckpt_path", str(run / "final_model.pth"), "--data_root",
+                            budget.data_root, "--save_path", str(path)])  # fmt: skip
             figures[arm.name].append(path.name)
     return figures
 
@@ -350,6 +375,7 @@ def draw_figures(spec: StudySpec, out: Path, budget: Budget) -> dict[str, list[s
 def report_text(
     spec: StudySpec, args: argparse.Namespace, budget: Budget, rows: list[dict],
     baselines: dict[str, str], summaries: dict[str, list[dict]], figures: dict[str, list[str]],
+    flops: dict[str, float],
 ) -> str:  # fmt: skip
     """REPORT.md: what ran, what it cost, and every arm against the baseline."""
     lines = [f"# Study `{spec.name}`", "",
@@ -368,13 +394,17 @@ def report_text(
         changes = ", ".join(f"`{s}`" for s in a.settings) or "—"
         lines.append(f"| {a.name} | {a.scheme} | `{a.model_config}` | `{a.train_config}` | "
                      f"{changes} |")  # fmt: skip
-    lines += ["", "## Cost", "", "| arm | seconds per epoch (median over runs) | peak RSS, MB |",
-              "| --- | --- | --- |"]  # fmt: skip
+    lines += ["", "## Cost", "",
+              "GFLOP per epoch: counted over real steps of the arm (bench.epoch_flops, training at "
+              "the study's budget and validation); seconds: the runs' own epochs, on whatever "
+              "else the machine ran (bench.py measures speed properly).", "",
+              "| arm | GFLOP per epoch | seconds per epoch (median over runs) | peak RSS, MB |",
+              "| --- | --- | --- | --- |"]  # fmt: skip
     for a in spec.arms:
         mine = [r for r in rows if r["arm"] == a.name]
         seconds = statistics.median(float(r["seconds_per_epoch"]) for r in mine)
         peak = max(float(r["peak_rss_mb"]) for r in mine)
-        lines.append(f"| {a.name} | {seconds:.3g} | {peak:.0f} |")
+        lines.append(f"| {a.name} | {flops[a.name] / 1e9:.4g} | {seconds:.3g} | {peak:.0f} |")
     logged = [a.name for a in spec.arms if any(k in r for r in rows if r["arm"] == a.name
                                                 for k in DIAGNOSTICS)]  # fmt: skip
     if logged:

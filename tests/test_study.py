@@ -47,10 +47,16 @@ def test_the_smoke_study_runs_every_arm_and_writes_its_report(smoke):
     assert runs[0]["grad_ratio_adv"] == "" and float(runs[1]["grad_ratio_adv"]) > 0
     assert "| both_adaptive_hinge | " in report.split("## Balance of the extra terms")[1]
     for arm in arms:
-        for view in ("samples", "recon"):
+        for view in ("grid", "samples", "recon"):
             assert (out / f"{arm}_{view}.png").stat().st_size > 1000
             assert f"({arm}_{view}.png)" in report
     assert (out / "study.db").is_file()
+    # Cost: each arm's counted float operations per epoch, the critic and PIPS arm the dearer.
+    cost = report.split("## Cost")[1].split("##")[0]
+    gflop = {row.split(" | ")[0].strip("| "): float(row.split(" | ")[1])
+             for row in cost.splitlines() if row.startswith(("| simple |", "| both_"))}  # fmt: skip
+    assert 0 < gflop["simple"] < gflop["both_adaptive_hinge"]
+    assert len(json.loads((out / "flops.json").read_text())) == 2
 
 
 def test_the_composite_arm_logs_its_weight_and_gradient_ratios(smoke):
