@@ -11,10 +11,10 @@ the seeds, the budget (epochs, training images, prior samples graded) and the ba
 is compared with; studies/README.md describes the fields. Runs are Optuna trials in a study of
 that name: a SQLite file in --out by default, or any database URL Optuna takes, so the same
 command on several machines shares one study (each machine trains the runs it takes, in its own
---out). A finished run is never redone; a run whose process died is taken again (Optuna's
-heartbeat marks it failed, then retries it) and continues from its last checkpoint with
---resume auto. --workers N runs N at once, each train.py with OMP_NUM_THREADS set to its share of
-the cores (--threads).
+--out). A finished run is never redone; a run whose process died is taken again once its
+heartbeat has been silent for $STUDY_GRACE_PERIOD seconds (default 120: Optuna marks it failed,
+then retries it) and continues from its last checkpoint with --resume auto. --workers N runs N
+at once, each train.py with OMP_NUM_THREADS set to its share of the cores (--threads).
 
 --search lets Optuna's TPE sampler look for the `search` block's settings (ranges of config
 fields) of one arm that minimise a named grade, one seed, at the study's budget: a pilot. It
@@ -221,14 +221,25 @@ def import_optuna():
     return optuna
 
 
+def grace_period() -> int:
+    """Seconds a running trial may go without a heartbeat before it counts as dead:
+    $STUDY_GRACE_PERIOD, default 120."""
+    text = os.environ.get("STUDY_GRACE_PERIOD", "120")
+    if not (text.isdigit() and int(text) >= 1):
+        raise UserError(f"STUDY_GRACE_PERIOD={text!r}: must be a whole number of seconds >= 1")
+    return int(text)
+
+
 def open_study(optuna, spec_name: str, url: str, sampler):
-    """The study `spec_name` in storage `url`, made if new. Each running trial beats every 30 s;
-    one silent for 120 s (its process died) is marked failed and queued again, as often as it
-    takes."""
+    """The study `spec_name` in storage `url`, made if new. Each running trial beats every
+    quarter of the grace period; one silent for the whole period (its process died) is marked
+    failed and queued again, as often as it takes, and its run continues from its folder."""
     from optuna.storages import RDBStorage, RetryFailedTrialCallback
 
+    grace = grace_period()
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    storage = RDBStorage(url, engine_kwargs=engine, heartbeat_interval=30, grace_period=120,
+    storage = RDBStorage(url, engine_kwargs=engine, heartbeat_interval=max(1, grace // 4),
+                         grace_period=grace,
                          failed_trial_callback=RetryFailedTrialCallback())  # fmt: skip
     return optuna.create_study(storage=storage, study_name=spec_name, sampler=sampler,
                                direction="minimize", load_if_exists=True)  # fmt: skip
