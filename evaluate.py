@@ -320,19 +320,26 @@ def main() -> None:
                  "model_config": args.model_config, "ckpt_path": args.ckpt_path}  # fmt: skip
     # The table's numbers first, in its order, then the raw values behind the ratios.
     results = {key: measures[key] for key in shown} | measures | about
-    record = network_record(eval_path)
-    results |= {"eval_net": str(eval_path)} | {f"eval_net_{k}": v for k, v in record.items()}
+    results |= grader_record(eval_path)
 
     for key in shown:
         value = results[key]
         why = "latent_dim < 2" if key.startswith("grid") else f"<= {NEIGHBOURS} images"
         text = f"n/a ({why})" if value is None else f"{value:.4g}"
         print(f"{key:<22} {text:>12}  {MEANINGS[key]}")
-    accuracy = record["test_accuracy"]
-    accuracy_text = "not recorded" if accuracy is None else f"{accuracy:.2%}"
-    print(f"graded by {eval_path}: sha256 {record['sha256']}, test accuracy {accuracy_text}")
     write_output(out, (json.dumps(results, indent=2) + "\n").encode(), "--out")
     print(f"-> {out}")
+
+
+def grader_record(eval_path: Path) -> dict:
+    """Which network graded, for the output: its file, SHA-256, recorded test accuracy and
+    training half; printed as one line."""
+    record = network_record(eval_path)
+    accuracy = (
+        "not recorded" if record["test_accuracy"] is None else f"{record['test_accuracy']:.2%}"
+    )
+    print(f"graded by {eval_path}: sha256 {record['sha256']}, test accuracy {accuracy}")
+    return {"eval_net": str(eval_path)} | {f"eval_net_{k}": v for k, v in record.items()}
 
 
 if __name__ == "__main__":
