@@ -249,8 +249,10 @@ def thread_env(threads: int) -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
 
-def run_workers(optuna, study, objective, workers: int, more) -> None:
-    """`workers` threads, each taking one trial at a time while `more()` says there is work."""
+def run_workers(study, objective, workers: int, more) -> None:
+    """`workers` threads, each taking one trial at a time while `more()` says there is work
+    (first failing any trial whose heartbeat went silent, which queues it again). A run that
+    fails (train.py or evaluate.py exits non-zero) fails its trial and the others go on."""
     from optuna.storages import fail_stale_trials
 
     def work() -> None:
@@ -298,7 +300,7 @@ def run_grid(optuna, spec: StudySpec, args: argparse.Namespace, out: Path, budge
     print(f"{spec.name}: {len(wanted)} runs ({len(spec.arms)} arms x {len(spec.seeds)} seeds), "
           f"{args.workers} at a time, {args.threads} threads each -> {out}",
           flush=True)  # fmt: skip
-    run_workers(optuna, study, objective, args.workers, more)
+    run_workers(study, objective, args.workers, more)
     rows = finished_rows(study, TrialState, wanted)
     report(spec, args, out, budget, rows)
 
@@ -480,7 +482,7 @@ def run_search(
     print(f"{spec.name}: searching {', '.join(p.key for p in search.params)} of arm "
           f"{search.arm!r} for the lowest {search.minimise}, {search.trials} runs -> {out}",
           flush=True)  # fmt: skip
-    run_workers(optuna, study, objective, args.workers, more)
+    run_workers(study, objective, args.workers, more)
     done = [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if "row" in t.user_attrs]
     if not done:
         raise UserError("no search run finished; see their output above")
