@@ -9,7 +9,8 @@ import pytest
 
 # The repo root on the path, so that `tests.helpers` and the repo's modules import under a bare
 # `pytest` too (python -m pytest puts the working folder there itself).
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
 
 from tests.helpers import make_mnist_root, real_mnist_root  # noqa: E402
 
@@ -41,3 +42,19 @@ def real_mnist() -> Path:
             "no real MNIST: set MNIST_ROOT to a folder holding MNIST/raw/, or put it in data/"
         )
     return root
+
+
+@pytest.fixture(scope="session")
+def real_fashion_mnist() -> Path:
+    """The real Fashion-MNIST root: $FASHION_MNIST_ROOT (.ci/run sets it when
+    ../shared/data/FashionMNIST exists), else the repo's data/ when it holds FashionMNIST/raw/.
+    Without either the real-data tests are reported as skipped, never as passed."""
+    root = os.environ.get("FASHION_MNIST_ROOT")
+    if not root and (REPO_ROOT / "data" / "FashionMNIST" / "raw").is_dir():
+        root = str(REPO_ROOT / "data")
+    if not root:
+        pytest.skip(
+            "no real Fashion-MNIST: set FASHION_MNIST_ROOT to a folder holding FashionMNIST/raw/"
+            " (or the four files), or put it in data/"
+        )
+    return Path(root)

@@ -5,6 +5,7 @@ entry scripts' command lines run as real subprocesses, and a run folder's metric
 import contextlib
 import csv
 import fcntl
+import gzip
 import importlib
 import io
 import json
@@ -29,11 +30,13 @@ if str(REPO) not in sys.path:
 
 
 def write_idx(path: Path, array: torch.Tensor) -> None:
-    """Write a uint8 tensor as an IDX file: magic 00 00 08 ndim, big-endian dims, raw bytes."""
+    """Write a uint8 tensor as an IDX file: magic 00 00 08 ndim, big-endian dims, raw bytes;
+    gzipped when `path` ends in .gz."""
     header = bytes([0, 0, 0x08, array.dim()]) + b"".join(
         int(s).to_bytes(4, "big") for s in array.shape
     )
-    path.write_bytes(header + array.contiguous().numpy().tobytes())
+    data = header + array.contiguous().numpy().tobytes()
+    path.write_bytes(gzip.compress(data, mtime=0) if path.suffix == ".gz" else data)
 
 
 def fake_digits(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,14 +52,17 @@ def fake_digits(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return images, labels.to(torch.uint8)
 
 
-def make_mnist_root(root: Path, n_train: int = 512, n_test: int = 256) -> Path:
-    """A torchvision-layout MNIST folder (<root>/MNIST/raw/) with small synthetic splits."""
-    raw = root / "MNIST" / "raw"
+def make_mnist_root(root: Path, n_train: int = 512, n_test: int = 256, folder: str = "MNIST",
+                    flat: bool = False, gz: bool = False) -> Path:  # fmt: skip
+    """A data root with small synthetic splits: in torchvision's layout (<root>/<folder>/raw/),
+    or `flat` (the four files in the root itself, as Debian installs them); gzipped if `gz`."""
+    raw = root if flat else root / folder / "raw"
     raw.mkdir(parents=True, exist_ok=True)
+    suffix = ".gz" if gz else ""
     for prefix, n, seed in (("train", n_train, 0), ("t10k", n_test, 1)):
         images, labels = fake_digits(n, seed)
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte{suffix}", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte{suffix}", labels)
     return root
 
 
@@ -70,9 +76,8 @@ MNIST_FILES = (
 
 def real_mnist_root(environ: Mapping[str, str], repo: Path = REPO) -> Path | None:
     """Where the real MNIST is: $MNIST_ROOT when set, else the repo's own data/ (train.py's
-    default --data_root) when its MNIST/raw/ holds the four IDX files; None otherwise. The files
-    must be uncompressed, as load_mnist(download=False) reads them: .gz files alone would fail
-    the real-data tests instead of skipping them."""
+    default --data_root) when its MNIST/raw/ holds the four uncompressed IDX files (as the
+    shared folder has them); None otherwise."""
     if environ.get("MNIST_ROOT"):
         return Path(environ["MNIST_ROOT"])
     raw = repo / "data" / "MNIST" / "raw"

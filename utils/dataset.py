@@ -1,10 +1,17 @@
-"""MNIST straight from its IDX files into tensors, and batches drawn from them.
+"""MNIST (or Fashion-MNIST) straight from its IDX files into tensors, and batches drawn from them.
 
 The whole split lives in one float tensor in [0, 1] on the training device; an epoch is a seeded
 permutation of it. No Dataset, no DataLoader, no worker processes: MNIST fits in memory many times
 over, and per-sample Python work is what makes the usual pipeline slow.
+
+The two datasets share the IDX format, the file names and the sizes; DATASETS says where each
+lives and what its classes are. The files may be plain or gzipped (`.gz`, as Debian's
+dataset-fashion-mnist installs them), in torchvision's layout (<root>/<folder>/raw/) or in the
+data root itself.
 """
 
+import gzip
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +27,60 @@ MNIST_FILES = {
 _IDX_UBYTE = 0x08
 
 
-def mnist_raw_dir(root: str | Path) -> Path:
-    """torchvision's layout: <root>/MNIST/raw/."""
-    return Path(root) / "MNIST" / "raw"
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset: its name in messages, torchvision's folder for it, its class names."""
+
+    title: str
+    folder: str
+    classes: tuple[str, ...]
 
 
-def read_idx(path: Path) -> torch.Tensor:
-    """Read an unsigned-byte IDX file (magic 00 00 08 ndim, big-endian dims) as uint8."""
+DATASETS = {
+    "mnist": DatasetSpec("MNIST", "MNIST", tuple("0123456789")),
+    "fashion_mnist": DatasetSpec(
+        "Fashion-MNIST",
+        "FashionMNIST",
+        (
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ),
+    ),  # fmt: skip
+}
+
+
+def mnist_raw_dir(root: str | Path, dataset: str = "mnist") -> Path:
+    """torchvision's layout: <root>/MNIST/raw/ (<root>/FashionMNIST/raw/ for Fashion-MNIST)."""
+    return Path(root) / DATASETS[dataset].folder / "raw"
+
+
+def find_files(root: str | Path, dataset: str = "mnist") -> tuple[Path, dict[str, Path]]:
+    """The folder holding the dataset's files and each file found there (plain, else `.gz`):
+    torchvision's <root>/<folder>/raw/ when it holds any of them, else the root itself when it
+    does (Debian's layout), else torchvision's folder with none."""
+    names = [n for pair in MNIST_FILES.values() for n in pair]
+    for folder in (mnist_raw_dir(root, dataset), Path(root)):
+        found = {}
+        for name in names:
+            for candidate in (folder / name, folder / f"{name}.gz"):
+                if candidate.is_file():
+                    found[name] = candidate
+                    break
+        if found:
+            return folder, found
+    return mnist_raw_dir(root, dataset), {}
+
+
+def _file_bytes(path: Path) -> bytes:
+    """The file's bytes, gunzipped when it ends in .gz."""
     try:
         data = path.read_bytes()
     except OSError as e:  # unreadable by this user, a folder where the file should be, ...
@@ -34,21 +88,35 @@ def read_idx(path: Path) -> torch.Tensor:
             f"{path}: cannot read ({e.strerror}); let this user read it, or pass "
             "--data_root DIR whose MNIST/raw/ holds readable copies"
         ) from None
+    if path.suffix != ".gz":
+        return data
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as e:  # not gzip, or cut short
+        raise DataError(
+            f"{path}: not a whole gzip file ({first_line(e)}); replace it with the original file"
+        ) from None
+
+
+def read_idx(path: Path, title: str = "MNIST") -> torch.Tensor:
+    """Read an unsigned-byte IDX file (magic 00 00 08 ndim, big-endian dims), plain or gzipped,
+    as uint8; `title` names the dataset in messages."""
+    data = _file_bytes(path)
     if len(data) < 4 or data[0:2] != b"\x00\x00" or data[2] != _IDX_UBYTE or data[3] == 0:
         raise DataError(
             f"{path}: not an unsigned-byte IDX file (bad magic number {data[:4].hex()}); "
-            "replace it with the original MNIST file"
+            f"replace it with the original {title} file"
         )
     ndim = data[3]
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise DataError(f"{path}: truncated IDX header; replace it with the original MNIST file")
+        raise DataError(f"{path}: truncated IDX header; replace it with the original {title} file")
     shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     expected = header + int(torch.tensor(shape).prod())
     if len(data) != expected:
         raise DataError(
             f"{path}: {len(data)} bytes but its header {shape} needs {expected}; "
-            "the file is truncated or corrupt, replace it with the original MNIST file"
+            f"the file is truncated or corrupt, replace it with the original {title} file"
         )
     if expected == header:  # an empty file: frombuffer refuses a buffer of 0 bytes
         return torch.empty(shape, dtype=torch.uint8)
@@ -75,51 +143,60 @@ def _download_cause(error: Exception) -> str:
     return causes[-1].strip() if causes else first_line(error)
 
 
-def _fetch_missing(root: Path, missing: list[str]) -> None:
-    """Try torchvision's download; if it fails, say which files go where."""
-    from torchvision.datasets import MNIST
+def _missing_line(dataset: str, raw: Path, missing: list[str]) -> tuple[str, str]:
+    """What is missing where, and how to fix it (the download's cause goes between)."""
+    spec = DATASETS[dataset]
+    return (
+        f"{spec.title} files missing from {raw}/: {', '.join(missing)}",
+        f"copy the four IDX files (plain or .gz) there, or pass --data_root DIR whose "
+        f"{spec.folder}/raw/ holds them",
+    )
 
+
+def _fetch_missing(root: Path, missing: list[str], dataset: str) -> None:
+    """Try torchvision's download; if it fails, say which files go where."""
+    from torchvision import datasets
+
+    fetch = getattr(datasets, DATASETS[dataset].folder)
     try:
-        MNIST(str(root), train=True, download=True)
-        MNIST(str(root), train=False, download=True)
+        fetch(str(root), train=True, download=True)
+        fetch(str(root), train=False, download=True)
     except Exception as e:  # any download failure ends in the same instruction to the user
-        raise DataError(
-            f"MNIST files missing from {mnist_raw_dir(root)}/: {', '.join(missing)} "
-            f"(download failed: {_download_cause(e)}); copy the four uncompressed IDX files there, "
-            "or pass --data_root DIR whose MNIST/raw/ holds them"
-        ) from None
+        what, how = _missing_line(dataset, mnist_raw_dir(root, dataset), missing)
+        raise DataError(f"{what} (download failed: {_download_cause(e)}); {how}") from None
 
 
 def load_mnist(
-    root: str | Path, split: str, device: torch.device | str = "cpu", download: bool = True
-) -> MNISTSplit:
-    """Load `split` ("train" or "test") from <root>/MNIST/raw/; download only missing files."""
-    raw = mnist_raw_dir(root)
-    image_file, label_file = MNIST_FILES[split]
-    missing = [n for pair in MNIST_FILES.values() for n in pair if not (raw / n).is_file()]
+    root: str | Path, split: str, device: torch.device | str = "cpu", download: bool = True,
+    dataset: str = "mnist",
+) -> MNISTSplit:  # fmt: skip
+    """Load `split` ("train" or "test") of `dataset` (DATASETS) from `root` (find_files says
+    where); download only missing files."""
+    raw, found = find_files(root, dataset)
+    missing = [n for pair in MNIST_FILES.values() for n in pair if n not in found]
     if missing and download:
-        _fetch_missing(Path(root), missing)
+        _fetch_missing(Path(root), missing, dataset)
+        raw, found = find_files(root, dataset)
     elif missing:
-        raise DataError(
-            f"MNIST files missing from {raw}/: {', '.join(missing)}; copy the four uncompressed "
-            "IDX files there, or pass --data_root DIR whose MNIST/raw/ holds them"
-        )
-    images, labels = read_idx(raw / image_file), read_idx(raw / label_file)
+        what, how = _missing_line(dataset, raw, missing)
+        raise DataError(f"{what}; {how}")
+    title = DATASETS[dataset].title
+    image_path, label_path = (found[name] for name in MNIST_FILES[split])
+    images, labels = read_idx(image_path, title), read_idx(label_path, title)
     if images.dim() != 3 or labels.dim() != 1 or len(images) != len(labels):
         raise DataError(
-            f"{raw}: {image_file} holds {list(images.shape)} but {label_file} holds "
+            f"{raw}: {image_path.name} holds {list(images.shape)} but {label_path.name} holds "
             f"{list(labels.shape)}; expected (N, H, W) images and N labels"
         )
     if len(images) == 0:
-        raise DataError(
-            f"{raw / image_file}: holds no images; replace it with the original MNIST file"
-        )
+        raise DataError(f"{image_path}: holds no images; replace it with the original {title} file")
     wrong = (labels > 9).nonzero()
     if len(wrong):
         index = int(wrong[0])
+        kind = "digit" if dataset == "mnist" else "class"
         raise DataError(
-            f"{raw / label_file}: label {int(labels[index])} at index {index} is not a digit "
-            "0-9; replace it with the original MNIST file"
+            f"{label_path}: label {int(labels[index])} at index {index} is not a {kind} "
+            f"0-9; replace it with the original {title} file"
         )
     return MNISTSplit(
         images=(images.to(device).unsqueeze(1).float() / 255.0),
