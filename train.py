@@ -57,7 +57,7 @@ from training_schemes import (
     linear_backend_choice,
     train,
 )
-from utils.checkpoint import checkpoint_step, load_checkpoint, write_text
+from utils.checkpoint import checkpoint_step, load_checkpoint
 from utils.cli import OneLineParser, pick_device, run_cli
 from utils.config import (
     ModelConfig,
@@ -73,6 +73,7 @@ from utils.distributed import Cluster, join
 from utils.errors import CheckpointError, UserError
 from utils.memory import keep_freed_memory
 from utils.networks import make_network
+from utils.outputs import write_output
 from utils.tensorboard_log import require_tensorboard
 from utils.trained_vae import check_fits
 
@@ -407,10 +408,12 @@ def record_start(
     print what is about to run (and, for a run shorter than its beta warm-up, that beta will not
     reach its value). Returns the backend choice."""
     save_dir, batch = Path(train_cfg.save_dir), train_cfg.data.train_bs // cluster.world_size
-    write_text(save_dir / "model_config.json", config_json(model_cfg))
-    write_text(save_dir / "train_config.json", config_json(train_cfg))
+    write_output(save_dir / "model_config.json", config_json(model_cfg).encode(), "--save_dir")
+    write_output(save_dir / "train_config.json", config_json(train_cfg).encode(), "--save_dir")
     linear = linear_backend_choice(train_cfg, model_cfg, batch, cluster.device, payload)
-    write_text(save_dir / "linear_backend.json", json.dumps(vars(linear)) + "\n")
+    write_output(
+        save_dir / "linear_backend.json", (json.dumps(vars(linear)) + "\n").encode(), "--save_dir"
+    )
     print(start_line(args.scheme, train_cfg, len(train_set), len(val_set), save_dir, cluster,
                      resume_path, payload, linear), flush=True)  # fmt: skip
     warning = short_warmup(train_cfg)

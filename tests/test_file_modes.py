@@ -7,7 +7,8 @@ import stat
 import pytest
 import torch
 
-from utils.checkpoint import save_checkpoint, write_text
+from utils.checkpoint import save_checkpoint
+from utils.outputs import write_output
 
 
 @pytest.fixture
@@ -22,7 +23,7 @@ def umask():
 def test_written_files_follow_the_umask(tmp_path, umask, mask, mode):
     umask(mask)
     save_checkpoint({"w": torch.zeros(2)}, tmp_path / "ckpt.pth")
-    write_text(tmp_path / "config.json", "{}\n")
+    write_output(tmp_path / "config.json", b"{}\n", "--save_dir")
     assert stat.S_IMODE((tmp_path / "ckpt.pth").stat().st_mode) == mode
     assert stat.S_IMODE((tmp_path / "config.json").stat().st_mode) == mode
     assert os.umask(mask) == mask  # the write left the umask as it found it

@@ -124,14 +124,6 @@ def save_checkpoint(payload: dict[str, Any], path: Path, flag: str = "--save_dir
         ) from None
 
 
-def write_text(path: Path, text: str, flag: str = "--save_dir") -> None:
-    """Write `text` to `path` atomically; a failure is one UserError line naming `flag`."""
-    try:
-        atomic_write(path, lambda f: f.write(text.encode()))
-    except OSError as e:
-        raise UserError(f"{path}: cannot write ({e.strerror}); choose another {flag}") from None
-
-
 def load_checkpoint(
     path: str | Path, map_location: torch.device | str = "cpu", flag: str = "--ckpt_path"
 ) -> dict[str, Any]:

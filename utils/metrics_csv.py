@@ -5,7 +5,7 @@ import io
 import math
 from pathlib import Path
 
-from utils.checkpoint import write_text
+from utils.outputs import write_output
 
 
 class MetricsLog:
@@ -22,7 +22,7 @@ class MetricsLog:
         writer = csv.DictWriter(out, fieldnames=self.columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows({k: _cell(v) for k, v in r.items()} for r in self.rows)
-        write_text(self.path, out.getvalue())
+        write_output(self.path, out.getvalue().encode(), "--save_dir")
 
 
 def _cell(value: float) -> str:
