@@ -43,6 +43,7 @@ from utils.comparison import (
     train_and_grade,
     write_csv,
 )
+from utils.outputs import write_output
 
 ARMS = {
     "simple": Arm("simple", "simple", "configs/model_simple_config.json",
@@ -107,7 +108,7 @@ def main() -> None:
     summary = summarise(rows, "simple", "composite", "scheme", effects)
     table = markdown_table(summary, "simple", "composite")
     write_csv(out / "summary.csv", summary, SUMMARY_FIELDS)
-    (out / "summary.md").write_text(table)
+    write_output(out / "summary.md", table.encode(), "--out")
     if args.summarise_only:
         print(table, end="")
         return

@@ -39,6 +39,7 @@ import json
 import math
 import os
 import statistics
+import sys
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -56,11 +57,14 @@ from utils.comparison import (
     Budget,
     contrast,
     markdown_table,
+    recipe_of,
     summarise_contrasts,
     train_and_grade,
     write_csv,
+    write_json,
 )
 from utils.config import (
+    TRAIN_CONFIGS,
     config_from_dict,
     load_model_config,
     load_train_config,
@@ -68,7 +72,8 @@ from utils.config import (
     parse_settings,
     read_json,
 )
-from utils.errors import UserError
+from utils.errors import UserError, first_line
+from utils.outputs import write_output
 
 
 @dataclass
@@ -87,6 +92,8 @@ class ArmSpec:
     def check(self) -> None:
         ok = self.name.replace("_", "").replace("-", "").isalnum()
         need(ok, "name", self.name, "must be letters, digits, - and _ (a folder name)")
+        need(self.scheme in TRAIN_CONFIGS, "scheme", self.scheme,
+             f"must be one of {', '.join(TRAIN_CONFIGS)}")  # fmt: skip
 
 
 @dataclass
@@ -198,13 +205,24 @@ def load_study(path: str) -> StudySpec:
         for config in (arm.model_config, arm.train_config):
             if not (REPO / config).is_file():
                 raise UserError(f"{where}: no config file {config} in the repo")
-        model_settings, train_settings = parse_settings(arm.settings, arm.scheme)
-        try:
-            load_model_config(REPO / arm.model_config, model_settings)
-            load_train_config(REPO / arm.train_config, arm.scheme, train_settings)
-        except UserError as e:
-            raise UserError(f"{where}: {e}") from None
+        check_arm(where, arm, arm.settings)
+    search = spec.search
+    if search is not None:
+        arm = next(a for a in spec.arms if a.name == search.arm)
+        for end in ("low", "high"):  # each searched field at both ends of its range
+            extra = [f"{p.key}={json.dumps(getattr(p, end))}" for p in search.params]
+            check_arm(f"{path}: search.params at their {end} ends", arm, [*arm.settings, *extra])
     return spec
+
+
+def check_arm(where: str, arm: ArmSpec, settings: list[str]) -> None:
+    """Refuse, in one line starting `where`, an arm train.py would refuse with `settings`."""
+    try:
+        model_settings, train_settings = parse_settings(settings, arm.scheme)
+        load_model_config(REPO / arm.model_config, model_settings)
+        load_train_config(REPO / arm.train_config, arm.scheme, train_settings)
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None
 
 
 def import_optuna():
@@ -214,7 +232,8 @@ def import_optuna():
         raise UserError(
             "study.py needs Optuna: pip install optuna (or pip install -e '.[study]')"
         ) from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # A failed run says so in one line (run_workers); Optuna's own report of it is a traceback.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     # fail_stale_trials and the heartbeat options are marked experimental; the study relies on
     # them as documented, so the warning says nothing to the user.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -225,9 +244,13 @@ def grace_period() -> int:
     """Seconds a running trial may go without a heartbeat before it counts as dead:
     $STUDY_GRACE_PERIOD, default 120."""
     text = os.environ.get("STUDY_GRACE_PERIOD", "120")
-    if not (text.isdigit() and int(text) >= 1):
-        raise UserError(f"STUDY_GRACE_PERIOD={text!r}: must be a whole number of seconds >= 1")
-    return int(text)
+    try:
+        seconds = int(text)
+    except ValueError:
+        seconds = 0
+    if not (text.strip().isascii() and seconds >= 2):
+        raise UserError(f"STUDY_GRACE_PERIOD={text!r}: must be a whole number of seconds >= 2")
+    return seconds
 
 
 def open_study(optuna, spec_name: str, url: str, sampler):
@@ -238,11 +261,17 @@ def open_study(optuna, spec_name: str, url: str, sampler):
 
     grace = grace_period()
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    storage = RDBStorage(url, engine_kwargs=engine, heartbeat_interval=max(1, grace // 4),
-                         grace_period=grace,
-                         failed_trial_callback=RetryFailedTrialCallback())  # fmt: skip
-    return optuna.create_study(storage=storage, study_name=spec_name, sampler=sampler,
-                               direction="minimize", load_if_exists=True)  # fmt: skip
+    try:
+        storage = RDBStorage(url, engine_kwargs=engine, heartbeat_interval=max(1, grace // 4),
+                             grace_period=grace,
+                             heartbeat_stale_trial_callback=RetryFailedTrialCallback())  # fmt: skip
+        return optuna.create_study(storage=storage, study_name=spec_name, sampler=sampler,
+                                   direction="minimize", load_if_exists=True)  # fmt: skip
+    except Exception as e:  # a bad URL, a missing database driver, an unreachable server
+        raise UserError(
+            f"--storage {url}: cannot open it ({first_line(e)}); pass a database URL Optuna "
+            "takes, e.g. sqlite:///study.db"
+        ) from None
 
 
 def thread_env(threads: int) -> dict[str, str]:
@@ -252,19 +281,47 @@ def thread_env(threads: int) -> dict[str, str]:
 def run_workers(study, objective, workers: int, more) -> None:
     """`workers` threads, each taking one trial at a time while `more()` says there is work
     (first failing any trial whose heartbeat went silent, which queues it again). A run that
-    fails (train.py or evaluate.py exits non-zero) fails its trial and the others go on."""
+    fails (train.py or evaluate.py exits non-zero) fails its trial, says so in one line, and the
+    others go on; Ctrl-C, or any other error, stops every worker after its current run."""
     from optuna.storages import fail_stale_trials
 
-    def work() -> None:
-        while True:
-            fail_stale_trials(study)
-            if not more():
-                return
-            study.optimize(objective, n_trials=1, catch=(UserError,))
+    stop, lock = threading.Event(), threading.Lock()
 
-    with ThreadPoolExecutor(workers) as pool:
+    def work() -> None:
+        try:
+            while not stop.is_set():
+                with lock:  # one thread at a time fails stale trials and reads the queue
+                    fail_stale_trials(study)
+                    if not more():
+                        return
+                study.optimize(objective, n_trials=1, catch=(UserError,))
+        except BaseException:
+            stop.set()
+            raise
+
+    pool = ThreadPoolExecutor(workers)
+    try:
         for done in [pool.submit(work) for _ in range(workers)]:
             done.result()
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def recipe_hash(arm: Arm, seed: int, budget: Budget) -> str:
+    text = json.dumps(recipe_of(arm, seed, budget), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def graded(arm: Arm, seed: int, budget: Budget, run: Path, env: dict[str, str]) -> dict:
+    """train_and_grade; a run that fails says so in one line before its trial fails."""
+    try:
+        return train_and_grade(arm, seed, budget, run, env)
+    except UserError as e:
+        print(f"error: arm {arm.name!r}, seed {seed}: {e}", file=sys.stderr, flush=True)
+        raise
 
 
 def arm_of(spec: StudySpec, name: str, extra: tuple[str, ...] = ()) -> Arm:
@@ -275,22 +332,25 @@ def arm_of(spec: StudySpec, name: str, extra: tuple[str, ...] = ()) -> Arm:
 def run_grid(optuna, spec: StudySpec, args: argparse.Namespace, out: Path, budget: Budget) -> None:
     """Every arm x seed as a queued trial; workers take them until none is left."""
     study = open_study(optuna, spec.name, args.storage, optuna.samplers.RandomSampler(seed=0))
-    wanted = [{"arm": a.name, "seed": s} for s in spec.seeds for a in spec.arms]
+    wanted = [{"arm": a.name, "seed": s, "recipe": recipe_hash(arm_of(spec, a.name), s, budget)}
+              for s in spec.seeds for a in spec.arms]  # fmt: skip
     TrialState = optuna.trial.TrialState
     live = (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
-    held = [t.params or t.system_attrs.get("fixed_params") for t in study.get_trials(states=live)]
-    for params in wanted:
-        if params not in held:
-            study.enqueue_trial(params, user_attrs={"queued": True})
+    # A run is named by user attributes, not Optuna parameters, so a study file may gain arms
+    # and seeds between calls; an arm whose settings or budget changed is a new run (whose
+    # folder, made the old way, is then refused in one line).
+    held = [{k: t.user_attrs.get(k) for k in ("arm", "seed", "recipe")}
+            for t in study.get_trials(states=live)]  # fmt: skip
+    for run in wanted:
+        if run not in held:
+            study.enqueue_trial({}, user_attrs=run)
     env = thread_env(args.threads)
 
     def objective(trial) -> float:
-        if not trial.user_attrs.get("queued"):  # the queue emptied under us: nothing to run
+        name, seed = trial.user_attrs.get("arm"), trial.user_attrs.get("seed")
+        if name is None:  # the queue emptied under us: nothing to run
             raise optuna.TrialPruned()
-        name = trial.suggest_categorical("arm", [a.name for a in spec.arms])
-        seed = trial.suggest_categorical("seed", spec.seeds)
-        row = train_and_grade(arm_of(spec, name), seed, budget, out / "runs" / f"{name}_seed{seed}",
-                              env)  # fmt: skip
+        row = graded(arm_of(spec, name), seed, budget, out / "runs" / f"{name}_seed{seed}", env)
         trial.set_user_attr("row", row)
         return row[spec.objective]
 
@@ -307,18 +367,21 @@ def run_grid(optuna, spec: StudySpec, args: argparse.Namespace, out: Path, budge
 
 def finished_rows(study, TrialState, wanted: list[dict]) -> list[dict]:
     """The finished runs' rows in the study's order; one line naming any run not finished."""
-    rows = {}
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if "row" in t.user_attrs:
-            rows[(t.params["arm"], t.params["seed"])] = t.user_attrs["row"]
-    missing = [f"{w['arm']}/seed {w['seed']}" for w in wanted if (w["arm"], w["seed"]) not in rows]
+
+    def key(attrs: dict) -> tuple:
+        return attrs.get("arm"), attrs.get("seed"), attrs.get("recipe")
+
+    rows = {key(t.user_attrs): t.user_attrs["row"]
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if "row" in t.user_attrs}  # fmt: skip
+    missing = [f"{w['arm']}/seed {w['seed']}" for w in wanted if key(w) not in rows]
     if missing:
         raise UserError(
             f"{len(missing)} of {len(wanted)} runs did not finish ({', '.join(missing[:5])}"
             f"{', ...' if len(missing) > 5 else ''}); see their output above, then run the "
             "same command again to retry them"
         )
-    return [rows[(w["arm"], w["seed"])] for w in wanted]
+    return [rows[key(w)] for w in wanted]
 
 
 def report(
@@ -336,7 +399,7 @@ def report(
     figures = draw_figures(spec, out, budget)
     flops = arm_flops(spec, out, budget)
     text = report_text(spec, args, budget, rows, baselines, summaries, figures, flops)
-    (out / "REPORT.md").write_text(text)
+    write_output(out / "REPORT.md", text.encode(), "--out")
     print(f"-> {out / 'REPORT.md'}, {out / 'runs.csv'}, {out / 'summary.csv'}")
 
 
@@ -358,7 +421,7 @@ def arm_flops(spec: StudySpec, out: Path, budget: Budget) -> dict[str, float]:
                                   budget.data_root, arm.settings, budget.subset)  # fmt: skip
             known[key] = sum(counted.values())
         flops[a.name] = known[key]
-    cache.write_text(json.dumps(known, indent=1) + "\n")
+    write_json(cache, known)
     return flops
 
 
@@ -462,22 +525,25 @@ def run_search(
     study = open_study(optuna, f"{spec.name}-search", args.storage, sampler)
     TrialState = optuna.trial.TrialState
     env = thread_env(args.threads)
-    lock = threading.Lock()
 
     def objective(trial) -> float:
         values = {p.key: trial.suggest_float(p.key, p.low, p.high, log=p.log)
                   for p in search.params}  # fmt: skip
         extra = tuple(f"{k}={json.dumps(v)}" for k, v in values.items())
         run = out / "runs" / search_folder(values)
-        row = train_and_grade(arm_of(spec, search.arm, extra), spec.seeds[0], budget, run, env)
+        row = graded(arm_of(spec, search.arm, extra), spec.seeds[0], budget, run, env)
         trial.set_user_attr("row", row)
         trial.set_user_attr("folder", run.name)
         return row[search.minimise]
 
     def more() -> bool:
-        with lock:
-            states = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
-            return len(study.get_trials(deepcopy=False, states=states)) < search.trials
+        """Runs left to take, unless as many have failed as were asked for (a setting every
+        run fails on would otherwise start runs without end)."""
+        counted = study.get_trials(deepcopy=False)
+        failed = sum(t.state == TrialState.FAIL for t in counted)
+        taken = sum(t.state in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
+                    for t in counted)  # fmt: skip
+        return taken < search.trials and failed < search.trials
 
     print(f"{spec.name}: searching {', '.join(p.key for p in search.params)} of arm "
           f"{search.arm!r} for the lowest {search.minimise}, {search.trials} runs -> {out}",
@@ -498,7 +564,7 @@ def run_search(
             + ", ".join(f"`{p.key}` = {best[p.key]:.4g}" for p in search.params)
             + f" ({search.minimise} {best[search.minimise]:.4g}). Every run: search.csv."
             ]  # fmt: skip
-    (out / "SEARCH.md").write_text("\n".join(text) + "\n")
+    write_output(out / "SEARCH.md", ("\n".join(text) + "\n").encode(), "--out")
     print(text[-1])
 
 
@@ -507,6 +573,8 @@ def main() -> None:
     spec = load_study(args.study)
     optuna = import_optuna()
     out = Path(args.out or f"results/studies/{spec.name}")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file, not a folder; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     args.storage = args.storage or f"sqlite:///{(out / 'study.db').resolve()}"
     args.threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)

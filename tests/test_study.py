@@ -175,3 +175,84 @@ def test_a_study_killed_mid_run_continues_that_run_from_its_checkpoint(tmp_path)
     assert epochs == [str(e) for e in range(1, 13)]  # each epoch once: continued, not redone
     with open(out / "runs.csv") as f:
         assert [(r["arm"], r["epochs"]) for r in csv.DictReader(f)] == [("simple", "12")]
+
+
+def write_spec(tmp_path, change) -> str:
+    """The smoke study changed by `change(spec)`, written to a file; its path."""
+    spec = json.loads(SMOKE.read_text())
+    change(spec)
+    path = tmp_path / "study.json"
+    path.write_text(json.dumps(spec))
+    return str(path)
+
+
+def test_a_search_range_train_py_would_refuse_stops_the_study_first(tmp_path):
+    def negative_low(spec):
+        spec["search"]["params"][0].update(low=-5, log=False)
+
+    result = run_main("study.py", write_spec(tmp_path, negative_low), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "search.params at their low ends" in result.stderr
+    assert "'loss.params.lambda_pips' = -5.0 must be >= 0" in result.stderr
+
+
+def test_an_unknown_scheme_is_one_line(tmp_path):
+    def gan(spec):
+        spec["arms"][1]["scheme"] = "gan"
+
+    result = run_main("study.py", write_spec(tmp_path, gan), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "field 'arms[1].scheme' = \"gan\" must be one of simple, composite" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "says"),
+    [
+        (["--storage", "nosuchdb://x"], {}, "--storage nosuchdb://x: cannot open it ("),
+        ([], {"STUDY_GRACE_PERIOD": "soon"}, "STUDY_GRACE_PERIOD='soon': must be a whole number"),
+        ([], {"STUDY_GRACE_PERIOD": "1"}, "STUDY_GRACE_PERIOD='1': must be a whole number"),
+    ],
+)
+def test_a_bad_storage_or_grace_period_is_one_line(tmp_path, monkeypatch, flags, env, says):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = run_main("study.py", str(SMOKE), "--out", str(tmp_path / "o"), *flags)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"error: {says}")
+
+
+def test_a_run_that_fails_is_named_and_the_study_ends_in_one_line(tmp_path):
+    """A batch larger than the subset passes the config checks but train.py refuses it: the
+    run's failure is one line, the others' go on, and the study ends naming what is missing."""
+
+    def big_batch(spec):
+        spec["arms"][1]["settings"] = ["data.train_bs=256"]  # more than the 128 images
+        del spec["search"]
+
+    mnist = make_mnist_root(tmp_path / "mnist", n_train=256, n_test=128)
+    result = run_script(str(REPO / "study.py"), write_spec(tmp_path, big_batch), "--data_root",
+                        str(mnist), "--out", str(tmp_path / "o"), "--threads", "1",
+                        cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    # train.py's own line, then the study's naming the run, then the study's last word
+    assert errors[0] == ("error: --subset 128: must be between train_bs (256) and the 256 "
+                         "training images")  # fmt: skip
+    assert errors[1].startswith("error: arm 'both_adaptive_hinge', seed 1: train.py ")
+    assert errors[-1].startswith("error: 1 of 2 runs did not finish (both_adaptive_hinge/seed 1)")
+    assert "Traceback" not in result.stderr
+    assert (tmp_path / "o/runs/simple_seed1/eval.json").is_file()  # the other run went on
+
+
+def test_an_edited_arm_is_a_new_run_and_its_old_folder_is_refused(smoke, tmp_path):
+    root, argv, first = smoke
+    assert first.returncode == 0, first.stderr
+
+    def two_epochs(spec):
+        spec["epochs"] = 2
+
+    edited = [write_spec(tmp_path, two_epochs), *argv[1:]]
+    result = run_script(str(REPO / "study.py"), *edited, cwd=root)
+    assert result.returncode == 2
+    assert "runs/simple_seed1: was made with epochs = 1, not 2; give the changed arm a new " \
+           "name, or use another --out" in result.stderr  # fmt: skip

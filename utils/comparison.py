@@ -8,16 +8,20 @@ train.py process's maximum resident set.
 """
 
 import csv
+import io
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from utils.errors import UserError
+from utils.outputs import write_output
 from utils.stats import describe, equivalence, holm, paired_difference
 
 REPO = Path(__file__).resolve().parent.parent
@@ -83,6 +87,8 @@ def run_process(args: list[str], env: dict[str, str] | None = None) -> tuple[flo
     proc = subprocess.Popen([sys.executable, str(REPO / args[0]), *args[1:]], env=env)
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode in (130, -signal.SIGINT):  # Ctrl-C reached the script's process group too
+        raise KeyboardInterrupt
     if proc.returncode != 0:
         raise UserError(f"{' '.join(args[:3])} ... exited {proc.returncode}; see its output above")
     return time.perf_counter() - started, usage.ru_maxrss / 1024
@@ -92,7 +98,10 @@ def train_and_grade(
     arm: Arm, seed: int, budget: Budget, run: Path, env: dict[str, str] | None = None
 ) -> dict:
     """One run of `arm` with `seed` into `run` (kept if finished), graded by evaluate.py: a row
-    of the arm, seed, epochs, cost and every measure evaluate.py gave."""
+    of the arm, seed, epochs, cost and every measure evaluate.py gave. The folder records how
+    it was made (recipe.json); a folder made otherwise (another arm's settings, budget or seed,
+    from an edited study file) is refused rather than reused."""
+    check_recipe(run, arm, seed, budget)
     model_config, train_config = arm.config_paths()
     cost = run / "cost.json"
     if not (run / "final_model.pth").exists():
@@ -108,7 +117,7 @@ def train_and_grade(
             command += ["--resume", "auto"]
         _, peak_mb = run_process(command, env)
         before = json.loads(cost.read_text())["peak_rss_mb"] if cost.exists() else 0.0
-        cost.write_text(json.dumps({"peak_rss_mb": max(before, peak_mb)}) + "\n")
+        write_json(cost, {"peak_rss_mb": max(before, peak_mb)})
     if not (run / "eval.json").exists():
         command = ["evaluate.py", "--model_config", str(run / "model_config.json"),
                    "--ckpt_path", str(run / "final_model.pth"), "--data_root", budget.data_root,
@@ -128,14 +137,47 @@ def train_and_grade(
                if last.get(f"train_{k}") not in (None, "")}}  # fmt: skip
 
 
+def recipe_of(arm: Arm, seed: int, budget: Budget) -> dict:
+    """Everything that makes a run what it is (its folder's name aside)."""
+    return {"scheme": arm.scheme, "model_config": arm.model_config,
+            "train_config": arm.train_config, "settings": list(arm.settings), "seed": seed,
+            "epochs": budget.epochs, "subset": budget.subset,
+            "num_samples": budget.num_samples}  # fmt: skip
+
+
+def check_recipe(run: Path, arm: Arm, seed: int, budget: Budget) -> None:
+    """Record in `run` how its run is made, or refuse the folder if it records another way."""
+    recipe = recipe_of(arm, seed, budget)
+    path = run / "recipe.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        changed = [k for k in recipe if saved.get(k) != recipe[k]]
+        if changed:
+            raise UserError(
+                f"{run}: was made with {changed[0]} = {json.dumps(saved.get(changed[0]))}, not "
+                f"{json.dumps(recipe[changed[0]])}; give the changed arm a new name, or use "
+                "another --out"
+            )
+        return
+    if (run / "final_model.pth").exists() or list(run.glob("checkpoint_*.pth")):
+        return  # a run folder from before recipes: taken as it is
+    run.mkdir(parents=True, exist_ok=True)
+    write_json(path, recipe)
+
+
+def write_json(path: Path, value: Any) -> None:
+    write_output(path, (json.dumps(value, indent=1) + "\n").encode(), "--out")
+
+
 def write_csv(path: Path, rows: list[dict], fields: tuple[str, ...] | None = None) -> None:
     """`rows` under `fields` (default: every key of any row, in order of first appearance; a
-    row without one leaves its cell empty)."""
+    row without one leaves its cell empty), written whole or not at all."""
     fields = fields or tuple(dict.fromkeys(k for row in rows for k in row))
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_output(path, text.getvalue().encode(), "--out")
 
 
 def contrast(rows: list[dict], baseline: str, arm: str, key: str = "arm") -> list[tuple]:

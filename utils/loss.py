@@ -157,7 +157,9 @@ class CompositeLoss(BetaVAELoss):
     def adaptive_weight(self, recon_term: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
         """taming's calculate_adaptive_weight: lambda_disc * clamp(||grad recon|| / (||grad adv||
         + 1e-4), 0, 1e4) at the decoder's last layer, detached (it balances the two terms; it is
-        not itself trained)."""
+        not itself trained). recon is the weighted reconstruction term alone, as the study's
+        issue specifies; taming's nll also holds its perceptual term. Under torchrun each
+        process takes its own batch's norms, as taming's does."""
         recon_norm, adv_norm = (self.gradient_norm(term) for term in (recon_term, adv))
         ratio = (recon_norm / (adv_norm + 1e-4)).clamp(0.0, 1e4)
         return (self.config.lambda_disc * ratio).detach()

@@ -49,8 +49,11 @@ def training_half(split: MNISTSplit, half: int) -> MNISTSplit:
 
 def file_sha256(path: Path) -> str:
     """SHA-256 of the file's bytes, as `sha256sum` prints it."""
+    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 @torch.inference_mode()
