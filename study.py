@@ -257,14 +257,17 @@ def open_study(optuna, spec_name: str, url: str, sampler):
     """The study `spec_name` in storage `url`, made if new. Each running trial beats every
     quarter of the grace period; one silent for the whole period (its process died) is marked
     failed and queued again, as often as it takes, and its run continues from its folder."""
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+    import optuna.storages as storages
 
+    # Optuna 4.9 renamed the retrying callback; older releases have only the first name.
+    retry = getattr(storages, "RetryHeartbeatStaleTrialCallback", None)
+    retry = retry or storages.RetryFailedTrialCallback
     grace = grace_period()
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     try:
-        storage = RDBStorage(url, engine_kwargs=engine, heartbeat_interval=max(1, grace // 4),
-                             grace_period=grace,
-                             heartbeat_stale_trial_callback=RetryFailedTrialCallback())  # fmt: skip
+        storage = storages.RDBStorage(url, engine_kwargs=engine,
+                                      heartbeat_interval=max(1, grace // 4), grace_period=grace,
+                                      heartbeat_stale_trial_callback=retry())  # fmt: skip
         return optuna.create_study(storage=storage, study_name=spec_name, sampler=sampler,
                                    direction="minimize", load_if_exists=True)  # fmt: skip
     except Exception as e:  # a bad URL, a missing database driver, an unreachable server
