@@ -141,6 +141,8 @@ class StudySpec:
     arms: list[ArmSpec]
     subset: int | None = None
     num_samples: int | None = None
+    # train.py --set changes every arm takes before its own (a budget's schedules, say).
+    settings: list[str] = field(default_factory=list)
     objective: str = "fid_samples"
     search: SearchSpec | None = None
 
@@ -205,13 +207,14 @@ def load_study(path: str) -> StudySpec:
         for config in (arm.model_config, arm.train_config):
             if not (REPO / config).is_file():
                 raise UserError(f"{where}: no config file {config} in the repo")
-        check_arm(where, arm, arm.settings)
+        check_arm(where, arm, [*spec.settings, *arm.settings])
     search = spec.search
     if search is not None:
         arm = next(a for a in spec.arms if a.name == search.arm)
         for end in ("low", "high"):  # each searched field at both ends of its range
             extra = [f"{p.key}={json.dumps(getattr(p, end))}" for p in search.params]
-            check_arm(f"{path}: search.params at their {end} ends", arm, [*arm.settings, *extra])
+            check_arm(f"{path}: search.params at their {end} ends", arm,
+                      [*spec.settings, *arm.settings, *extra])  # fmt: skip
     return spec
 
 
@@ -328,8 +331,10 @@ def graded(arm: Arm, seed: int, budget: Budget, run: Path, env: dict[str, str]) 
 
 
 def arm_of(spec: StudySpec, name: str, extra: tuple[str, ...] = ()) -> Arm:
+    """Arm `name` as it runs: the study's settings, then its own, then `extra`."""
     a = next(a for a in spec.arms if a.name == name)
-    return Arm(a.name, a.scheme, a.model_config, a.train_config, (*a.settings, *extra))
+    settings = (*spec.settings, *a.settings, *extra)
+    return Arm(a.name, a.scheme, a.model_config, a.train_config, settings)
 
 
 def run_grid(optuna, spec: StudySpec, args: argparse.Namespace, out: Path, budget: Budget) -> None:
@@ -469,6 +474,9 @@ def report_text(
              "(utils/comparison.py).", "",
              "## Arms", "", "| arm | scheme | model config | training config | changes |",
              "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    if spec.settings:
+        lines[-2:-2] = ["Every arm also takes " + ", ".join(f"`{s}`" for s in spec.settings)
+                        + ".", ""]  # fmt: skip
     for a in spec.arms:
         changes = ", ".join(f"`{s}`" for s in a.settings) or "—"
         lines.append(f"| {a.name} | {a.scheme} | `{a.model_config}` | `{a.train_config}` | "

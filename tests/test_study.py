@@ -256,3 +256,21 @@ def test_an_edited_arm_is_a_new_run_and_its_old_folder_is_refused(smoke, tmp_pat
     assert result.returncode == 2
     assert "runs/simple_seed1: was made with epochs = 1, not 2; give the changed arm a new " \
            "name, or use another --out" in result.stderr  # fmt: skip
+
+
+def test_the_studys_settings_come_before_each_arms_own(tmp_path):
+    def scaled_warmup(spec):
+        spec["settings"] = ["loss.params.warmup_epochs=0.25"]
+        spec["arms"][1]["settings"].append("loss.params.warmup_epochs=0.5")
+
+    spec = study.load_study(write_spec(tmp_path, scaled_warmup))
+    simple, composite = (study.arm_of(spec, a.name) for a in spec.arms)
+    assert simple.settings == ("loss.params.warmup_epochs=0.25",)
+    assert composite.settings[0] == "loss.params.warmup_epochs=0.25"
+    assert composite.settings[-1] == "loss.params.warmup_epochs=0.5"  # the arm's own wins
+
+    def bad_common(spec):
+        spec["settings"] = ["loss.params.warmup_epochs=-1"]
+
+    result = run_main("study.py", write_spec(tmp_path, bad_common), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and "'loss.params.warmup_epochs' = -1" in result.stderr
