@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.helpers import REPO, run_main, run_script
+from tests.helpers import REPO, make_mnist_root, run_main, run_script
 
 
 @pytest.mark.parametrize(
@@ -49,9 +49,12 @@ def test_a_bad_flag_is_one_line_in_a_real_process():
         2, "error: unrecognized arguments: --bogus; see python infer.py --help\n")  # fmt: skip
 
 
-def test_ctrl_c_while_the_perceptual_network_trains_is_one_line(tmp_path, fake_mnist):
+def test_ctrl_c_while_the_perceptual_network_trains_is_one_line(tmp_path):
     """The composite scheme on the MNIST backbone first trains that network; Ctrl-C there (before
-    the training loop, which checkpoints on its own) leaves no weights file, half or whole."""
+    the training loop, which checkpoints on its own) leaves no weights file, half or whole. The
+    training split is big enough (4,096 images in the network's half, 128 steps) that the signal
+    lands while the network trains, even on a machine busy with other work."""
+    fake_mnist = make_mnist_root(tmp_path / "mnist", n_train=8192, n_test=64)
     model = tmp_path / "model.json"
     weights = tmp_path / "pips.pth"
     source = (REPO / "configs/model_composite_mnist_config.json").read_text()
