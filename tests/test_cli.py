@@ -49,6 +49,14 @@ def test_a_bad_flag_is_one_line_in_a_real_process():
         2, "error: unrecognized arguments: --bogus; see python infer.py --help\n")  # fmt: skip
 
 
+def interactive_signals() -> None:
+    """In the child before it runs: SIGINT as a terminal's shell leaves it (default action,
+    unblocked), whatever the test process running it inherited or set (the whole suite under
+    pytest-xdist left the child deaf to it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_ctrl_c_while_the_perceptual_network_trains_is_one_line(tmp_path):
     """The composite scheme on the MNIST backbone first trains that network; Ctrl-C there (before
     the training loop, which checkpoints on its own) leaves no weights file, half or whole. The
@@ -65,6 +73,7 @@ def test_ctrl_c_while_the_perceptual_network_trains_is_one_line(tmp_path):
          "--train_config", "configs/train_composite_config.json", "--data_root", str(fake_mnist),
          "--save_dir", str(tmp_path / "run"), "--device", "cpu"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=interactive_signals,
     )  # fmt: skip
     first = proc.stdout.readline()
     assert first.startswith("training the PIPS backbone CNN"), first
