@@ -193,6 +193,10 @@ class UsualProcess(contextlib.AbstractContextManager):
         self.proc.wait()
 
 
+# epoch_flops runs its counted steps at this batch size and scales them to the config's.
+COUNT_BATCH = 4
+
+
 def epoch_flops(
     configs: tuple[str, str], scheme: str, data_root: str, settings: tuple[str, ...] = (),
     train_images: int | None = None,
@@ -201,22 +205,28 @@ def epoch_flops(
     split), counted over real steps of the project's loop with the configs changed by
     `settings`, split into convolutions ("conv") and matrix products ("gemm").
 
-    One run of 1 step and one of 3 steps (each validating 128 images) give the cost of a step by
-    difference; what remains of the first is validation, scaled to the whole test split. The
-    linear layers run on ATen here: FlopCounterMode has no formula for oneDNN's op, whose
-    products are the same. The composite loss's gradient-ratio diagnostic is left out (it runs
-    every 50th step; at the first step it would be counted as validation)."""
+    Every counted operation (a matrix product, a convolution, their gradients) costs the same per
+    image, so the steps are counted at batches of COUNT_BATCH images and scaled to the config's
+    batch: the same count as at full size, without running full-size steps under the counter.
+    One run of 1 step and one of 3 steps (each validating COUNT_BATCH * 2 images) give the cost
+    of a step by difference; what remains of the first is validation, scaled to the whole test
+    split. The linear layers run on ATen here: FlopCounterMode has no formula for oneDNN's op,
+    whose products are the same. The composite loss's gradient-ratio diagnostic is left out (it
+    runs every 50th step; at the first step it would be counted as validation)."""
     if scheme == "composite":
         settings = (*settings, "loss.params.grad_ratio_every=0")
     train_cfg = load_train_config(configs[1], scheme, parse_settings(list(settings), scheme)[1])
-    train_bs = train_cfg.data.train_bs
-    steps_per_epoch = (train_images or len(load_mnist(data_root, "train"))) // train_bs
-    val_images = len(load_mnist(data_root, "test"))
+    scale = train_cfg.data.train_bs / COUNT_BATCH
+    steps_per_epoch = (
+        train_images or len(load_mnist(data_root, "train"))
+    ) // train_cfg.data.train_bs
+    val_images, val_counted = len(load_mnist(data_root, "test")), 2 * COUNT_BATCH
+    settings = (*settings, f"data.train_bs={COUNT_BATCH}", f"data.val_bs={COUNT_BATCH}")
     counts = []
     for steps in (1, 3):
         with FlopCounterMode(display=False) as counter:
-            project_epoch(configs, scheme, data_root, subset=steps * train_bs, val_size=128,
-                          settings=settings)  # fmt: skip
+            project_epoch(configs, scheme, data_root, subset=steps * COUNT_BATCH,
+                          val_size=val_counted, settings=settings)  # fmt: skip
         by_op = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
         unrated = set(by_op) - GEMM_OPS - CONV_OPS
         if unrated:
@@ -226,8 +236,8 @@ def epoch_flops(
     flops = {}
     for kind in ("gemm", "conv"):
         per_step = (counts[1][kind] - counts[0][kind]) / 2
-        val_per_image = (counts[0][kind] - per_step) / 128
-        flops[kind] = steps_per_epoch * per_step + val_images * val_per_image
+        val_per_image = (counts[0][kind] - per_step) / val_counted
+        flops[kind] = steps_per_epoch * per_step * scale + val_images * val_per_image
     return flops
 
 
