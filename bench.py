@@ -99,8 +99,9 @@ def project_epoch(configs: tuple[str, str], scheme: str, data_root: str, subset:
     train_cfg.linear_backend = linear_backend
     if scheme == "composite":
         train_cfg.optimizer.params_d.warmup_ratio = 0.0
-    train_set = load_mnist(data_root, "train", device)
-    val_set = load_mnist(data_root, "test", device)
+    dataset = train_cfg.data.dataset
+    train_set = load_mnist(data_root, "train", device, dataset=dataset)
+    val_set = load_mnist(data_root, "test", device, dataset=dataset)
     if subset is not None:
         train_set.images, train_set.labels = train_set.images[:subset], train_set.labels[:subset]
     if val_size is not None:
@@ -218,9 +219,10 @@ def epoch_flops(
     train_cfg = load_train_config(configs[1], scheme, parse_settings(list(settings), scheme)[1])
     scale = train_cfg.data.train_bs / COUNT_BATCH
     steps_per_epoch = (
-        train_images or len(load_mnist(data_root, "train"))
+        train_images or len(load_mnist(data_root, "train", dataset=train_cfg.data.dataset))
     ) // train_cfg.data.train_bs
-    val_images, val_counted = len(load_mnist(data_root, "test")), 2 * COUNT_BATCH
+    val_images = len(load_mnist(data_root, "test", dataset=train_cfg.data.dataset))
+    val_counted = 2 * COUNT_BATCH
     settings = (*settings, f"data.train_bs={COUNT_BATCH}", f"data.val_bs={COUNT_BATCH}")
     counts = []
     for steps in (1, 3):

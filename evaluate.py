@@ -1,8 +1,8 @@
-r"""Grade a trained VAE on the MNIST test split: reconstruction (the distortion) beside the rate,
-Frechet distances, precision and recall, the class histogram, sharpness, and how recognisable its
-reconstructions and latent grid are; or grade a file of images with the sample measures alone
-(Frechet distance, precision and recall, class histogram KL, edge sharpness, background speckle,
-Laplacian ratio).
+r"""Grade a trained VAE on the test split of its dataset (MNIST or Fashion-MNIST): reconstruction
+(the distortion) beside the rate, Frechet distances, precision and recall, the class histogram,
+sharpness, and how recognisable its reconstructions and latent grid are; or grade a file of images
+with the sample measures alone (Frechet distance, precision and recall, class histogram KL, edge
+sharpness, background speckle, Laplacian ratio).
 
     python evaluate.py --model_config checkpoints/simple/model_config.json \
         --ckpt_path checkpoints/simple/final_model.pth
@@ -16,10 +16,12 @@ torch.save; it is graded as the prior samples are, against the test split.
 Features and class probabilities come from the evaluation CNN (model/mnist_cnn.py, `eval`), which
 is not the PIPS backbone: another architecture and seed, trained on the other half of the training
 split, so a model trained against one network is graded by another that never saw its images.
-The repo ships it (checkpoints/mnist_eval_net.pth, the default --eval_net wherever the script runs
-from), so grading trains nothing and every committed grade reproduces; a --eval_net file that is
-missing is trained there first (one line says so). The output records the file's SHA-256 and test
-accuracy. Prints a table and writes every number to a JSON file (--out).
+The repo ships one per dataset (checkpoints/<dataset>_eval_net.pth: the default --eval_net wherever
+the script runs from), so grading trains nothing and every committed grade reproduces; a --eval_net
+file that is missing is trained there first (one line says so). A checkpoint is graded on the
+dataset it learnt (--dataset may name it, not contradict it). The output records the dataset and
+the network file's SHA-256 and test accuracy. Prints a table and writes every number to a JSON
+file (--out).
 """
 
 import argparse
@@ -31,7 +33,7 @@ import torch
 from model.mnist_cnn import NETWORKS, StagedCNN
 from model.vae import VAE
 from utils.cli import OneLineParser, pick_device, run_cli
-from utils.dataset import load_mnist
+from utils.dataset import DATA_ROOT_HELP, DATASETS, load_mnist
 from utils.errors import UserError
 from utils.loss import kl_per_sample
 from utils.networks import load_network, make_network, network_record
@@ -45,10 +47,23 @@ from utils.quality import (
     precision_recall,
     sharpness,
 )
-from utils.trained_vae import decode, encode_posterior, latent_grid, load_vae, test_split
+from utils.trained_vae import (
+    dataset_of,
+    decode,
+    encode_posterior,
+    latent_grid,
+    load_vae,
+    test_split,
+)
 
-# The evaluation CNN the repo ships, found from any working folder.
-SHIPPED_EVAL_NET = Path(__file__).resolve().parent / NETWORKS["eval"].default_path
+REPO = Path(__file__).resolve().parent
+
+
+def shipped_eval_net(dataset: str) -> Path:
+    """The evaluation CNN the repo ships for `dataset`, found from any working folder."""
+    return REPO / NETWORKS["eval"].default_path(dataset)
+
+
 BATCH = 1000
 CONFIDENT = 0.9
 # Prior samples and grid cells are each decoded in one pass and kept in memory: 100,000 samples
@@ -69,7 +84,7 @@ MEANINGS = {
     "sharpness_ratio": "Laplacian variance ratio, samples / test: rises with noise and contrast",
     "recon_accuracy": "eval-net accuracy on reconstructions against the true labels",
     "grid_confident_share": f"latent-grid cells the eval net labels with p >= {CONFIDENT}",
-    "grid_classes": "distinct digits among those confident cells",
+    "grid_classes": "distinct classes among those confident cells",
     "test_accuracy": "eval-net accuracy on the real test images (the ceiling)",
 }
 # What --images grades: the measures of the samples alone, no VAE needed.
@@ -82,15 +97,19 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--model_config", help="the JSON model config the run used")
     p.add_argument("--ckpt_path", help="final_model.pth, best_model.pth, ...")
     p.add_argument("--images", help="a .pt file of images (N, 1, H, W) in [0, 1] to grade instead")
-    p.add_argument("--data_root", default="data/", help="folder holding MNIST/raw/ (default data/)")
+    p.add_argument("--data_root", default="data/", help=DATA_ROOT_HELP)
+    p.add_argument(
+        "--dataset",
+        choices=tuple(DATASETS),
+        help="the test images' dataset (default the one the checkpoint learnt; --images: mnist)",
+    )
     p.add_argument(
         "--out",
         help="JSON file to write (default results/<run>_<checkpoint>.json or <images>_eval.json)",
     )
     p.add_argument(
         "--eval_net",
-        default=str(SHIPPED_EVAL_NET),
-        help=f"evaluation CNN file (default the repo's {NETWORKS['eval'].default_path})",
+        help="evaluation CNN file (default the repo's checkpoints/<dataset>_eval_net.pth)",
     )
     p.add_argument(
         "--num_samples",
@@ -187,10 +206,10 @@ def load_images(path: Path) -> torch.Tensor:
     return images
 
 
-def check_out(out: Path, eval_path: Path) -> None:
+def check_out(out: Path, eval_path: Path | None) -> None:
     """Refuse, before grading, an --out that would replace anything but earlier results."""
     check_output_path(out, "--out")
-    if out.resolve() == eval_path.resolve():
+    if eval_path is not None and out.resolve() == eval_path.resolve():
         raise UserError(f"--out {out}: is the --eval_net file; choose another --out")
     if out.exists() and not is_results_file(out):
         raise UserError(
@@ -286,12 +305,12 @@ def main() -> None:
     else:
         default_out = f"results/{graded.parent.name}_{graded.stem}.json"
     out = Path(args.out or default_out)
-    eval_path = Path(args.eval_net)
-    check_out(out, eval_path)
+    check_out(out, Path(args.eval_net) if args.eval_net else None)
     device = pick_device(args.device)
     if args.images:
         images, vae = load_images(graded), None
-        test_set = load_mnist(args.data_root, "test", device)
+        dataset = args.dataset or "mnist"
+        test_set = load_mnist(args.data_root, "test", device, dataset=dataset)
         if images.shape[1:] != test_set.images.shape[1:]:
             raise UserError(
                 f"--images {graded}: images are {list(images.shape[1:])} but the test images "
@@ -299,10 +318,14 @@ def main() -> None:
             )
     else:
         vae = load_vae(args.model_config, args.ckpt_path, device)
+        dataset = dataset_of(args, vae)
         test_set = test_split(args, device, vae)
+    eval_path = Path(args.eval_net) if args.eval_net else shipped_eval_net(dataset)
+    check_out(out, eval_path)
     if not eval_path.is_file():
-        make_network("eval", eval_path, load_mnist(args.data_root, "train", device), test_set)
-    net = load_network("eval", eval_path, device)
+        train_split = load_mnist(args.data_root, "train", device, dataset=dataset)
+        make_network("eval", eval_path, train_split, test_set, dataset)
+    net = load_network("eval", eval_path, device, dataset)
 
     real = test_set.images.cpu()
     labels = test_set.labels.cpu()
@@ -320,7 +343,7 @@ def main() -> None:
                  "model_config": args.model_config, "ckpt_path": args.ckpt_path}  # fmt: skip
     # The table's numbers first, in its order, then the raw values behind the ratios.
     results = {key: measures[key] for key in shown} | measures | about
-    results |= grader_record(eval_path)
+    results |= grader_record(eval_path) | {"dataset": dataset}
 
     for key in shown:
         value = results[key]

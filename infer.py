@@ -35,6 +35,7 @@ import argparse
 from pathlib import Path
 
 from utils.cli import OneLineParser, pick_device, run_cli
+from utils.dataset import DATA_ROOT_HELP, DATASETS
 from utils.errors import UserError
 from utils.views import FIGURE_FORMATS, VIEWS, figure_path
 
@@ -49,7 +50,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ckpt_path_b", help="compare: the second checkpoint")
     p.add_argument("--model_config_b", help="compare: its model config (default --model_config)")
     p.add_argument("--run_dir", help="curves: a run folder holding metrics.csv")
-    p.add_argument("--data_root", default="data/", help="folder holding MNIST/raw/ (default data/)")
+    p.add_argument("--data_root", default="data/", help=DATA_ROOT_HELP)
+    p.add_argument(
+        "--dataset",
+        choices=tuple(DATASETS),
+        help="the test images' dataset (default the one the checkpoint learnt)",
+    )
     p.add_argument(
         "--grid_size",
         type=int,

@@ -65,6 +65,7 @@ from utils.comparison import (
 )
 from utils.config import (
     TRAIN_CONFIGS,
+    check_same_dataset,
     config_from_dict,
     load_model_config,
     load_train_config,
@@ -72,6 +73,7 @@ from utils.config import (
     parse_settings,
     read_json,
 )
+from utils.dataset import DATA_ROOT_HELP, DATASETS
 from utils.errors import UserError, first_line
 from utils.outputs import write_output
 
@@ -88,12 +90,20 @@ class ArmSpec:
     settings: list[str] = field(default_factory=list)
     # The arm this one is compared with, when not the study's baseline (another cell's own).
     baseline: str | None = None
+    # The data it trains on (train.py --dataset), when not the study's.
+    dataset: str | None = None
 
     def check(self) -> None:
         ok = self.name.replace("_", "").replace("-", "").isalnum()
         need(ok, "name", self.name, "must be letters, digits, - and _ (a folder name)")
         need(self.scheme in TRAIN_CONFIGS, "scheme", self.scheme,
              f"must be one of {', '.join(TRAIN_CONFIGS)}")  # fmt: skip
+        check_dataset(self.dataset)
+
+
+def check_dataset(dataset: str | None) -> None:
+    need(dataset in (None, *DATASETS), "dataset", dataset,
+         f"must be one of {', '.join(map(json.dumps, DATASETS))}")  # fmt: skip
 
 
 @dataclass
@@ -143,6 +153,8 @@ class StudySpec:
     num_samples: int | None = None
     # train.py --set changes every arm takes before its own (a budget's schedules, say).
     settings: list[str] = field(default_factory=list)
+    # The data every arm trains on (train.py --dataset); left out, each train config's.
+    dataset: str | None = None
     objective: str = "fid_samples"
     search: SearchSpec | None = None
 
@@ -162,6 +174,7 @@ class StudySpec:
             "must be distinct seeds, at least one",
         )
         need(self.epochs >= 1, "epochs", self.epochs, "must be >= 1")
+        check_dataset(self.dataset)
         need(self.subset is None or self.subset >= 1, "subset", self.subset, "must be >= 1")
         need(
             self.objective in MEASURES,
@@ -180,7 +193,7 @@ class StudySpec:
 def parse_args() -> argparse.Namespace:
     p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("study", help="the study file (studies/*.json)")
-    p.add_argument("--data_root", default="data/", help="folder holding MNIST/raw/")
+    p.add_argument("--data_root", default="data/", help=DATA_ROOT_HELP)
     p.add_argument("--out", help="folder to write (default results/studies/<name>/)")
     p.add_argument("--workers", type=int, default=1, help="runs at once (default 1)")
     p.add_argument(
@@ -207,14 +220,14 @@ def load_study(path: str) -> StudySpec:
         for config in (arm.model_config, arm.train_config):
             if not (REPO / config).is_file():
                 raise UserError(f"{where}: no config file {config} in the repo")
-        check_arm(where, arm, [*spec.settings, *arm.settings])
+        check_arm(where, arm, list(arm_of(spec, arm.name).settings))
     search = spec.search
     if search is not None:
         arm = next(a for a in spec.arms if a.name == search.arm)
         for end in ("low", "high"):  # each searched field at both ends of its range
             extra = [f"{p.key}={json.dumps(getattr(p, end))}" for p in search.params]
             check_arm(f"{path}: search.params at their {end} ends", arm,
-                      [*spec.settings, *arm.settings, *extra])  # fmt: skip
+                      list(arm_of(spec, arm.name, tuple(extra)).settings))  # fmt: skip
     return spec
 
 
@@ -222,8 +235,10 @@ def check_arm(where: str, arm: ArmSpec, settings: list[str]) -> None:
     """Refuse, in one line starting `where`, an arm train.py would refuse with `settings`."""
     try:
         model_settings, train_settings = parse_settings(settings, arm.scheme)
-        load_model_config(REPO / arm.model_config, model_settings)
-        load_train_config(REPO / arm.train_config, arm.scheme, train_settings)
+        model_cfg = load_model_config(REPO / arm.model_config, model_settings)
+        train_cfg = load_train_config(REPO / arm.train_config, arm.scheme, train_settings)
+        if arm.scheme == "composite":
+            check_same_dataset(model_cfg, train_cfg, arm.model_config)
     except UserError as e:
         raise UserError(f"{where}: {e}") from None
 
@@ -331,9 +346,13 @@ def graded(arm: Arm, seed: int, budget: Budget, run: Path, env: dict[str, str]) 
 
 
 def arm_of(spec: StudySpec, name: str, extra: tuple[str, ...] = ()) -> Arm:
-    """Arm `name` as it runs: the study's settings, then its own, then `extra`."""
+    """Arm `name` as it runs: its dataset (when the study or the arm names one), the study's
+    settings, then its own, then `extra`."""
     a = next(a for a in spec.arms if a.name == name)
+    dataset = a.dataset or spec.dataset
     settings = (*spec.settings, *a.settings, *extra)
+    if dataset is not None:
+        settings = (f"data.dataset={json.dumps(dataset)}", *settings)
     return Arm(a.name, a.scheme, a.model_config, a.train_config, settings)
 
 

@@ -1,4 +1,5 @@
-r"""Train a beta-VAE on MNIST, alone (simple) or with a PatchGAN critic and PIPS (composite).
+r"""Train a beta-VAE on MNIST (or Fashion-MNIST), alone (simple) or with a PatchGAN critic and
+PIPS (composite).
 
     python train.py --scheme simple --model_config configs/model_simple_config.json \
         --train_config configs/train_simple_config.json
@@ -14,6 +15,9 @@ r"""Train a beta-VAE on MNIST, alone (simple) or with a PatchGAN critic and PIPS
         --set 'save_dir="runs/beta2"'
     python train.py --scheme simple --model_config configs/model_simple_config.json \
         --train_config configs/train_simple_config.json --tensorboard
+    python train.py --scheme composite --dataset fashion_mnist \
+        --model_config configs/model_composite_fashion_mnist_config.json \
+        --train_config configs/train_composite_config.json
     tensorboard --logdir checkpoints/simple/tensorboard
     torchrun --standalone --nproc_per_node 2 train.py --scheme simple \
         --model_config configs/model_simple_config.json \
@@ -31,7 +35,8 @@ on, and why), metrics.csv (one row per epoch),
 checkpoint_epoch_NNN.pth every save_every epochs, and final_model.pth; with --tensorboard (or
 the config's "tensorboard": true) also live TensorBoard logs in tensorboard/.
 With pips_config.backbone "mnist_cnn" (configs/model_composite_mnist_config.json) the composite
-scheme first trains the MNIST PIPS backbone into pips_config.weights_path when that file is missing.
+scheme first trains the PIPS backbone on the run's dataset into pips_config.weights_path when that
+file is missing.
 """
 
 import argparse
@@ -62,13 +67,14 @@ from utils.cli import OneLineParser, pick_device, run_cli
 from utils.config import (
     ModelConfig,
     TrainConfig,
+    check_same_dataset,
     config_json,
     load_model_config,
     load_train_config,
     parse_settings,
     with_overrides,
 )
-from utils.dataset import MNISTSplit, load_mnist
+from utils.dataset import DATA_ROOT_HELP, DATASETS, MNISTSplit, load_mnist
 from utils.distributed import Cluster, join
 from utils.errors import CheckpointError, UserError
 from utils.memory import keep_freed_memory
@@ -104,7 +110,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--train_config", required=True, help="JSON training config (configs/train_*.json)"
     )
-    p.add_argument("--data_root", default="data/", help="folder holding MNIST/raw/ (default data/)")
+    p.add_argument("--data_root", default="data/", help=DATA_ROOT_HELP)
+    p.add_argument(
+        "--dataset",
+        choices=tuple(DATASETS),
+        help="the data to train on; overrides the config's data.dataset (default mnist)",
+    )
     p.add_argument("--save_dir", help="run folder; overrides the config's save_dir")
     p.add_argument(
         "--epochs",
@@ -295,7 +306,8 @@ def run(args: argparse.Namespace, cluster: Cluster) -> None:
 def read_configs(args: argparse.Namespace, cluster: Cluster) -> tuple[ModelConfig, TrainConfig]:
     """The two configs as this run uses them: each file with its --set changes, then the flags,
     every value through the same checks; the model config as the scheme needs it."""
-    model_settings, train_settings = parse_settings(args.set, args.scheme)
+    dataset = [f"data.dataset={json.dumps(args.dataset)}"] if args.dataset else []
+    model_settings, train_settings = parse_settings([*args.set, *dataset], args.scheme)
     model_cfg = load_model_config(args.model_config, model_settings)
     train_cfg = load_train_config(args.train_config, args.scheme, train_settings)
     overrides = {
@@ -308,6 +320,7 @@ def read_configs(args: argparse.Namespace, cluster: Cluster) -> tuple[ModelConfi
         train_cfg, {k: fv for k, fv in overrides.items() if fv[1] is not None}
     )
     model_cfg = check_scheme(args.scheme, model_cfg, args.model_config)
+    check_same_dataset(model_cfg, train_cfg, args.model_config)
     # Training holds four copies of the VAE's weights: the weights, their gradients and Adam's
     # two moments.
     check_fits(model_cfg.model_config, args.model_config, copies=4)
@@ -363,11 +376,12 @@ def lock_run_folder(save_dir: Path) -> None:
 def read_data(
     args: argparse.Namespace, model_cfg: ModelConfig, train_cfg: TrainConfig, cluster: Cluster
 ) -> tuple[MNISTSplit, MNISTSplit]:
-    """The training split (cut to --subset) and the test split, checked against the model; the
-    MNIST PIPS backbone is made first when the composite scheme needs it and it is missing."""
-    device = cluster.device
-    train_set = load_mnist(args.data_root, "train", device, download=not args.no_download)
-    val_set = load_mnist(args.data_root, "test", device, download=False)
+    """The training split (cut to --subset) and the test split of the config's dataset, checked
+    against the model; the PIPS backbone CNN is made first, on that dataset, when the composite
+    scheme needs it and it is missing."""
+    device, dataset = cluster.device, train_cfg.data.dataset
+    train_set = load_mnist(args.data_root, "train", device, not args.no_download, dataset)
+    val_set = load_mnist(args.data_root, "test", device, download=False, dataset=dataset)
     img_size = model_cfg.model_config.img_size
     if list(train_set.images.shape[1:]) != img_size:
         raise UserError(
@@ -379,7 +393,7 @@ def read_data(
     if cluster.is_main and backbone is not None and not backbone.is_file():
         # The MNIST PIPS backbone is made once, on its half of the full training split, before
         # any subset (by rank 0; the others load it once this block has ended).
-        make_network("pips", backbone, train_set, val_set)
+        make_network("pips", backbone, train_set, val_set, dataset)
     if train_cfg.data.train_bs > len(train_set):
         raise UserError(
             f"{args.train_config}: field 'data.train_bs' = {train_cfg.data.train_bs} is more than "
@@ -452,7 +466,8 @@ def start_line(
     start = f", resuming {resume_path} at step {payload['step']}" if resume_path else ""
     steps = train_size // train_bs
     return (
-        f"{scheme} scheme on {where}: {train_size} training images, {steps} steps x "
+        f"{scheme} scheme on {where}: {train_size} {DATASETS[train_cfg.data.dataset].title} "
+        f"training images, {steps} steps x "
         f"{train_cfg.num_epochs} epochs, {val_size} validation images -> {save_dir}{start}; "
         f"linear layers: {linear.backend} ({linear.why})"
     )

@@ -725,7 +725,8 @@ def save_best_model(run: Run, epoch: int) -> None:
     with run.cluster.agreed():
         if run.cluster.is_main:
             save_checkpoint({"model_state_dict": stopper.best_state, "epoch": stopper.best_epoch,
-                             "loss": stopper.best_loss}, path)  # fmt: skip
+                             "loss": stopper.best_loss,
+                             "dataset": run.train_cfg.data.dataset}, path)  # fmt: skip
             print(f"early stop after epoch {epoch}: train loss has not improved by more than "
                   f"{stopper.tol} for {stopper.patience} epochs; best epoch {stopper.best_epoch} "
                   f"-> {path}", flush=True)  # fmt: skip
@@ -739,7 +740,8 @@ def save_final_model(run: Run, epoch: int) -> Path:
             if run.board is not None:
                 run.board.close()
             save_checkpoint({"model_state_dict": run.scheme.vae.state_dict(), "epoch": epoch,
-                             "step": run.progress.step, "scheme": run.scheme.name},
+                             "step": run.progress.step, "scheme": run.scheme.name,
+                             "dataset": run.train_cfg.data.dataset},
                             path)  # fmt: skip
     return path
 

@@ -6,7 +6,8 @@
                resized to input_size (224), ImageNet mean/std normalisation; ImageNet weights
                from torch's hub cache (or random, smoke tests only)
     mnist_cnn: the four stages of the MNIST CNN in model/mnist_cnn.py (`pips`), which the project
-               trains itself; 28x28 grayscale as it is
+               trains itself on the dataset its `weights` name (MNIST or Fashion-MNIST); 28x28
+               grayscale as it is
 """
 
 from dataclasses import dataclass
@@ -24,8 +25,9 @@ class BackboneSpec:
     imagenet: the input is repeated to 3 channels and ImageNet mean/std normalised.
     grayscale_only: the network takes 1-channel images only (the model's images must be 1-channel).
     weights: the allowed values of the config's `weights`, the default first.
-    weights_path: the default weights file, or None when the weights do not come from a file the
-        config names (then `weights_source` says where they come from, and the config refuses a
+    weights_path: the default weights file, with "{weights}" standing for the config's `weights`
+        (see default_weights_path), or None when the weights do not come from a file the config
+        names (then `weights_source` says where they come from, and the config refuses a
         weights_path).
     """
 
@@ -65,11 +67,18 @@ BACKBONES = {
         input_size_reason="its linear head is sized for 28x28",
         imagenet=False,
         grayscale_only=True,
-        weights=("mnist",),
-        weights_path="checkpoints/mnist_pips_cnn.pth",
+        # The dataset the CNN learnt (a key of utils/dataset.DATASETS); it must be the run's.
+        weights=("mnist", "fashion_mnist"),
+        weights_path="checkpoints/{weights}_pips_cnn.pth",
         weights_source="weights_path, trained by make_networks.py --network pips",
     ),
 }
 
 # The reference's perceptual loss, taken when a model file has no pips_config.
 DEFAULT_BACKBONE = "vgg16"
+
+
+def default_weights_path(backbone: str, weights: str) -> str | None:
+    """The backbone's default weights file for `weights` (None where no file holds them)."""
+    path = BACKBONES[backbone].weights_path
+    return None if path is None else path.format(weights=weights)

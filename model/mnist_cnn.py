@@ -62,16 +62,21 @@ def eval_cnn() -> StagedCNN:
 @dataclass(frozen=True)
 class NetworkSpec:
     """What one network is: its builder, training seed, the half of the training split it learns
-    from (utils/networks.training_half), default file and a name for messages."""
+    from (utils/networks.training_half), default file (`file` with "{weights}" for the dataset
+    it learns) and a name for messages."""
 
     build: Callable[[], StagedCNN]
     seed: int
     half: int
-    default_path: str
+    file: str
     title: str
+
+    def default_path(self, dataset: str) -> str:
+        """The default file of this network trained on `dataset` (utils/dataset.DATASETS)."""
+        return self.file.format(weights=dataset)
 
 
 NETWORKS = {
     "pips": NetworkSpec(pips_cnn, 1, 0, BACKBONES["mnist_cnn"].weights_path, "PIPS backbone CNN"),
-    "eval": NetworkSpec(eval_cnn, 2, 1, "checkpoints/mnist_eval_net.pth", "evaluation CNN"),
+    "eval": NetworkSpec(eval_cnn, 2, 1, "checkpoints/{weights}_eval_net.pth", "evaluation CNN"),
 }

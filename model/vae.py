@@ -20,6 +20,9 @@ class VAE(nn.Module):
     def __init__(self, config: VAEConfig):
         super().__init__()
         self.latent_dim = config.latent_features
+        # The dataset its weights learnt, where they come from a checkpoint (set by
+        # utils/trained_vae.load_vae), so that views and grades use that dataset's images.
+        self.trained_on: str | None = None
         self.encoder = Encoder(config.img_size, config.latent_features, config.encoder)
         self.decoder = Decoder(config.img_size, config.latent_features, config.decoder)
         init_weights(self)

@@ -9,7 +9,7 @@ import sys
 import pytest
 from torch import nn
 
-from model.backbones import BACKBONES, DEFAULT_BACKBONE
+from model.backbones import BACKBONES, DEFAULT_BACKBONE, default_weights_path
 from model.mnist_cnn import NETWORKS
 from tests.helpers import REPO
 from utils.config import PIPSConfig
@@ -24,7 +24,7 @@ def test_unset_config_fields_take_the_tables_defaults(name):
     assert (config.input_size, config.weights, config.weights_path) == (
         spec.input_size,
         spec.weights[0],
-        spec.weights_path,
+        default_weights_path(name, spec.weights[0]),
     )
 
 
@@ -33,8 +33,14 @@ def test_every_backbone_has_a_loader_and_the_default_is_one_of_them():
     assert PIPSConfig().backbone == DEFAULT_BACKBONE in BACKBONES
 
 
-def test_the_mnist_pips_network_defaults_to_the_backbones_file():
-    assert NETWORKS["pips"].default_path == BACKBONES["mnist_cnn"].weights_path
+def test_the_pips_network_defaults_to_the_backbones_file_of_each_dataset():
+    for weights, path in (("mnist", "checkpoints/mnist_pips_cnn.pth"),
+                          ("fashion_mnist", "checkpoints/fashion_mnist_pips_cnn.pth")):  # fmt: skip
+        assert NETWORKS["pips"].default_path(weights) == path
+        assert PIPSConfig(backbone="mnist_cnn", weights=weights).weights_path == path
+    assert (
+        NETWORKS["eval"].default_path("fashion_mnist") == "checkpoints/fashion_mnist_eval_net.pth"
+    )
 
 
 def test_slices_are_consecutive_and_cover_the_cut_layers():

@@ -874,7 +874,7 @@ BAD_FIELDS = {
         ("pips_config.input_size=224", "= 224 must be 28 for mnist_cnn"),
         (
             'pips_config.weights="imagenet"',
-            '= "imagenet" must be one of mnist for backbone mnist_cnn',
+            '= "imagenet" must be one of mnist, fashion_mnist for backbone mnist_cnn',
         ),
         ('pips_config.weights_path=" "', '= " " must name a file'),
         (

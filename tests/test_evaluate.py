@@ -190,7 +190,7 @@ def test_the_output_records_the_eval_nets_hash_accuracy_and_half(evaluated):
 def test_the_shipped_eval_net_is_the_one_every_grade_comes_from(real_mnist):
     """checkpoints/mnist_eval_net.pth: the evaluation CNN, made on half 1 of the real training
     split, whose recorded test accuracy is what it scores on the real test split today."""
-    shipped = evaluate.SHIPPED_EVAL_NET
+    shipped = evaluate.shipped_eval_net("mnist")
     assert shipped == REPO / "checkpoints" / "mnist_eval_net.pth"
     record = network_record(shipped)
     assert record["train_half"] == 1 and record["train_size"] == 30_000
@@ -235,7 +235,7 @@ def test_images_are_graded_blurred_noisy_and_real_the_right_way_round(tmp_path, 
                           str(tmp_path / f"{name}.json")]  # fmt: skip
     done = start_scripts(commands)
     graded = {}
-    shipped = evaluate.SHIPPED_EVAL_NET
+    shipped = evaluate.shipped_eval_net("mnist")
     for name, result in done.items():
         assert result.returncode == 0, result.stderr
         assert "training the" not in result.stdout

@@ -259,7 +259,9 @@ def test_the_reference_simple_files_train_as_they_are(tmp_path, fake_mnist):
                       "--epochs", "1")  # fmt: skip
     result = run_script(*argv)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("simple scheme on cpu: 512 training images, 4 steps x 1 epochs")
+    assert result.stdout.startswith(
+        "simple scheme on cpu: 512 MNIST training images, 4 steps x 1 epochs"
+    )
     assert (tmp_path / "run" / "final_model.pth").is_file()
 
 

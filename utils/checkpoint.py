@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from utils.dataset import DATASETS
 from utils.errors import CheckpointError, UserError
 from utils.legacy import upgrade_checkpoint
 
@@ -183,6 +184,22 @@ def vae_state_from(payload: dict[str, Any], path: str | Path) -> dict[str, torch
         f"{path}: has no model_state_dict (keys: {', '.join(sorted(payload))}); "
         "pass a checkpoint written by train.py"
     )
+
+
+def trained_on(payload: dict[str, Any], path: str | Path) -> str:
+    """The dataset (a key of utils/dataset.DATASETS) a checkpoint's weights learnt: train.py's
+    weights files name it, resumable checkpoints hold it in their train config; a checkpoint
+    that says neither is MNIST's (the reference's, and this repo's before Fashion-MNIST)."""
+    train_config = payload.get("train_config")
+    data = train_config.get("data") if isinstance(train_config, dict) else None
+    default = data.get("dataset", "mnist") if isinstance(data, dict) else "mnist"
+    dataset = payload.get("dataset", default)
+    if dataset not in DATASETS:
+        raise CheckpointError(
+            f"{path}: names dataset {dataset!r}, not one of {', '.join(DATASETS)}; pass a "
+            "checkpoint written by train.py"
+        )
+    return dataset
 
 
 def load_state(module: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from model.backbones import BACKBONES, DEFAULT_BACKBONE
+from model.backbones import BACKBONES, DEFAULT_BACKBONE, default_weights_path
+from utils.dataset import DATASETS
 from utils.errors import ConfigError
 from utils.gan_losses import GAN_LOSSES
 from utils.legacy import is_round1_train, upgrade_model_config, upgrade_train_config
@@ -141,8 +142,8 @@ class PIPSConfig:
             self.input_size = spec.input_size
         if self.weights is None:
             self.weights = spec.weights[0]
-        if self.weights_path is None:
-            self.weights_path = spec.weights_path
+        if self.weights_path is None and self.backbone in BACKBONES:
+            self.weights_path = default_weights_path(self.backbone, self.weights)
 
     def check(self) -> None:
         _need(
@@ -181,7 +182,7 @@ class PIPSConfig:
                 self.weights_path.strip() != "",
                 "weights_path",
                 self.weights_path,
-                f"must name a file, e.g. {spec.weights_path}",
+                f"must name a file, e.g. {default_weights_path(self.backbone, spec.weights[0])}",
             )
         _need(
             self.weights in spec.weights,
@@ -357,14 +358,23 @@ class EarlyStoppingConfig:
 
 @dataclass
 class DataConfig:
-    """Batch sizes. train_bs is the global batch (split evenly over processes under torchrun)."""
+    """Batch sizes (the reference's keys) and the dataset (this repo's: a key of
+    utils/dataset.DATASETS). train_bs is the global batch (split evenly over processes under
+    torchrun)."""
 
     train_bs: int = 128
     val_bs: int = 128
+    dataset: str = "mnist"
 
     def check(self) -> None:
         for name in ("train_bs", "val_bs"):
             _need(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1, e.g. 128")
+        _need(
+            self.dataset in DATASETS,
+            "dataset",
+            self.dataset,
+            f"must be one of {', '.join(map(json.dumps, DATASETS))}",
+        )
 
 
 PRECISIONS = ("float32", "bfloat16")
@@ -690,6 +700,20 @@ def with_overrides(config: T, overrides: dict[str, tuple[str, Any]]) -> T:
         flag = overrides[p.where][0] if p.where in overrides else p.where
         raise ConfigError(f"{flag} {_show(p.value)}: {p.problem}") from None
     return changed
+
+
+def check_same_dataset(model_cfg: ModelConfig, train_cfg: TrainConfig, model_path: str) -> None:
+    """Refuse a perceptual backbone trained on another dataset than the run trains on (its
+    `weights` name a dataset: the MNIST CNN's do, VGG16's ImageNet weights do not)."""
+    pips, dataset = model_cfg.pips_config, train_cfg.data.dataset
+    if pips is None or pips.weights not in DATASETS or pips.weights == dataset:
+        return
+    raise ConfigError(
+        f"{model_path}: field 'pips_config.weights' = {json.dumps(pips.weights)} is the PIPS "
+        f"backbone trained on {DATASETS[pips.weights].title}, but the run trains on "
+        f"{DATASETS[dataset].title} (data.dataset); use a model config whose pips_config.weights "
+        f"is {json.dumps(dataset)}, e.g. configs/model_composite_{dataset}_config.json"
+    )
 
 
 def config_json(config: Any) -> str:

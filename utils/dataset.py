@@ -11,6 +11,7 @@ data root itself.
 """
 
 import gzip
+import hashlib
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,22 +26,30 @@ MNIST_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 _IDX_UBYTE = 0x08
+# --data_root's help in every script.
+DATA_ROOT_HELP = (
+    "folder holding MNIST/raw/ or FashionMNIST/raw/ (torchvision's layout), or the four IDX "
+    "files themselves, plain or .gz (default data/)"
+)
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """One dataset: its name in messages, torchvision's folder for it, its class names."""
+    """One dataset: its name in messages, torchvision's folder for it, what a label is called
+    in the views and the name of each class."""
 
     title: str
     folder: str
+    noun: str
     classes: tuple[str, ...]
 
 
 DATASETS = {
-    "mnist": DatasetSpec("MNIST", "MNIST", tuple("0123456789")),
+    "mnist": DatasetSpec("MNIST", "MNIST", "digit", tuple("0123456789")),
     "fashion_mnist": DatasetSpec(
         "Fashion-MNIST",
         "FashionMNIST",
+        "class",
         (
             "T-shirt/top",
             "Trouser",
@@ -98,10 +107,34 @@ def _file_bytes(path: Path) -> bytes:
         ) from None
 
 
-def read_idx(path: Path, title: str = "MNIST") -> torch.Tensor:
+# The SHA-256 (first 16 hex digits) of the first 4096 bytes of each original file, per dataset:
+# the two datasets share file names, so a folder holding one may be taken for the other.
+FINGERPRINTS = {
+    "3578fc65cebc6314": "mnist", "026c1f9224bc82a8": "mnist",
+    "52a0245ca77e0d85": "mnist", "465726f2d32f64df": "mnist",
+    "73fda24d90a4689a": "fashion_mnist", "f99483a0d2b949c8": "fashion_mnist",
+    "ca71e055028bc426": "fashion_mnist", "8999b541bcbea5ef": "fashion_mnist",
+}  # fmt: skip
+
+
+def _check_dataset(data: bytes, path: Path, dataset: str) -> None:
+    """Refuse a file that is the original of the other dataset (files of neither pass)."""
+    found = FINGERPRINTS.get(hashlib.sha256(data[:4096]).hexdigest()[:16], dataset)
+    if found != dataset:
+        raise DataError(
+            f"{path}: is {DATASETS[found].title}'s file, not {DATASETS[dataset].title}'s; pass "
+            f"--data_root DIR whose {DATASETS[dataset].folder}/raw/ holds "
+            f"{DATASETS[dataset].title}'s files (or --dataset {found})"
+        )
+
+
+def read_idx(path: Path, dataset: str = "mnist") -> torch.Tensor:
     """Read an unsigned-byte IDX file (magic 00 00 08 ndim, big-endian dims), plain or gzipped,
-    as uint8; `title` names the dataset in messages."""
+    as uint8, refusing the other dataset's original file; `dataset` (a key of DATASETS) is
+    named in messages."""
     data = _file_bytes(path)
+    _check_dataset(data, path, dataset)
+    title = DATASETS[dataset].title
     if len(data) < 4 or data[0:2] != b"\x00\x00" or data[2] != _IDX_UBYTE or data[3] == 0:
         raise DataError(
             f"{path}: not an unsigned-byte IDX file (bad magic number {data[:4].hex()}); "
@@ -125,13 +158,23 @@ def read_idx(path: Path, title: str = "MNIST") -> torch.Tensor:
 
 @dataclass
 class MNISTSplit:
-    """images (N, 1, 28, 28) float32 in [0, 1]; labels (N,) int64; both on one device."""
+    """images (N, 1, 28, 28) float32 in [0, 1]; labels (N,) int64; both on one device; the
+    dataset (a key of DATASETS) they come from."""
 
     images: torch.Tensor
     labels: torch.Tensor
+    dataset: str = "mnist"
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def spec(self) -> DatasetSpec:
+        return DATASETS[self.dataset]
+
+    def class_name(self, index: int) -> str:
+        """The name of image `index`'s class (its digit for MNIST)."""
+        return self.spec.classes[int(self.labels[index])]
 
 
 def _download_cause(error: Exception) -> str:
@@ -182,7 +225,7 @@ def load_mnist(
         raise DataError(f"{what}; {how}")
     title = DATASETS[dataset].title
     image_path, label_path = (found[name] for name in MNIST_FILES[split])
-    images, labels = read_idx(image_path, title), read_idx(label_path, title)
+    images, labels = read_idx(image_path, dataset), read_idx(label_path, dataset)
     if images.dim() != 3 or labels.dim() != 1 or len(images) != len(labels):
         raise DataError(
             f"{raw}: {image_path.name} holds {list(images.shape)} but {label_path.name} holds "
@@ -201,6 +244,7 @@ def load_mnist(
     return MNISTSplit(
         images=(images.to(device).unsqueeze(1).float() / 255.0),
         labels=labels.to(device=device, dtype=torch.int64),
+        dataset=dataset,
     )
 
 

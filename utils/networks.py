@@ -28,7 +28,7 @@ from model.mnist_cnn import NETWORKS, StagedCNN
 from model.pips import PIPS
 from utils.checkpoint import load_checkpoint, load_state, save_checkpoint
 from utils.config import PIPSConfig
-from utils.dataset import MNISTSplit, epoch_order, eval_batches, train_batches
+from utils.dataset import DATASETS, MNISTSplit, epoch_order, eval_batches, train_batches
 from utils.errors import CheckpointError, first_line
 
 EPOCHS = 4
@@ -44,7 +44,7 @@ def training_half(split: MNISTSplit, half: int) -> MNISTSplit:
     split's proportions."""
     order = torch.randperm(len(split), generator=torch.Generator().manual_seed(HALVES_SEED))
     chosen = order[half::2].to(split.images.device)
-    return MNISTSplit(split.images[chosen], split.labels[chosen])
+    return MNISTSplit(split.images[chosen], split.labels[chosen], split.dataset)
 
 
 def file_sha256(path: Path) -> str:
@@ -83,15 +83,18 @@ def train_classifier(net: StagedCNN, train_set: MNISTSplit, seed: int, epochs: i
 
 
 def make_network(
-    name: str, path: Path, train_split: MNISTSplit, test_set: MNISTSplit, epochs: int = EPOCHS
-) -> float:
+    name: str, path: Path, train_split: MNISTSplit, test_set: MNISTSplit, dataset: str = "mnist",
+    epochs: int = EPOCHS,
+) -> float:  # fmt: skip
     """Train network `name` ("pips" or "eval") from its seed on its half of `train_split` (the
-    whole training split), save it to `path`; returns its accuracy on `test_set`."""
+    whole training split of `dataset`), save it to `path` with the dataset's name; returns its
+    accuracy on `test_set`."""
     spec = NETWORKS[name]
     train_set = training_half(train_split, spec.half)
     print(
-        f"training the {spec.title} ({epochs} epochs on half {spec.half} of the MNIST training "
-        f"split: {len(train_set)} of {len(train_split)} images, seed {spec.seed}) -> {path}",
+        f"training the {spec.title} ({epochs} epochs on half {spec.half} of the "
+        f"{DATASETS[dataset].title} training split: {len(train_set)} of {len(train_split)} "
+        f"images, seed {spec.seed}) -> {path}",
         flush=True,
     )
     torch.manual_seed(spec.seed)
@@ -101,7 +104,8 @@ def make_network(
     seconds = time.perf_counter() - started
     test_accuracy = accuracy(net, test_set)
     save_checkpoint(
-        {"network": name, "state_dict": net.state_dict(), "test_accuracy": test_accuracy,
+        {"network": name, "dataset": dataset, "state_dict": net.state_dict(),
+         "test_accuracy": test_accuracy,
          "epochs": epochs, "seed": spec.seed, "train_half": spec.half,
          "train_size": len(train_set),
          "seconds": seconds},
@@ -110,12 +114,16 @@ def make_network(
     return test_accuracy
 
 
-def load_network(name: str, path: Path, device: torch.device | str = "cpu") -> StagedCNN:
-    """Network `name` with the weights in `path`, frozen, in eval mode on `device`."""
+def load_network(
+    name: str, path: Path, device: torch.device | str = "cpu", dataset: str = "mnist"
+) -> StagedCNN:
+    """Network `name` trained on `dataset` with the weights in `path`, frozen, in eval mode on
+    `device`. A file of another network, or of the same network trained on another dataset
+    (files made before datasets were recorded are MNIST's), is refused in one line."""
     if not path.is_file():
         raise CheckpointError(
-            f"{path}: no {NETWORKS[name].title} file; make it with "
-            f"python make_networks.py --network {name} --data_root DIR"
+            f"{path}: no {NETWORKS[name].title} file; make it with python make_networks.py "
+            f"--network {name} --dataset {dataset} --data_root DIR"
         )
     payload = load_checkpoint(path, device)
     if payload.get("network") != name or "state_dict" not in payload:
@@ -123,6 +131,13 @@ def load_network(name: str, path: Path, device: torch.device | str = "cpu") -> S
         raise CheckpointError(
             f"{path}: holds {held!r}, not the {NETWORKS[name].title} ({name!r}); delete it or "
             "point at the right file, and it is made again"
+        )
+    learnt = payload.get("dataset", "mnist")
+    if learnt != dataset:
+        raise CheckpointError(
+            f"{path}: holds the {NETWORKS[name].title} trained on {DATASETS[learnt].title}, not "
+            f"{DATASETS[dataset].title}; point at the {DATASETS[dataset].title} one "
+            f"({NETWORKS[name].default_path(dataset)})"
         )
     net = NETWORKS[name].build()
     load_state(net, payload["state_dict"], path)
@@ -186,9 +201,10 @@ def vgg16_features(config: PIPSConfig) -> nn.Sequential:
 
 
 def mnist_cnn_stages(config: PIPSConfig) -> nn.ModuleList:
-    """The stages of the MNIST PIPS CNN in config.weights_path, which must exist already
-    (train.py makes it first; so does `python make_networks.py --network pips`)."""
-    return load_network("pips", Path(config.weights_path)).stages
+    """The stages of the PIPS CNN trained on config.weights (a dataset) in config.weights_path,
+    which must exist already (train.py makes it first; so does `python make_networks.py
+    --network pips`)."""
+    return load_network("pips", Path(config.weights_path), dataset=config.weights).stages
 
 
 # Each backbone's chain of layers with its weights, which model/backbones.py's slices index.

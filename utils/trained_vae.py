@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 
 from model.vae import VAE
-from utils.checkpoint import load_checkpoint, load_state, vae_state_from
+from utils.checkpoint import load_checkpoint, load_state, trained_on, vae_state_from
 from utils.config import VAEConfig, load_model_config
-from utils.dataset import MNISTSplit, load_mnist
+from utils.dataset import DATASETS, MNISTSplit, load_mnist
 from utils.errors import CheckpointError, ConfigError, UserError
 
 GRID_LIMIT = 3.0  # the latent grid spans [-GRID_LIMIT, GRID_LIMIT] along z[0] and z[1]
@@ -80,15 +80,34 @@ def load_vae(model_config: str, ckpt_path: str, device: torch.device) -> VAE:
     cfg = load_model_config(model_config).model_config
     check_fits(cfg, model_config, copies=2)  # the model and the checkpoint's copy
     vae = VAE(cfg)
-    state = vae_state_from(load_checkpoint(ckpt_path, device), ckpt_path)
+    payload = load_checkpoint(ckpt_path, device)
+    state = vae_state_from(payload, ckpt_path)
     load_state(vae, state, ckpt_path)
     check_finite(state, ckpt_path)
+    vae.trained_on = trained_on(payload, ckpt_path)
     return vae.to(device).eval()
 
 
+def dataset_of(args: argparse.Namespace, *vaes: VAE) -> str:
+    """The dataset to read test images from: the one the models learnt (MNIST without one),
+    which --dataset may name but not contradict; models of two datasets are refused."""
+    learnt = sorted({vae.trained_on or "mnist" for vae in vaes})
+    if len(learnt) > 1:
+        titles = " and ".join(DATASETS[d].title for d in learnt)
+        raise UserError(f"the checkpoints learnt {titles}; pass checkpoints of one dataset")
+    dataset = learnt[0] if learnt else (args.dataset or "mnist")
+    if args.dataset not in (None, dataset):
+        raise UserError(
+            f"--dataset {args.dataset}: {args.ckpt_path} was trained on {DATASETS[dataset].title}; "
+            f"pass --dataset {dataset}, or leave --dataset out"
+        )
+    return dataset
+
+
 def test_split(args: argparse.Namespace, device: torch.device, *vaes: VAE) -> MNISTSplit:
-    """The MNIST test split from --data_root, checked against each model's image shape."""
-    split = load_mnist(args.data_root, "test", device)
+    """The test split of the models' dataset (dataset_of) from --data_root, checked against
+    each model's image shape."""
+    split = load_mnist(args.data_root, "test", device, dataset=dataset_of(args, *vaes))
     for vae in vaes:
         if tuple(split.images.shape[1:]) != vae.decoder.image_shape:
             raise UserError(

@@ -74,8 +74,8 @@ def test_images(args: argparse.Namespace, split: MNISTSplit) -> tuple[torch.Tens
     """--grid_size test images from --image_index on (default 0), and a caption for each."""
     first = check_index(args.image_index or 0, split)
     chosen = slice(first, first + args.grid_size)
-    labels = split.labels[chosen].tolist()
-    return split.images[chosen], [f"#{first + i}: {d}" for i, d in enumerate(labels)]
+    indices = range(first, min(first + args.grid_size, len(split)))
+    return split.images[chosen], [f"#{i}: {split.class_name(i)}" for i in indices]
 
 
 def tile(images: torch.Tensor, per_row: int) -> torch.Tensor:
@@ -98,6 +98,10 @@ def cell_ticks(ax, axis: str, size: int, labels: list[str]) -> None:
     """Label each `size`-pixel cell of a tiled picture at its centre along `axis` ("x", "y")."""
     centres = [(i + 0.5) * size for i in range(len(labels))]
     getattr(ax, f"set_{axis}ticks")(centres, labels)
+    if axis == "x" and max(map(len, labels), default=0) > 6:  # class names: slanted, apart
+        ax.tick_params(axis="x", labelrotation=30)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
 
 
 def new_figure(width: float, height: float):
@@ -141,7 +145,7 @@ def draw_latent_grid(ax, vae: VAE, grid_size: int) -> None:
 
 
 def draw_reconstructions(
-    ax, rows: dict[str, VAE], images: torch.Tensor, captions: list[str]
+    ax, rows: dict[str, VAE], images: torch.Tensor, captions: list[str], noun: str
 ) -> None:
     """Test images in the top row and below them one row per model (row label -> VAE) of their
     reconstructions (decoded means), each marked with its summed squared error."""
@@ -155,7 +159,7 @@ def draw_reconstructions(
             ax.text(col * width + 1, row * height + 1, f"{error:.0f}", color="yellow", va="top")
     cell_ticks(ax, "x", width, captions)
     cell_ticks(ax, "y", height, ["test image", *rows])
-    ax.set_xlabel("test image #index: digit   (yellow: summed squared error of a reconstruction)")
+    ax.set_xlabel(f"test image #index: {noun}   (yellow: summed squared error of a reconstruction)")
 
 
 # The views, in the order of infer.py's --mode choices.
@@ -191,7 +195,10 @@ def traverse(args: argparse.Namespace, device: torch.device, path: Path) -> tupl
         split = test_split(args, device, vae)
         index = check_index(args.image_index, split)
         base = encode_means(vae, split.images[index : index + 1])[0]
-        held = f"the others at the mean code μ of test image #{index} (a {split.labels[index]})"
+        held = (
+            f"the others at the mean code μ of test image #{index} "
+            f"({split.spec.noun} {split.class_name(index)})"
+        )
     values = torch.linspace(-GRID_LIMIT, GRID_LIMIT, steps)
     z = base.repeat(dims, steps, 1)
     z[torch.arange(dims), :, torch.arange(dims)] = values
@@ -219,10 +226,11 @@ def traverse(args: argparse.Namespace, device: torch.device, path: Path) -> tupl
 def recon(args: argparse.Namespace, device: torch.device, path: Path) -> tuple[int, str]:
     """--grid_size test images above their reconstructions."""
     vae = load_vae(args.model_config, args.ckpt_path, device)
-    images, captions = test_images(args, test_split(args, device, vae))
+    split = test_split(args, device, vae)
+    images, captions = test_images(args, split)
     fig = new_figure(1.8 + 1.0 * len(images), 3.1)
     ax = fig.subplots()
-    draw_reconstructions(ax, {"reconstruction": vae}, images, captions)
+    draw_reconstructions(ax, {"reconstruction": vae}, images, captions, split.spec.noun)
     ax.set_title(args.title or f"Reconstructions: {checkpoint_name(args.ckpt_path)}", fontsize=11)
     save_figure(fig, path)
     return len(images), f"{len(images)} test images and their reconstructions"
@@ -247,14 +255,15 @@ def samples(args: argparse.Namespace, device: torch.device, path: Path) -> tuple
 
 
 def scatter(args: argparse.Namespace, device: torch.device, path: Path) -> tuple[int, str]:
-    """Every test image's latent mean, coloured by digit; 3-D and larger latents through PCA."""
+    """Every test image's latent mean, coloured by class; 3-D and larger latents through PCA."""
     vae = load_vae(args.model_config, args.ckpt_path, device)
     split = test_split(args, device, vae)
     mu, labels = encode_means(vae, split.images), split.labels.cpu()
+    noun, classes = split.spec.noun, split.spec.classes
     if vae.latent_dim == 1:
         jitter = torch.rand(len(mu), generator=torch.Generator().manual_seed(0)) - 0.5
-        points, names = torch.stack([mu[:, 0], labels + 0.8 * jitter], 1), ("z[0]", "digit")
-        how = "the 1-D latent means, one band per digit"
+        points, names = torch.stack([mu[:, 0], labels + 0.8 * jitter], 1), ("z[0]", noun)
+        how = f"the 1-D latent means, one band per {noun}"
     elif vae.latent_dim == 2:
         points, names, how = mu, ("z[0]", "z[1]"), "the 2-D latent means"
     else:
@@ -264,7 +273,7 @@ def scatter(args: argparse.Namespace, device: torch.device, path: Path) -> tuple
         points = centred @ directions[:2].T
         names = tuple(f"principal component {i + 1} ({share[i]:.0f} % of variance)" for i in (0, 1))
         how = f"PCA projection of the {vae.latent_dim}-D latent means"
-    # A random drawing order, so that no digit hides the ones drawn before it.
+    # A random drawing order, so that no class hides the ones drawn before it.
     order = torch.randperm(len(points), generator=torch.Generator().manual_seed(0))
     fig = new_figure(8.4, 7)
     ax = fig.subplots()
@@ -281,10 +290,12 @@ def scatter(args: argparse.Namespace, device: torch.device, path: Path) -> tuple
     )
     colours = plt.get_cmap("tab10")
     legend = [
-        Line2D([], [], marker="o", linestyle="", color=colours(d), label=str(d))
+        Line2D([], [], marker="o", linestyle="", color=colours(d), label=classes[d])
         for d in sorted(set(labels.tolist()))
     ]
-    ax.legend(handles=legend, title="digit", loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax.legend(handles=legend, title=noun, loc="upper left", bbox_to_anchor=(1.01, 1))
+    if vae.latent_dim == 1:
+        ax.set_yticks(range(len(classes)), classes)
     ax.set_xlabel(names[0])
     ax.set_ylabel(names[1])
     if vae.latent_dim > 1:
@@ -380,7 +391,8 @@ def compare(args: argparse.Namespace, device: torch.device, path: Path) -> tuple
     names = {key: f"{key}: {checkpoint_name(ckpt)}" for key, (_, ckpt) in runs.items()}
     for key, vae in vaes.items():
         need_2d(vae, runs[key][0])
-    images, captions = test_images(args, test_split(args, device, *vaes.values()))
+    split = test_split(args, device, *vaes.values())
+    images, captions = test_images(args, split)
     # Both grids are square; below them, three rows of len(images) cells span the full width.
     strip = 6 / len(images)
     fig = new_figure(12, 1.5 + 5.6 * (1 + strip))
@@ -389,7 +401,7 @@ def compare(args: argparse.Namespace, device: torch.device, path: Path) -> tuple
         draw_latent_grid(ax, vaes[key], args.grid_size)
         ax.set_title(f"{names[key]}\nlatent grid (dimensions 3+ at 0)", fontsize=10)
     rows = {f"{key}: reconstruction": vae for key, vae in vaes.items()}
-    draw_reconstructions(bottom.subplots(), rows, images, captions)
+    draw_reconstructions(bottom.subplots(), rows, images, captions, split.spec.noun)
     fig.suptitle(args.title or "Two checkpoints on the same latent grid and test images")
     save_figure(fig, path)
     return 2 * args.grid_size**2 + 3 * len(images), " vs ".join(names.values())
