@@ -829,6 +829,7 @@ BAD_FIELDS = {
         ("num_epochs=0", "= 0 must be >= 1"),
         ("seed=-1", "= -1 must be in [0, 2**32)"),
         ("data.train_bs=0", "= 0 must be >= 1"),
+        ('data.dataset="cifar10"', '= "cifar10" must be one of "mnist", "fashion_mnist"'),
         (
             'early_stopping={"patience": 0, "tol": 0.001}',
             "'early_stopping.patience' = 0 must be >= 1",

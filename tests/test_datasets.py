@@ -2,14 +2,29 @@
 or in the data root itself (as Debian's dataset-fashion-mnist installs them), and one-line errors
 that name the dataset."""
 
+import argparse
 import gzip
+import json
 
 import pytest
 import torch
 
-from tests.helpers import fake_digits, make_mnist_root
-from utils.dataset import DATASETS, find_files, load_mnist
-from utils.errors import DataError
+import evaluate
+import utils.views as views
+from tests.helpers import (
+    MNIST_FILES,
+    assert_png,
+    fake_digits,
+    infer_argv,
+    make_mnist_root,
+    run_main,
+    run_script,
+    train_argv,
+)
+from utils.checkpoint import load_checkpoint
+from utils.dataset import DATASETS, MNISTSplit, find_files, load_mnist
+from utils.errors import CheckpointError, DataError
+from utils.networks import file_sha256, load_network, make_network
 
 
 @pytest.mark.parametrize("flat", [False, True], ids=["torchvision", "flat"])
@@ -83,3 +98,161 @@ def test_real_fashion_mnist_has_its_published_counts_and_mean(real_fashion_mnist
     assert torch.bincount(test.labels).tolist() == [1000] * 10
     assert train.images.mean().item() == pytest.approx(0.2860, abs=5e-5)
     assert train.images.shape == (60000, 1, 28, 28)
+
+
+# The dataset through the scripts: train.py --dataset, the weights it writes, evaluate and infer
+
+
+def test_the_other_datasets_original_files_are_refused(tmp_path, real_mnist):
+    """The two datasets share file names: a flat folder holding MNIST's files is not taken for
+    Fashion-MNIST's (each original file is known by its first bytes)."""
+    for name in MNIST_FILES:
+        (tmp_path / name).symlink_to(real_mnist / "MNIST" / "raw" / name)
+    with pytest.raises(DataError) as err:
+        load_mnist(tmp_path, "train", download=False, dataset="fashion_mnist")
+    assert str(err.value) == (
+        f"{tmp_path / 'train-images-idx3-ubyte'}: is MNIST's file, not Fashion-MNIST's; pass "
+        "--data_root DIR whose FashionMNIST/raw/ holds Fashion-MNIST's files (or --dataset mnist)"
+    )
+    assert len(load_mnist(tmp_path, "test", download=False)) == 10_000  # as MNIST: taken
+
+
+def test_a_network_file_of_another_dataset_is_refused(tmp_path):
+    split = load_mnist(make_mnist_root(tmp_path, n_train=16, n_test=8), "test", download=False)
+    path = tmp_path / "pips.pth"
+    make_network("pips", path, split, split, "mnist", epochs=0)
+    assert load_checkpoint(path)["dataset"] == "mnist"
+    with pytest.raises(CheckpointError) as err:
+        load_network("pips", path, dataset="fashion_mnist")
+    assert str(err.value) == (
+        f"{path}: holds the PIPS backbone CNN trained on MNIST, not Fashion-MNIST; point at the "
+        "Fashion-MNIST one (checkpoints/fashion_mnist_pips_cnn.pth)"
+    )
+
+
+def test_views_name_fashion_mnist_classes():
+    split = MNISTSplit(torch.zeros(3, 1, 28, 28), torch.tensor([0, 9, 5]), "fashion_mnist")
+    args = argparse.Namespace(image_index=1, grid_size=8)
+    assert views.test_images(args, split)[1] == ["#1: Ankle boot", "#2: Sandal"]
+    assert (
+        split.spec.noun == "class" and MNISTSplit(split.images, split.labels).spec.noun == "digit"
+    )
+
+
+def test_fashion_mnist_trains_grades_and_is_refused_where_it_does_not_belong(tmp_path):
+    """A real train.py run with --dataset fashion_mnist on written .gz files in a flat folder:
+    the start line, the run's config and its weights file name the dataset; evaluate.py grades
+    it on Fashion-MNIST (training a missing evaluation CNN on Fashion-MNIST's half 1) and refuses
+    --dataset mnist; resuming it as MNIST, or the composite scheme with the MNIST PIPS backbone,
+    is one line."""
+    root = make_mnist_root(tmp_path / "data", n_train=256, n_test=64, flat=True, gz=True)
+    run = tmp_path / "run"
+    argv = train_argv("simple", "configs/model_simple_config.json",
+                      "configs/train_simple_config.json", root, run, "--epochs", "1",
+                      "--dataset", "fashion_mnist", "--set", "save_every=1")  # fmt: skip
+    result = run_script(*argv)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("simple scheme on cpu: 256 Fashion-MNIST training images")
+    assert json.loads((run / "train_config.json").read_text())["data"]["dataset"] == "fashion_mnist"
+    assert load_checkpoint(run / "final_model.pth")["dataset"] == "fashion_mnist"
+
+    graded = run_main("evaluate.py", "--model_config", run / "model_config.json", "--ckpt_path",
+                      run / "final_model.pth", "--data_root", root, "--eval_net",
+                      tmp_path / "eval.pth", "--num_samples", "100", "--out",
+                      tmp_path / "eval.json")  # fmt: skip
+    assert graded.returncode == 0, graded.stderr
+    assert ("training the evaluation CNN (4 epochs on half 1 of the Fashion-MNIST training "
+            "split: 128 of 256 images") in graded.stdout  # fmt: skip
+    assert json.loads((tmp_path / "eval.json").read_text())["dataset"] == "fashion_mnist"
+    assert load_checkpoint(tmp_path / "eval.pth")["dataset"] == "fashion_mnist"
+
+    refused = {
+        "evaluate as MNIST": ("evaluate.py", "--model_config", run / "model_config.json",
+                              "--ckpt_path", run / "final_model.pth", "--data_root", root,
+                              "--dataset", "mnist", "--out", tmp_path / "mnist.json"),
+        "resume as MNIST": (*train_argv("simple", "configs/model_simple_config.json",
+                                        "configs/train_simple_config.json", root, run,
+                                        "--epochs", "2", "--set", "save_every=1"),
+                            "--resume", "auto"),
+        "MNIST PIPS": train_argv("composite", "configs/model_composite_mnist_config.json",
+                                 "configs/train_composite_config.json", root, tmp_path / "c",
+                                 "--dataset", "fashion_mnist"),
+    }  # fmt: skip
+    says = {
+        "evaluate as MNIST": f"error: --dataset mnist: {run / 'final_model.pth'} was trained on "
+        "Fashion-MNIST; pass --dataset fashion_mnist, or leave --dataset out",
+        "resume as MNIST": "error: configs/train_simple_config.json: field 'data.dataset' is "
+        "'mnist' but the run used 'fashion_mnist'; only the epoch count may change on resume",
+        "MNIST PIPS": "error: configs/model_composite_mnist_config.json: field "
+        "'pips_config.weights' = \"mnist\" is the PIPS backbone trained on MNIST, but the run "
+        "trains on Fashion-MNIST (data.dataset); use a model config whose pips_config.weights "
+        'is "fashion_mnist", e.g. configs/model_composite_fashion_mnist_config.json',
+    }
+    for name, command in refused.items():
+        result = run_main(*command)
+        assert (result.returncode, result.stderr) == (2, says[name] + "\n"), name
+    assert not (tmp_path / "mnist.json").exists() and not (tmp_path / "c").exists()
+
+
+@pytest.fixture(scope="module")
+def fashion_runs(tmp_path_factory, real_fashion_mnist):
+    """One short run of each scheme on the real Fashion-MNIST (torchvision's layout); the
+    composite scheme's PIPS backbone an untrained Fashion-MNIST CNN saved the usual way (the
+    shipped configs otherwise)."""
+    folder = tmp_path_factory.mktemp("fashion")
+    test = load_mnist(real_fashion_mnist, "test", download=False, dataset="fashion_mnist")
+    pips = folder / "fashion_pips.pth"
+    make_network("pips", pips, test, test, "fashion_mnist", epochs=0)
+    runs = {}
+    models = {"simple": "configs/model_simple_config.json",
+              "composite": "configs/model_composite_fashion_mnist_config.json"}  # fmt: skip
+    for scheme, model in models.items():
+        runs[scheme] = folder / scheme
+        extra = ["--set", f'pips_config.weights_path="{pips}"'] if scheme == "composite" else []
+        argv = train_argv(scheme, model, f"configs/train_{scheme}_config.json",
+                          real_fashion_mnist, runs[scheme], "--epochs", "1", "--subset", "256",
+                          "--dataset", "fashion_mnist", *extra)  # fmt: skip
+        result = run_script(*argv)
+        assert result.returncode == 0, result.stderr
+    return runs
+
+
+def test_both_schemes_train_on_real_fashion_mnist_and_the_shipped_grader_grades_them(
+    fashion_runs, real_fashion_mnist
+):
+    shipped = evaluate.shipped_eval_net("fashion_mnist")
+    for scheme, run in fashion_runs.items():
+        assert load_checkpoint(run / "final_model.pth")["dataset"] == "fashion_mnist"
+        result = run_main("evaluate.py", "--model_config", run / "model_config.json",
+                          "--ckpt_path", run / "final_model.pth", "--data_root",
+                          real_fashion_mnist, "--num_samples", "200", "--out",
+                          run / "eval.json")  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        graded = json.loads((run / "eval.json").read_text())
+        assert graded["dataset"] == "fashion_mnist" and graded["eval_net"] == str(shipped)
+        assert graded["eval_net_sha256"] == file_sha256(shipped)
+        assert graded["test_accuracy"] > 0.85, scheme  # the shipped grader on real test images
+
+
+@pytest.mark.parametrize("flat", [False, True], ids=["torchvision", "flat"])
+def test_every_view_draws_a_real_fashion_mnist_run_from_either_layout(
+    fashion_runs, real_fashion_mnist, tmp_path, flat
+):
+    root = real_fashion_mnist
+    if flat:  # the four .gz files in the data root itself, as Debian installs them
+        root = tmp_path / "flat"
+        root.mkdir()
+        for path in (real_fashion_mnist / "FashionMNIST" / "raw").iterdir():
+            (root / path.name).symlink_to(path)
+    run = fashion_runs["simple"]
+    for mode in views.VIEWS:
+        png = tmp_path / f"{mode}.png"
+        flags = ["--run_dir", str(run)] if mode == "curves" else []
+        flags += ["--ckpt_path_b", str(fashion_runs["composite"] / "final_model.pth")] * (
+            mode == "compare"
+        )
+        flags += ["--image_index", "3"] if mode == "traverse" else []
+        result = run_main("infer.py", "--mode", mode, "--data_root", root,
+                          *infer_argv(run, png, *flags))  # fmt: skip
+        assert result.returncode == 0, (mode, result.stderr)
+        assert_png(png)

@@ -113,6 +113,7 @@ def test_search_mode_runs_the_sampler_and_names_the_best_setting(smoke):
         ({"seeds": [1, 1]}, "field 'seeds' = [1, 1] must be distinct seeds"),
         ({"objective": "beauty"}, "field 'objective' = \"beauty\" must be one of recon_mse"),
         ({"arms": []}, "must be one of the arms: "),
+        ({"dataset": "cifar10"}, 'field \'dataset\' = "cifar10" must be one of "mnist", '),
     ],
 )
 def test_a_bad_study_file_is_one_line_naming_the_field(tmp_path, change, says):
@@ -134,6 +135,30 @@ def test_an_arm_whose_settings_train_py_would_refuse_stops_the_study_first(tmp_p
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "arm 'both_adaptive_hinge'" in result.stderr
     assert "'loss.params.gan_loss' = \"wgan\" must be one of bce, hinge" in result.stderr
+
+
+def test_a_dataset_goes_to_every_arm_and_a_mismatched_backbone_stops_the_study_first(tmp_path):
+    """The study's dataset reaches each arm as train.py's data.dataset, before every other
+    setting (an arm's own dataset wins); the smoke's composite arm keeps the MNIST PIPS backbone,
+    which Fashion-MNIST runs refuse, so the study stops before its first run."""
+    spec = study.config_from_dict({**json.loads(SMOKE.read_text()), "dataset": "fashion_mnist"},
+                                  study.StudySpec, "smoke")  # fmt: skip
+    spec.arms[0].dataset = "mnist"
+    assert study.arm_of(spec, "simple").settings == ('data.dataset="mnist"',)
+    assert study.arm_of(spec, "both_adaptive_hinge").settings[0] == 'data.dataset="fashion_mnist"'
+
+    def fashion(spec):
+        spec["dataset"] = "fashion_mnist"
+
+    result = run_main("study.py", write_spec(tmp_path, fashion), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "arm 'both_adaptive_hinge': configs/model_composite_mnist_config.json: field " in (
+        result.stderr
+    )
+    assert "is the PIPS backbone trained on MNIST, but the run trains on Fashion-MNIST" in (
+        result.stderr
+    )
+    assert not (tmp_path / "o").exists()
 
 
 def test_without_optuna_the_study_says_how_to_install_it(monkeypatch):
