@@ -33,7 +33,7 @@ import torch
 from model.mnist_cnn import NETWORKS, StagedCNN
 from model.vae import VAE
 from utils.cli import OneLineParser, pick_device, run_cli
-from utils.dataset import DATA_ROOT_HELP, DATASETS, load_mnist
+from utils.dataset import DATA_ROOT_HELP, DATASETS, MNISTSplit, load_mnist
 from utils.errors import UserError
 from utils.loss import kl_per_sample
 from utils.networks import load_network, make_network, network_record
@@ -48,7 +48,6 @@ from utils.quality import (
     sharpness,
 )
 from utils.trained_vae import (
-    dataset_of,
     decode,
     encode_posterior,
     latent_grid,
@@ -307,19 +306,8 @@ def main() -> None:
     out = Path(args.out or default_out)
     check_out(out, Path(args.eval_net) if args.eval_net else None)
     device = pick_device(args.device)
-    if args.images:
-        images, vae = load_images(graded), None
-        dataset = args.dataset or "mnist"
-        test_set = load_mnist(args.data_root, "test", device, dataset=dataset)
-        if images.shape[1:] != test_set.images.shape[1:]:
-            raise UserError(
-                f"--images {graded}: images are {list(images.shape[1:])} but the test images "
-                f"are {list(test_set.images.shape[1:])}"
-            )
-    else:
-        vae = load_vae(args.model_config, args.ckpt_path, device)
-        dataset = dataset_of(args, vae)
-        test_set = test_split(args, device, vae)
+    images, vae, test_set = load_graded(args, graded, device)
+    dataset = test_set.dataset
     eval_path = Path(args.eval_net) if args.eval_net else shipped_eval_net(dataset)
     check_out(out, eval_path)
     if not eval_path.is_file():
@@ -352,6 +340,24 @@ def main() -> None:
         print(f"{key:<22} {text:>12}  {MEANINGS[key]}")
     write_output(out, (json.dumps(results, indent=2) + "\n").encode(), "--out")
     print(f"-> {out}")
+
+
+def load_graded(
+    args: argparse.Namespace, graded: Path, device: torch.device
+) -> tuple[torch.Tensor | None, VAE | None, MNISTSplit]:
+    """What is graded, (--images or None, the checkpoint's VAE or None), and the test split it
+    is graded against: the checkpoint's dataset's, or --dataset's (default MNIST) for images."""
+    if not args.images:
+        vae = load_vae(args.model_config, args.ckpt_path, device)
+        return None, vae, test_split(args, device, vae)
+    images = load_images(graded)
+    test_set = load_mnist(args.data_root, "test", device, dataset=args.dataset or "mnist")
+    if images.shape[1:] != test_set.images.shape[1:]:
+        raise UserError(
+            f"--images {graded}: images are {list(images.shape[1:])} but the test images "
+            f"are {list(test_set.images.shape[1:])}"
+        )
+    return images, None, test_set
 
 
 def grader_record(eval_path: Path) -> dict:
