@@ -39,6 +39,7 @@ from utils.comparison import (
     markdown_table,
     read_runs,
     run_process,
+    stop_on_sigterm,
     summarise,
     train_and_grade,
     write_csv,
@@ -95,6 +96,7 @@ def smallest_effect(text: str) -> tuple[str, float]:
 
 
 def main() -> None:
+    stop_on_sigterm()
     args = parse_args()
     out = Path(args.out)
     if args.summarise_only:

@@ -58,6 +58,7 @@ from utils.comparison import (
     contrast,
     markdown_table,
     recipe_of,
+    stop_on_sigterm,
     summarise_contrasts,
     train_and_grade,
     write_csv,
@@ -599,6 +600,7 @@ def run_search(
 
 
 def main() -> None:
+    stop_on_sigterm()
     args = parse_args()
     spec = load_study(args.study)
     optuna = import_optuna()

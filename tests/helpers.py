@@ -11,6 +11,7 @@ import io
 import json
 import os
 import pty
+import signal
 import struct
 import subprocess
 import sys
@@ -194,6 +195,8 @@ def run_main(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     module = importlib.import_module(Path(args[0]).stem)
     out, err = io.StringIO(), io.StringIO()
     saved_argv, saved_cwd, code = sys.argv, os.getcwd(), 0
+    # The scripts install their own SIGINT / SIGTERM handlers, which end with their process.
+    saved_handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         sys.argv = [str(args[0]), *map(str, args[1:])]
         os.chdir(cwd)
@@ -205,6 +208,8 @@ def run_main(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     finally:
         sys.argv = saved_argv
         os.chdir(saved_cwd)
+        for signum, handler in saved_handlers.items():
+            signal.signal(signum, handler)
         # What the process's exit would do: train.py's run-folder locks last while their files
         # are open.
         for handle in getattr(module, "HELD_LOCKS", []):

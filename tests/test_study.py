@@ -167,12 +167,14 @@ def test_without_optuna_the_study_says_how_to_install_it(monkeypatch):
         study.import_optuna()
 
 
-def test_a_study_killed_mid_run_continues_that_run_from_its_checkpoint(tmp_path):
-    """kill -9 of study.py and its train.py after the first epoch checkpoint: the trial stays
-    "running" in the storage; the next call, once its heartbeat has been silent for the grace
-    period, retries it, and train.py continues the run folder from that checkpoint."""
+def test_a_study_killed_or_terminated_mid_run_continues_that_run_from_its_checkpoint(tmp_path):
+    """kill -9 of study.py and its train.py after an epoch checkpoint: the trial stays "running"
+    in the storage; the next call, once its heartbeat has been silent for the grace period,
+    retries it, and train.py continues the run folder from that checkpoint. A SIGTERM to that
+    call's study.py alone (kill PID) reaches its train.py, which checkpoints and stops, and the
+    study stops in one line with 143; the third call continues again and finishes the run."""
     spec = json.loads(SMOKE.read_text())
-    spec["epochs"] = 12  # one step an epoch: long enough to be killed mid-run
+    spec["epochs"] = 30  # one step an epoch: long enough to be stopped twice mid-run
     spec["arms"] = [{**spec["arms"][0], "settings": ["save_every=1"]}]
     del spec["search"]  # it names the arm left out
     path = tmp_path / "study.json"
@@ -182,24 +184,40 @@ def test_a_study_killed_mid_run_continues_that_run_from_its_checkpoint(tmp_path)
     argv = [sys.executable, str(REPO / "study.py"), str(path), "--data_root", str(mnist),
             "--out", str(out), "--threads", "1"]  # fmt: skip
     env = {**os.environ, "STUDY_GRACE_PERIOD": "2"}
-    first = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not list(run.glob("checkpoint_epoch_*.pth")) and time.monotonic() < deadline:
-        time.sleep(0.02)
+
+    def start_and_wait_for_epoch(epoch: int) -> subprocess.Popen:
+        proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)  # fmt: skip
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any(
+            int(p.stem.rsplit("_", 1)[1]) >= epoch for p in run.glob("checkpoint_epoch_*.pth")
+        ):
+            time.sleep(0.02)
+        return proc
+
+    first = start_and_wait_for_epoch(1)
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     assert list(run.glob("checkpoint_epoch_*.pth")) and not (run / "final_model.pth").exists()
 
     time.sleep(2.5)  # the killed trial's heartbeat is now older than the grace period
+    second = start_and_wait_for_epoch(3)
+    second.send_signal(signal.SIGTERM)  # study.py alone, not its process group
+    _, stderr = second.communicate(timeout=120)
+    assert second.returncode == 143, stderr
+    assert stderr.endswith("error: stopped by SIGTERM; no file was left half-written\n")
+    assert (run / "checkpoint_interrupted.pth").is_file()  # train.py checkpointed and stopped
+    assert not (run / "final_model.pth").exists()
+
     again = run_script(*argv[1:], cwd=tmp_path, env=env)
     assert again.returncode == 0, again.stderr
     assert "resuming " in again.stdout
     with open(run / "metrics.csv") as f:
         epochs = [row["epoch"] for row in csv.DictReader(f)]
-    assert epochs == [str(e) for e in range(1, 13)]  # each epoch once: continued, not redone
+    assert epochs == [str(e) for e in range(1, 31)]  # each epoch once: continued, not redone
     with open(out / "runs.csv") as f:
-        assert [(r["arm"], r["epochs"]) for r in csv.DictReader(f)] == [("simple", "12")]
+        assert [(r["arm"], r["epochs"]) for r in csv.DictReader(f)] == [("simple", "30")]
 
 
 def write_spec(tmp_path, change) -> str:

@@ -8,7 +8,7 @@ from typing import NoReturn
 
 import torch
 
-from utils.errors import UserError
+from utils.errors import Terminated, UserError
 
 
 def pick_device(name: str) -> torch.device:
@@ -31,15 +31,18 @@ class OneLineParser(argparse.ArgumentParser):
 
 def run_cli(main: Callable[[], None]) -> None:
     """The one place an entry script turns a UserError into one line on stderr and exit code 2,
-    and Ctrl-C outside a training loop (which checkpoints on its own) into one line and 130.
-    Every file the scripts write is written whole or not at all, so an interruption leaves
-    nothing half-written."""
+    and Ctrl-C outside a training loop (which checkpoints on its own) into one line and 130
+    (SIGTERM, where the script turns it into Terminated: 143). Every file the scripts write is
+    written whole or not at all, so an interruption leaves nothing half-written."""
     try:
         main()
     except UserError as e:
         if not e.quiet:
             print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Terminated:
+        print("error: stopped by SIGTERM; no file was left half-written", file=sys.stderr)
+        sys.exit(143)
     except KeyboardInterrupt:
         print("error: interrupted (Ctrl-C); no file was left half-written", file=sys.stderr)
         sys.exit(130)

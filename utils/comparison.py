@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from utils.errors import UserError
+from utils.errors import Terminated, UserError
 from utils.outputs import write_output
 from utils.stats import describe, equivalence, holm, paired_difference
 
@@ -81,13 +81,36 @@ class Budget:
     num_samples: int | None = None
 
 
+# The entry scripts run_process has running, for stop_on_sigterm.
+RUNNING: set[subprocess.Popen] = set()
+
+
+def stop_on_sigterm() -> None:
+    """From now on a SIGTERM to this process alone (`kill PID`) reaches the scripts it runs as a
+    Ctrl-C does: train.py checkpoints and stops, a later call continues the run. SIGINT goes to
+    them, not SIGTERM, so that a SIGTERM to the whole process group, which they get as well, is
+    one stop request to them (a second signal of the same kind stops train.py at once). This
+    process then stops as on Ctrl-C, with exit code 143 (utils/cli.Terminated)."""
+    signal.signal(signal.SIGTERM, _forward_sigterm)
+
+
+def _forward_sigterm(signum: int, frame: Any) -> None:
+    for proc in list(RUNNING):
+        proc.send_signal(signal.SIGINT)
+    raise Terminated
+
+
 def run_process(args: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
     """Run one of the repo's entry scripts; returns (wall seconds, peak resident memory in MB)."""
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, str(REPO / args[0]), *args[1:]], env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
+    RUNNING.add(proc)
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    finally:
+        RUNNING.discard(proc)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode in (130, -signal.SIGINT):  # Ctrl-C reached the script's process group too
+    if proc.returncode in (130, -signal.SIGINT):  # Ctrl-C reached it, or stop_on_sigterm
         raise KeyboardInterrupt
     if proc.returncode != 0:
         raise UserError(f"{' '.join(args[:3])} ... exited {proc.returncode}; see its output above")

@@ -26,3 +26,8 @@ def first_line(error: BaseException) -> str:
     (URLError) or message, else its type name."""
     text = str(getattr(error, "reason", "") or error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM to a script that turns it into this (utils/comparison.stop_on_sigterm): it stops
+    as on Ctrl-C, with SIGTERM's exit code 143 (utils/cli.run_cli)."""
