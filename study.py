@@ -482,11 +482,12 @@ def report_text(
     flops: dict[str, float],
 ) -> str:  # fmt: skip
     """REPORT.md: what ran, what it cost, and every arm against the baseline."""
+    data = DATASETS[spec.dataset].title if spec.dataset else "each train config's dataset"
     lines = [f"# Study `{spec.name}`", "",
              f"Written by `python study.py {args.study} --data_root {args.data_root} "
              f"--workers {args.workers}` ({len(rows)} runs).", "",
-             f"Budget: {spec.epochs} epochs, "
-             f"{budget.subset or 'all'} training images, seeds {', '.join(map(str, spec.seeds))}, "
+             f"Budget: {spec.epochs} epochs, {budget.subset or 'all'} training images of "
+             f"{data}, seeds {', '.join(map(str, spec.seeds))}, "
              f"{budget.num_samples or 10_000} prior samples graded per run. Each arm is compared "
              f"with `{spec.baseline}` (or the baseline it names) seed by seed: paired 95 % "
              "t-intervals, Holm's correction across every arm and measure, and \"equivalent\" "
@@ -498,7 +499,8 @@ def report_text(
         lines[-2:-2] = ["Every arm also takes " + ", ".join(f"`{s}`" for s in spec.settings)
                         + ".", ""]  # fmt: skip
     for a in spec.arms:
-        changes = ", ".join(f"`{s}`" for s in a.settings) or "—"
+        own = [f"`dataset {a.dataset}`"] if a.dataset else []
+        changes = ", ".join(own + [f"`{s}`" for s in a.settings]) or "—"
         lines.append(f"| {a.name} | {a.scheme} | `{a.model_config}` | `{a.train_config}` | "
                      f"{changes} |")  # fmt: skip
     lines += ["", "## Cost", "",

@@ -45,6 +45,9 @@ def test_the_smoke_study_runs_every_arm_and_writes_its_report(smoke):
     assert {r["n"] for r in summary} == {"1"}  # one seed: no interval, never "± 0"
     report = (out / "REPORT.md").read_text()
     assert report.startswith("# Study `smoke`")
+    assert "Budget: 1 epochs, 128 training images of each train config's dataset, seeds 1," in (
+        report
+    )
     assert "## both_adaptive_hinge against simple" in report and "± 0" not in report
     assert '`loss.params.gan_loss="hinge"`' in report
     # The composite arm's balance: its last epoch's logged ratios, in runs.csv and the report.
