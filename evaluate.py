@@ -312,7 +312,7 @@ def main() -> None:
     check_out(out, eval_path)
     if not eval_path.is_file():
         train_split = load_mnist(args.data_root, "train", device, dataset=dataset)
-        make_network("eval", eval_path, train_split, test_set, dataset)
+        make_network("eval", eval_path, train_split, test_set)
     net = load_network("eval", eval_path, device, dataset)
 
     real = test_set.images.cpu()

@@ -49,7 +49,7 @@ def main() -> None:
         if path.is_file() and not args.force:
             print(f"{path}: already there; pass --force to train it again")
             continue
-        accuracy = make_network(name, path, train_set, test_set, args.dataset)
+        accuracy = make_network(name, path, train_set, test_set)
         print(f"{path}: test accuracy {accuracy:.2%}")
 
 

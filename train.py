@@ -320,7 +320,8 @@ def read_configs(args: argparse.Namespace, cluster: Cluster) -> tuple[ModelConfi
         train_cfg, {k: fv for k, fv in overrides.items() if fv[1] is not None}
     )
     model_cfg = check_scheme(args.scheme, model_cfg, args.model_config)
-    check_same_dataset(model_cfg, train_cfg, args.model_config)
+    if args.scheme == "composite":  # the simple scheme has no perceptual backbone
+        check_same_dataset(model_cfg, train_cfg, args.model_config)
     # Training holds four copies of the VAE's weights: the weights, their gradients and Adam's
     # two moments.
     check_fits(model_cfg.model_config, args.model_config, copies=4)
@@ -393,7 +394,7 @@ def read_data(
     if cluster.is_main and backbone is not None and not backbone.is_file():
         # The MNIST PIPS backbone is made once, on its half of the full training split, before
         # any subset (by rank 0; the others load it once this block has ended).
-        make_network("pips", backbone, train_set, val_set, dataset)
+        make_network("pips", backbone, train_set, val_set)
     if train_cfg.data.train_bs > len(train_set):
         raise UserError(
             f"{args.train_config}: field 'data.train_bs' = {train_cfg.data.train_bs} is more than "

@@ -55,6 +55,6 @@ def real_fashion_mnist() -> Path:
     if not root:
         pytest.skip(
             "no real Fashion-MNIST: set FASHION_MNIST_ROOT to a folder holding FashionMNIST/raw/"
-            " (or the four files), or put it in data/"
+            " (or the four files, plain or .gz), or put it in data/"
         )
     return Path(root)

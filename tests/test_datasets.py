@@ -21,7 +21,7 @@ from tests.helpers import (
     run_script,
     train_argv,
 )
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import load_checkpoint, trained_on
 from utils.dataset import DATASETS, MNISTSplit, find_files, load_mnist
 from utils.errors import CheckpointError, DataError
 from utils.networks import file_sha256, load_network, make_network
@@ -120,7 +120,7 @@ def test_the_other_datasets_original_files_are_refused(tmp_path, real_mnist):
 def test_a_network_file_of_another_dataset_is_refused(tmp_path):
     split = load_mnist(make_mnist_root(tmp_path, n_train=16, n_test=8), "test", download=False)
     path = tmp_path / "pips.pth"
-    make_network("pips", path, split, split, "mnist", epochs=0)
+    make_network("pips", path, split, split, epochs=0)
     assert load_checkpoint(path)["dataset"] == "mnist"
     with pytest.raises(CheckpointError) as err:
         load_network("pips", path, dataset="fashion_mnist")
@@ -128,6 +128,20 @@ def test_a_network_file_of_another_dataset_is_refused(tmp_path):
         f"{path}: holds the PIPS backbone CNN trained on MNIST, not Fashion-MNIST; point at the "
         "Fashion-MNIST one (checkpoints/fashion_mnist_pips_cnn.pth)"
     )
+
+
+def test_a_checkpoint_names_its_dataset_or_is_mnists(tmp_path):
+    """Weights files name it, resumable checkpoints hold it in their train config, and a
+    checkpoint from before datasets (or the reference's) is MNIST's."""
+    fashion_config = {"data": {"train_bs": 128, "val_bs": 128, "dataset": "fashion_mnist"}}
+    assert trained_on({"dataset": "fashion_mnist"}, "final_model.pth") == "fashion_mnist"
+    assert trained_on({"train_config": fashion_config}, "checkpoint_epoch_001.pth") == (
+        "fashion_mnist"
+    )
+    assert trained_on({"train_config": {"data": {"train_bs": 128}}}, "old.pth") == "mnist"
+    assert trained_on({"model_state_dict": {}}, "reference.pth") == "mnist"
+    with pytest.raises(CheckpointError, match=r"^x.pth: names dataset 'cifar10', not one of "):
+        trained_on({"dataset": "cifar10"}, "x.pth")
 
 
 def test_views_name_fashion_mnist_classes():
@@ -241,10 +255,10 @@ def test_every_view_draws_a_real_fashion_mnist_run_from_either_layout(
     fashion_run, real_fashion_mnist, tmp_path, flat
 ):
     root = real_fashion_mnist
-    if flat:  # the four .gz files in the data root itself, as Debian installs them
+    if flat:  # the four files in the data root itself, as Debian installs them
         root = tmp_path / "flat"
         root.mkdir()
-        for path in (real_fashion_mnist / "FashionMNIST" / "raw").iterdir():
+        for path in find_files(real_fashion_mnist, "fashion_mnist")[1].values():
             (root / path.name).symlink_to(path)
     run = fashion_run
     for mode in views.VIEWS:

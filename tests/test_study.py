@@ -193,9 +193,9 @@ def test_a_study_killed_or_terminated_mid_run_continues_that_run_from_its_checkp
                                 stderr=subprocess.PIPE, text=True,
                                 start_new_session=True)  # fmt: skip
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not any(
-            int(p.stem.rsplit("_", 1)[1]) >= epoch for p in run.glob("checkpoint_epoch_*.pth")
-        ):
+        while not any(int(p.stem.rsplit("_", 1)[1]) >= epoch
+                      for p in run.glob("checkpoint_epoch_*.pth")):  # fmt: skip
+            assert time.monotonic() < deadline, f"no checkpoint of epoch {epoch} in 120 s"
             time.sleep(0.02)
         return proc
 

@@ -7,6 +7,7 @@ holds checkpoints; a graded one (eval.json) is not graded again. Each run's peak
 train.py process's maximum resident set.
 """
 
+import contextlib
 import csv
 import io
 import json
@@ -15,6 +16,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,8 +83,10 @@ class Budget:
     num_samples: int | None = None
 
 
-# The entry scripts run_process has running, for stop_on_sigterm.
+# The entry scripts run_process has running, and whether a SIGTERM has asked them to stop (after
+# which run_process starts none), for stop_on_sigterm.
 RUNNING: set[subprocess.Popen] = set()
+STOPPING = threading.Event()
 
 
 def stop_on_sigterm() -> None:
@@ -95,26 +99,50 @@ def stop_on_sigterm() -> None:
 
 
 def _forward_sigterm(signum: int, frame: Any) -> None:
+    STOPPING.set()
     for proc in list(RUNNING):
-        proc.send_signal(signal.SIGINT)
+        _interrupt(proc)
     raise Terminated
 
 
+def _interrupt(proc: subprocess.Popen) -> None:
+    """SIGINT to `proc` by pid (Popen.send_signal would reap it, racing run_process's wait)."""
+    with contextlib.suppress(ProcessLookupError):  # it has just ended
+        os.kill(proc.pid, signal.SIGINT)
+
+
 def run_process(args: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
-    """Run one of the repo's entry scripts; returns (wall seconds, peak resident memory in MB)."""
+    """Run one of the repo's entry scripts; returns (wall seconds, peak resident memory in MB).
+    A script stopped by a signal (Ctrl-C, SIGTERM, stop_on_sigterm's SIGINT) raises
+    KeyboardInterrupt once it has ended, so that its checkpoint is whole before this process
+    goes on to stop."""
+    if STOPPING.is_set():
+        raise KeyboardInterrupt
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, str(REPO / args[0]), *args[1:]], env=env)
     RUNNING.add(proc)
+    if STOPPING.is_set():  # the SIGTERM came between the check above and RUNNING.add
+        _interrupt(proc)
     try:
-        _, status, usage = os.wait4(proc.pid, 0)
+        _, status, usage = _wait_for(proc)
     finally:
         RUNNING.discard(proc)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode in (130, -signal.SIGINT):  # Ctrl-C reached it, or stop_on_sigterm
+    if proc.returncode in (130, 143, -signal.SIGINT, -signal.SIGTERM):
         raise KeyboardInterrupt
     if proc.returncode != 0:
         raise UserError(f"{' '.join(args[:3])} ... exited {proc.returncode}; see its output above")
     return time.perf_counter() - started, usage.ru_maxrss / 1024
+
+
+def _wait_for(proc: subprocess.Popen) -> tuple[int, int, Any]:
+    """os.wait4 of `proc`; when this process is interrupted meanwhile (in its main thread), the
+    wait goes on until the script has stopped too, then the interruption goes on."""
+    try:
+        return os.wait4(proc.pid, 0)
+    except KeyboardInterrupt:
+        os.wait4(proc.pid, 0)
+        raise
 
 
 def train_and_grade(

@@ -83,13 +83,12 @@ def train_classifier(net: StagedCNN, train_set: MNISTSplit, seed: int, epochs: i
 
 
 def make_network(
-    name: str, path: Path, train_split: MNISTSplit, test_set: MNISTSplit, dataset: str = "mnist",
-    epochs: int = EPOCHS,
-) -> float:  # fmt: skip
+    name: str, path: Path, train_split: MNISTSplit, test_set: MNISTSplit, epochs: int = EPOCHS
+) -> float:
     """Train network `name` ("pips" or "eval") from its seed on its half of `train_split` (the
-    whole training split of `dataset`), save it to `path` with the dataset's name; returns its
+    whole training split of its dataset), save it to `path` with the dataset's name; returns its
     accuracy on `test_set`."""
-    spec = NETWORKS[name]
+    spec, dataset = NETWORKS[name], train_split.dataset
     train_set = training_half(train_split, spec.half)
     print(
         f"training the {spec.title} ({epochs} epochs on half {spec.half} of the "
@@ -133,6 +132,11 @@ def load_network(
             "point at the right file, and it is made again"
         )
     learnt = payload.get("dataset", "mnist")
+    if learnt not in DATASETS:
+        raise CheckpointError(
+            f"{path}: names dataset {learnt!r}, not one of {', '.join(DATASETS)}; delete it or "
+            "point at the right file, and it is made again"
+        )
     if learnt != dataset:
         raise CheckpointError(
             f"{path}: holds the {NETWORKS[name].title} trained on {DATASETS[learnt].title}, not "
