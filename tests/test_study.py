@@ -97,7 +97,7 @@ def test_a_second_call_trains_nothing_and_keeps_the_runs(smoke):
 def test_search_mode_runs_the_sampler_and_names_the_best_setting(smoke):
     root, argv, first = smoke
     assert first.returncode == 0, first.stderr
-    result = run_script(str(REPO / "study.py"), *argv, "--search", cwd=root)
+    result = run_main("study.py", *argv, "--search", cwd=root)  # its runs: real processes
     assert result.returncode == 0, result.stderr
     with open(root / "out/search.csv") as f:
         trials = list(csv.DictReader(f))
@@ -162,6 +162,17 @@ def test_a_dataset_goes_to_every_arm_and_a_mismatched_backbone_stops_the_study_f
         result.stderr
     )
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("name", ["smoke", "pilot", "main", "fashion"])
+def test_every_shipped_study_passes_its_checks(name):
+    """Each arm's configs and settings as train.py checks them (load_study), before any run."""
+    spec = study.load_study(str(REPO / "studies" / f"{name}.json"))
+    assert spec.name == name and spec.baseline in [a.name for a in spec.arms]
+    if name == "fashion":
+        assert spec.dataset == "fashion_mnist"
+        assert all(a.model_config.endswith(("simple_config.json", "fashion_mnist_config.json"))
+                   for a in spec.arms)  # fmt: skip
 
 
 def test_without_optuna_the_study_says_how_to_install_it(monkeypatch):

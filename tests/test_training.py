@@ -2,7 +2,6 @@
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from tests.helpers import (
     config_variant,
     infer_argv,
     read_metrics,
+    run_main,
     run_script,
     small_composite_model,
     start_scripts,
@@ -270,17 +270,21 @@ def test_the_reference_simple_files_train_as_they_are(tmp_path, fake_mnist):
     assert (tmp_path / "run" / "final_model.pth").is_file()
 
 
-def test_the_reference_composite_files_offline_stop_at_one_vgg16_line(tmp_path, fake_mnist):
+def test_the_reference_composite_files_offline_stop_at_one_vgg16_line(
+    tmp_path, fake_mnist, monkeypatch
+):
     """No --scheme: composite, as in the reference. Its ImageNet VGG16 weights are missing and
     cannot be downloaded (a proxy on a closed local port stands in for no network), so the run
-    stops in one line before its first checkpoint, and the folder is free to start in again."""
-    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch")}
-    env.update({k: "http://127.0.0.1:9" for k in ("https_proxy", "HTTPS_PROXY")})
+    stops in one line before its first checkpoint, and the folder is free to start in again (the
+    second attempt in this process)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    for name in ("https_proxy", "HTTPS_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
     argv = train_argv(None, REFERENCE / "model_composite_config.json",
                       REFERENCE / "train_composite_config.json", fake_mnist, tmp_path / "run",
                       "--epochs", "1")  # fmt: skip
     for attempt in range(2):
-        result = run_script(*argv, env=env, timeout=300)
+        result = run_script(*argv, timeout=300) if attempt == 0 else run_main(*argv)
         assert result.returncode == 2, result.stderr
         assert result.stdout.startswith("composite scheme on cpu"), attempt
         assert "Traceback" not in result.stderr
