@@ -21,11 +21,12 @@ SMOKE = REPO / "studies" / "smoke.json"
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    """The smoke study on a small synthetic MNIST, run once from a bare folder."""
+    """The smoke study on a small synthetic MNIST, run once from a bare folder (study.py in this
+    process; its train.py and evaluate.py runs in real ones)."""
     root = tmp_path_factory.mktemp("study")
     mnist = make_mnist_root(root / "mnist", n_train=256, n_test=128)
     argv = [str(SMOKE), "--data_root", str(mnist), "--out", str(root / "out"), "--threads", "1"]
-    result = run_script(str(REPO / "study.py"), *argv, cwd=root)
+    result = run_main("study.py", *argv, cwd=root)
     return root, argv, result
 
 
@@ -84,11 +85,12 @@ def test_the_composite_arm_logs_its_weight_and_gradient_ratios(smoke):
 def test_a_second_call_trains_nothing_and_keeps_the_runs(smoke):
     root, argv, first = smoke
     assert first.returncode == 0, first.stderr
-    finals = sorted((root / "out/runs").glob("*/final_model.pth"))
-    made_at = [p.stat().st_mtime_ns for p in finals]
-    again = run_script(str(REPO / "study.py"), *argv, cwd=root)
+    kept = sorted((root / "out/runs").glob("*/final_model.pth"))
+    kept += sorted((root / "out/runs").glob("*/eval.json"))
+    made_at = [p.stat().st_mtime_ns for p in kept]
+    again = run_script(str(REPO / "study.py"), *argv, cwd=root)  # the real process
     assert again.returncode == 0, again.stderr
-    assert [p.stat().st_mtime_ns for p in finals] == made_at
+    assert len(kept) == 4 and [p.stat().st_mtime_ns for p in kept] == made_at
     assert "epoch 1/1" not in again.stdout + again.stderr
     with open(root / "out/runs.csv") as f:
         assert len(list(csv.DictReader(f))) == 2
@@ -188,7 +190,7 @@ def test_a_study_killed_or_terminated_mid_run_continues_that_run_from_its_checkp
     call's study.py alone (kill PID) reaches its train.py, which checkpoints and stops, and the
     study stops in one line with 143; the third call continues again and finishes the run."""
     spec = json.loads(SMOKE.read_text())
-    spec["epochs"] = 30  # one step an epoch: long enough to be stopped twice mid-run
+    spec["epochs"] = 16  # one step an epoch: long enough to be stopped twice mid-run
     spec["arms"] = [{**spec["arms"][0], "settings": ["save_every=1"]}]
     del spec["search"]  # it names the arm left out
     path = tmp_path / "study.json"
@@ -229,9 +231,9 @@ def test_a_study_killed_or_terminated_mid_run_continues_that_run_from_its_checkp
     assert "resuming " in again.stdout
     with open(run / "metrics.csv") as f:
         epochs = [row["epoch"] for row in csv.DictReader(f)]
-    assert epochs == [str(e) for e in range(1, 31)]  # each epoch once: continued, not redone
+    assert epochs == [str(e) for e in range(1, 17)]  # each epoch once: continued, not redone
     with open(out / "runs.csv") as f:
-        assert [(r["arm"], r["epochs"]) for r in csv.DictReader(f)] == [("simple", "30")]
+        assert [(r["arm"], r["epochs"]) for r in csv.DictReader(f)] == [("simple", "16")]
 
 
 def write_spec(tmp_path, change) -> str:
