@@ -208,13 +208,18 @@ def load_images(path: Path) -> torch.Tensor:
 def check_out(out: Path, eval_path: Path | None) -> None:
     """Refuse, before grading, an --out that would replace anything but earlier results."""
     check_output_path(out, "--out")
-    if eval_path is not None and out.resolve() == eval_path.resolve():
-        raise UserError(f"--out {out}: is the --eval_net file; choose another --out")
+    if eval_path is not None:
+        check_not_grader(out, eval_path)
     if out.exists() and not is_results_file(out):
         raise UserError(
             f"--out {out}: exists and is not a results file evaluate.py wrote; "
             "choose another --out (nothing was graded)"
         )
+
+
+def check_not_grader(out: Path, eval_path: Path) -> None:
+    if out.resolve() == eval_path.resolve():
+        raise UserError(f"--out {out}: is the --eval_net file; choose another --out")
 
 
 def sample_measures(
@@ -309,7 +314,7 @@ def main() -> None:
     images, vae, test_set = load_graded(args, graded, device)
     dataset = test_set.dataset
     eval_path = Path(args.eval_net) if args.eval_net else shipped_eval_net(dataset)
-    check_out(out, eval_path)
+    check_not_grader(out, eval_path)  # the dataset's shipped grader is known only now
     if not eval_path.is_file():
         train_split = load_mnist(args.data_root, "train", device, dataset=dataset)
         make_network("eval", eval_path, train_split, test_set)
