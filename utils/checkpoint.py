@@ -196,8 +196,8 @@ def trained_on(payload: dict[str, Any], path: str | Path) -> str:
     dataset = payload.get("dataset", default)
     if dataset not in DATASETS:
         raise CheckpointError(
-            f"{path}: names dataset {dataset!r}, not one of {', '.join(DATASETS)}; pass a "
-            "checkpoint written by train.py"
+            f"{path}: names dataset {dataset!r}, not one of {', '.join(DATASETS)}; pass a file "
+            "this repo's scripts wrote"
         )
     return dataset
 

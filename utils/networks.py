@@ -26,7 +26,7 @@ from tqdm import tqdm
 from model.backbones import BACKBONES
 from model.mnist_cnn import NETWORKS, StagedCNN
 from model.pips import PIPS
-from utils.checkpoint import load_checkpoint, load_state, save_checkpoint
+from utils.checkpoint import load_checkpoint, load_state, save_checkpoint, trained_on
 from utils.config import PIPSConfig
 from utils.dataset import DATASETS, MNISTSplit, epoch_order, eval_batches, train_batches
 from utils.errors import CheckpointError, first_line
@@ -131,12 +131,7 @@ def load_network(
             f"{path}: holds {held!r}, not the {NETWORKS[name].title} ({name!r}); delete it or "
             "point at the right file, and it is made again"
         )
-    learnt = payload.get("dataset", "mnist")
-    if learnt not in DATASETS:
-        raise CheckpointError(
-            f"{path}: names dataset {learnt!r}, not one of {', '.join(DATASETS)}; delete it or "
-            "point at the right file, and it is made again"
-        )
+    learnt = trained_on(payload, path)
     if learnt != dataset:
         raise CheckpointError(
             f"{path}: holds the {NETWORKS[name].title} trained on {DATASETS[learnt].title}, not "
