@@ -38,7 +38,6 @@ from utils.comparison import (
     Budget,
     markdown_table,
     read_runs,
-    run_process,
     stop_on_sigterm,
     summarise,
     train_and_grade,
@@ -115,22 +114,24 @@ def main() -> None:
         print(table, end="")
         return
     # The figures show the first seed's runs, which a later call with more seeds keeps: drawn
-    # once.
+    # once, in this process through infer.main (as study.py draws its own).
+    import infer
+
     first = {name: out / "runs" / f"{name}_seed{args.seeds[0]}" for name in ARMS}
     compare = out / f"compare_seed{args.seeds[0]}.png"
     if not compare.exists():
-        run_process(["infer.py", "--mode", "compare",
-                     "--model_config", str(first["simple"] / "model_config.json"),
-                     "--ckpt_path", str(first["simple"] / "final_model.pth"),
-                     "--model_config_b", str(first["composite"] / "model_config.json"),
-                     "--ckpt_path_b", str(first["composite"] / "final_model.pth"),
-                     "--data_root", args.data_root, "--save_path", str(compare)])  # fmt: skip
+        infer.main(["--mode", "compare",
+                    "--model_config", str(first["simple"] / "model_config.json"),
+                    "--ckpt_path", str(first["simple"] / "final_model.pth"),
+                    "--model_config_b", str(first["composite"] / "model_config.json"),
+                    "--ckpt_path_b", str(first["composite"] / "final_model.pth"),
+                    "--data_root", args.data_root, "--save_path", str(compare)])  # fmt: skip
     for scheme, run in first.items():
         samples = out / f"{scheme}_samples.png"
         if not samples.exists():
-            run_process(["infer.py", "--mode", "samples", "--model_config",
-                         str(run / "model_config.json"), "--ckpt_path",
-                         str(run / "final_model.pth"), "--save_path", str(samples)])  # fmt: skip
+            infer.main(["--mode", "samples", "--model_config", str(run / "model_config.json"),
+                        "--ckpt_path", str(run / "final_model.pth"), "--save_path",
+                        str(samples)])  # fmt: skip
     print(table, end="")
     print(f"-> {out / 'runs.csv'}, {out / 'summary.csv'}, {out / 'summary.md'}, figures in {out}")
 
