@@ -218,26 +218,6 @@ def run_main(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
-def start_scripts(commands: dict[str, list[str]]) -> dict[str, subprocess.CompletedProcess]:
-    """Run several entry-script command lines side by side (each costs seconds of start-up),
-    each as run_script does."""
-    procs = {
-        name: subprocess.Popen(
-            [sys.executable, *map(str, argv)],
-            cwd=REPO,
-            text=True,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        for name, argv in commands.items()
-    }
-    results = {}
-    for name, proc in procs.items():
-        out, err = proc.communicate(timeout=300)
-        results[name] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-    return results
-
-
 def run_with_terminal(
     args: list[str], env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen, list[str]]:

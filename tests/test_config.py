@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, start_scripts, train_argv
+from tests.helpers import REPO, run_main, run_script, train_argv
 from training_schemes import check_scheme
 from utils.config import (
     AdamParams,
@@ -957,8 +957,9 @@ def _repo_relative(path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def train_cli_runs(tmp_path_factory, fake_mnist):
-    """The failing train.py commands, run side by side (each costs ~3 s of start-up): name ->
-    (exit code, stdout, stderr, its save folder, the start of its one error line)."""
+    """The failing train.py commands: name -> (exit code, stdout, stderr, its save folder, the
+    start of its one error line). The bad --seed runs in a real process, the config refusals in
+    this one (tests/helpers.run_main: a process would spend its time starting up)."""
     root = tmp_path_factory.mktemp("train_cli")
     bad_model = variant(root, MODEL_SIMPLE, "model_config.encoder.dropout=1.0")
     bad_train = variant(root, TRAIN_SIMPLE, "optimizer.params.lr=-0.0005")
@@ -1008,8 +1009,10 @@ def train_cli_runs(tmp_path_factory, fake_mnist):
                                       "--seed", "-5")  # fmt: skip
     cases["bad_seed"] = (None, None, None, "error: --seed -5: must be in [0, 2**32)")
     mnist_before = sorted(p.relative_to(fake_mnist) for p in fake_mnist.rglob("*"))
+    done = {name: run_script(*argv) if name == "bad_seed" else run_main(*argv)
+            for name, argv in commands.items()}  # fmt: skip
     results = {name: (r.returncode, r.stdout, r.stderr, root / f"run_{name}", cases[name][3])
-               for name, r in start_scripts(commands).items()}  # fmt: skip
+               for name, r in done.items()}  # fmt: skip
     assert not (root / "no_data").exists()
     assert sorted(p.relative_to(fake_mnist) for p in fake_mnist.rglob("*")) == mnist_before
     results["bad_seed"] = (*results["bad_seed"][:3], root / "seed" / "run", cases["bad_seed"][3])

@@ -16,7 +16,6 @@ from tests.helpers import (
     run_main,
     run_script,
     small_composite_model,
-    start_scripts,
     train_argv,
 )
 from training_schemes import check_scheme, train
@@ -119,8 +118,9 @@ SAVED = ["final_model.pth", "checkpoint_epoch_005.pth", "best_model.pth"]
 
 @pytest.fixture(scope="module")
 def refused_runs(tmp_path_factory, fake_mnist) -> tuple[Path, dict]:
-    """The train.py calls below that stop before training, started side by side (each costs
-    seconds of start-up): a folder, and each call's result by name."""
+    """The train.py calls below that stop before training: a folder, and each call's result by
+    name. Missing data is refused in a real process, the rest in this one (tests/helpers.run_main:
+    a process would spend its time starting up)."""
     root = tmp_path_factory.mktemp("refused")
     commands = {}
     for saved in SAVED:  # a second run into a folder holding a run's weights
@@ -136,7 +136,8 @@ def refused_runs(tmp_path_factory, fake_mnist) -> tuple[Path, dict]:
     commands["left"] = [*simple_argv(fake_mnist, left), "--resume", "auto"]
     commands["nowhere"] = train_argv("simple", MODEL_SIMPLE, TRAIN_SIMPLE, root / "nowhere",
                                      root / "run", "--no_download", device=None)  # fmt: skip
-    return root, start_scripts(commands)
+    return root, {name: run_script(*argv) if name == "nowhere" else run_main(*argv)
+                  for name, argv in commands.items()}  # fmt: skip
 
 
 def simple_argv(data_root: Path, run: Path) -> list[str]:

@@ -17,7 +17,7 @@ import torch
 import infer
 import train as train_script
 from model.vae import VAE
-from tests.helpers import REPO, infer_argv, start_scripts, train_argv
+from tests.helpers import REPO, infer_argv, run_main, run_script, train_argv
 from training_schemes import train
 from utils.cli import run_cli
 from utils.config import load_model_config, load_train_config
@@ -74,8 +74,7 @@ def tiny_run(tmp_path_factory, fake_mnist) -> Path:
     return run
 
 
-# Subprocess runs: the CLI as a user runs it, the three side by side (each costs seconds of
-# start-up).
+# The CLI as a user runs it.
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +100,9 @@ def cli_views(tmp_path_factory, tiny_run, fake_mnist) -> tuple[Path, dict]:
         "compare": ["infer.py", *infer_argv(tiny_run, root / "compare.png", "--mode", "compare",
                                             *flags)],
     }  # fmt: skip
-    return root, start_scripts(commands)
+    # The default view in a real process, the others in this one (tests/helpers.run_main).
+    return root, {name: run_script(*argv) if name == "grid" else run_main(*argv)
+                  for name, argv in commands.items()}  # fmt: skip
 
 
 def test_grid_is_the_default_view(cli_views):
