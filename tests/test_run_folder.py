@@ -1,7 +1,9 @@
 """A run folder belongs to one run and one process: a checkpoint resumes only in its own folder,
 an ended run is not trained on, a second train.py is refused while one runs, and pruning removes
-only the run's own older checkpoints (by the step each records). Runs that train are real
-processes; refusals run train.py in this process (tests/helpers.run_main)."""
+only the run's own older checkpoints (by the step each records). train.py runs in this process
+(tests/helpers.run_main: a process would spend most of these short runs starting up), except
+where the test needs a process of its own: a second process holding the folder, and a child
+whose file-size limit stands for a full disk."""
 
 import json
 import os
@@ -14,7 +16,7 @@ import sys
 import pytest
 import torch
 
-from tests.helpers import REPO, config_variant, make_mnist_root, run_main, run_script, train_argv
+from tests.helpers import REPO, config_variant, make_mnist_root, run_main, train_argv
 from train import HELD_LOCKS, RUN_LOCK, lock_run_folder
 from training_schemes import INTERRUPT_CHECKPOINT, prune_checkpoints
 from utils.errors import UserError
@@ -36,7 +38,7 @@ def finished(tmp_path_factory, fake_mnist):
     folder = tmp_path_factory.mktemp("finished")
     cfg = config_variant(folder, "configs/train_simple_config.json", {"save_every": 1})
     run = folder / "run"
-    done = run_script(*simple_args(fake_mnist, run, "--epochs", "2", train_config=cfg))
+    done = run_main(*simple_args(fake_mnist, run, "--epochs", "2", train_config=cfg))
     assert done.returncode == 0, done.stderr
     return run, cfg
 
@@ -44,7 +46,7 @@ def finished(tmp_path_factory, fake_mnist):
 def test_a_checkpoint_resumes_only_in_its_own_folder(tmp_path, fake_mnist, finished):
     run, cfg = finished
     other = tmp_path / "other"
-    made = run_script(*simple_args(fake_mnist, other, "--epochs", "1", train_config=cfg))
+    made = run_main(*simple_args(fake_mnist, other, "--epochs", "1", train_config=cfg))
     assert made.returncode == 0, made.stderr
     before = contents(other)
     elsewhere = str(run / "checkpoint_epoch_001.pth")
@@ -78,7 +80,7 @@ def test_an_early_stopped_run_is_not_resumed(tmp_path, fake_mnist):
     stopping = {"early_stopping": {"patience": 1, "tol": 1e9}, "num_epochs": 5}
     cfg = config_variant(tmp_path, "configs/train_simple_config.json", stopping)
     run = tmp_path / "run"
-    first = run_script(*simple_args(fake_mnist, run, train_config=cfg))
+    first = run_main(*simple_args(fake_mnist, run, train_config=cfg))
     assert first.returncode == 0, first.stderr
     assert "early stop after epoch 2" in first.stdout
     before = contents(run)
@@ -153,8 +155,8 @@ def test_the_run_id_survives_a_resume(tmp_path, fake_mnist, finished):
     cfg = finished[1]
     ids = {torch.load(p, weights_only=True)["run_id"] for p in run.glob("checkpoint_*.pth")}
     assert len(ids) == 1 and len(ids.pop()) == 32
-    extended = run_script(*simple_args(fake_mnist, run, "--epochs", "3", "--resume", "auto",
-                                       train_config=cfg))  # fmt: skip
+    extended = run_main(*simple_args(fake_mnist, run, "--epochs", "3", "--resume", "auto",
+                                     train_config=cfg))  # fmt: skip
     assert extended.returncode == 0, extended.stderr
     ids = {torch.load(p, weights_only=True)["run_id"] for p in run.glob("checkpoint_*.pth")}
     assert len(ids) == 1
@@ -229,8 +231,8 @@ def test_a_damaged_newest_checkpoint_is_passed_over_for_the_older_intact_one(
     damaged[len(damaged) // 2] ^= 0xFF  # a bit flip inside the tensors' data
     newest.write_bytes(bytes(damaged))
     (run / ".checkpoint_epoch_002.pth.abc123.tmp").write_bytes(b"left by a kill -9")
-    resumed = run_script(*simple_args(fake_mnist, run, "--epochs", "3", "--resume", "auto",
-                                      train_config=finished[1]))  # fmt: skip
+    resumed = run_main(*simple_args(fake_mnist, run, "--epochs", "3", "--resume", "auto",
+                                    train_config=finished[1]))  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
     assert (
         f"note: passing over {newest}: its content no longer matches the hash written with it "
