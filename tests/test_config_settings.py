@@ -108,7 +108,7 @@ def test_train_records_settings_in_the_run_folder_and_refuses_a_bad_one(tmp_path
               "128", "--device", "cpu", "--set", "num_epochs=1", "--set",
               "model_config.latent_features=3"]  # fmt: skip
     run = tmp_path / "run"
-    done = run_script(*common, "--set", f'save_dir="{run}"', "--set", "loss.params.beta=2")
+    done = run_main(*common, "--set", f'save_dir="{run}"', "--set", "loss.params.beta=2")
     assert done.returncode == 0, done.stderr
     saved_train = json.loads((run / "train_config.json").read_text())
     saved_model = json.loads((run / "model_config.json").read_text())

@@ -180,9 +180,7 @@ def test_resume_may_extend_the_epochs_but_nothing_else(tmp_path, mnist, train_co
         f"error: {changed_path}: field 'loss.params.free_bits' is 0.5 but the run used 0.2; "
         "only the epoch count may change on resume\n"
     )
-    extended = run_script(
-        *train_args(mnist, train_config, run, "--resume", "auto", "--epochs", "4")
-    )
+    extended = run_main(*train_args(mnist, train_config, run, "--resume", "auto", "--epochs", "4"))
     assert extended.returncode == 0, extended.stderr
     with open(run / "metrics.csv") as f:
         assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2", "3", "4"]
@@ -231,7 +229,7 @@ def test_periodic_checkpoints_are_pruned_to_the_newest_few(tmp_path, mnist):
     data.update(save_every=1, keep_checkpoints=2)
     cfg = tmp_path / "train.json"
     cfg.write_text(json.dumps(data))
-    result = run_script(*train_args(mnist, cfg, tmp_path / "run", "--subset", "256"))
+    result = run_main(*train_args(mnist, cfg, tmp_path / "run", "--subset", "256"))
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint_*.pth")) == [
         "checkpoint_epoch_002.pth", "checkpoint_epoch_003.pth"]  # fmt: skip
@@ -336,7 +334,7 @@ def test_composite_run_resumes_bit_identical(tmp_path, composite_args):
 
 def test_composite_resume_against_another_backbone_file_is_refused(tmp_path, composite_args):
     run = tmp_path / "run"
-    first = run_script(*composite_args(run, "--epochs", "1"))
+    first = run_main(*composite_args(run, "--epochs", "1"))
     assert first.returncode == 0, first.stderr
     backbone = tmp_path / "pips_cnn_initial.pth"
     payload = load_checkpoint(backbone)
@@ -345,7 +343,7 @@ def test_composite_resume_against_another_backbone_file_is_refused(tmp_path, com
     torch.save(payload, backbone)
     metrics_before = (run / "metrics.csv").read_text()
 
-    resumed = run_script(*composite_args(run, "--resume", "auto"))
+    resumed = run_main(*composite_args(run, "--resume", "auto"))
     assert resumed.returncode == 2
     assert resumed.stderr.startswith(f"error: {backbone}: the PIPS backbone's weights are not ")
     assert resumed.stderr.count("\n") == 1 and "put that file back" in resumed.stderr

@@ -166,7 +166,7 @@ def test_a_folder_left_before_the_first_checkpoint_is_free_to_start_in(refused_r
     resumed = results["left"]
     assert resumed.returncode == 2
     assert "no readable checkpoint_*.pth to resume from; start without --resume" in resumed.stderr
-    result = run_script(*simple_argv(fake_mnist, run))
+    result = run_main(*simple_argv(fake_mnist, run))
     assert result.returncode == 0, result.stderr
     assert [r["epoch"] for r in read_metrics(run)] == ["1"]
     assert json.loads((run / "train_config.json").read_text())["num_epochs"] == 1
