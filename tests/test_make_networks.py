@@ -14,7 +14,7 @@ def test_makes_one_network_into_path_then_keeps_it_unless_forced(tmp_path):
     path = tmp_path / "nets" / "pips.pth"
     argv = ["--network", "pips", "--path", str(path), "--data_root", str(mnist),
             "--device", "cpu"]  # fmt: skip
-    made = run_script("make_networks.py", *argv)
+    made = run_script("make_networks.py", *argv)  # a real process
     assert made.returncode == 0, made.stderr
     assert f"{path}: test accuracy" in made.stdout
     assert sum(p.numel() for p in load_network("pips", path).parameters()) > 0
@@ -25,7 +25,7 @@ def test_makes_one_network_into_path_then_keeps_it_unless_forced(tmp_path):
     assert f"{path}: already there; pass --force" in kept.stdout
     assert path.stat().st_mtime_ns == made_at
 
-    forced = run_script("make_networks.py", *argv, "--force")
+    forced = run_main("make_networks.py", *argv, "--force")
     assert forced.returncode == 0, forced.stderr
     assert path.stat().st_mtime_ns != made_at
 
