@@ -139,12 +139,12 @@ def test_summarise_only_rewrites_the_summary_from_runs_csv_without_training(tmp_
             for scheme, shift in (("simple", 0.0), ("composite", gap)):
                 values = {m: 10.0 + shift if m == "recon_mse" else 5.0 for m in MEASURES}
                 writer.writerow({"scheme": scheme, "seed": seed, **values})
-    done = run_script("compare_schemes.py", "--out", str(tmp_path), "--summarise_only")
+    done = run_main("compare_schemes.py", "--out", str(tmp_path), "--summarise_only")
     assert done.returncode == 0, done.stderr
     table = (tmp_path / "summary.md").read_text()
     assert "| recon_mse | 10 | 12 | +2.0 [-0.5, +4.5] (n = 3, d_z 2.0) |" in table
     assert not (tmp_path / "runs").exists()
-    missing = run_script("compare_schemes.py", "--out", str(tmp_path / "none"), "--summarise_only")
+    missing = run_main("compare_schemes.py", "--out", str(tmp_path / "none"), "--summarise_only")
     assert missing.returncode == 2
     assert missing.stderr == (
         f"error: {tmp_path / 'none' / 'runs.csv'}: no runs.csv to summarise; run the comparison "

@@ -228,7 +228,7 @@ def fashion_run(tmp_path_factory, real_fashion_mnist):
     argv = train_argv("simple", "configs/model_simple_config.json",
                       "configs/train_simple_config.json", real_fashion_mnist, run, "--epochs", "1",
                       "--subset", "256", "--dataset", "fashion_mnist")  # fmt: skip
-    result = run_script(*argv)
+    result = run_main(*argv)
     assert result.returncode == 0, result.stderr
     assert load_checkpoint(run / "final_model.pth")["dataset"] == "fashion_mnist"
     return run

@@ -393,7 +393,7 @@ def test_a_round1_composite_run_resumes_under_the_reference_critic_schedule(tmp_
     run = tmp_path / "run"
     run.mkdir()
     shutil.copy(ROUND1 / "composite" / "checkpoint_epoch_001.pth", run)
-    resumed = run_script(*round1_args("composite", run, fake_mnist), "--resume", "auto")
+    resumed = run_main(*round1_args("composite", run, fake_mnist), "--resume", "auto")
     assert resumed.returncode == 0, resumed.stderr
     payload = torch.load(run / "checkpoint_epoch_002.pth", weights_only=True)
     # 2 epochs x 4 steps; the critic from step int(0.25 * 8) = 2, so 6 critic updates by the

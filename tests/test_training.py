@@ -1,4 +1,6 @@
-"""Training end to end: real subprocess runs of train.py and infer.py, and the loop in-process."""
+"""Training end to end: train.py and infer.py in real processes where the process is part of
+what is checked (the first runs of each scheme, a real-data epoch), their command lines in this
+process elsewhere (tests/helpers.run_main), and the loop called directly."""
 
 import json
 import math
@@ -85,7 +87,7 @@ def test_composite_scheme_with_a_small_random_backbone(tmp_path, fake_mnist):
     run = tmp_path / "run"
     argv = train_argv("composite", model_path, "configs/train_composite_config.json", fake_mnist,
                       run, "--epochs", "2", "--subset", "256")  # fmt: skip
-    result = run_script(*argv)
+    result = run_main(*argv)
     assert result.returncode == 0, result.stderr
     rows = read_metrics(run)
     assert len(rows) == 2
@@ -103,7 +105,7 @@ def test_composite_scheme_with_the_mnist_backbone_makes_it_first(tmp_path, fake_
     run = tmp_path / "run"
     argv = train_argv("composite", model_path, "configs/train_composite_config.json", fake_mnist,
                       run, "--epochs", "1", "--subset", "256")  # fmt: skip
-    result = run_script(*argv)
+    result = run_main(*argv)
     assert result.returncode == 0, result.stderr
     # Trained once, on its half of the whole (512-image) training split rather than the subset.
     assert result.stdout.count("training the PIPS backbone CNN") == 1
@@ -247,8 +249,8 @@ def test_one_real_epoch_and_a_grid(tmp_path, real_mnist):
     # image (measured: about 42).
     assert float(row["val_recon"]) < 48
     png = tmp_path / "grid.png"
-    result = run_script("infer.py", "--model_config", MODEL_SIMPLE, "--ckpt_path",
-                        run / "final_model.pth", "--save_path", png)  # fmt: skip
+    result = run_main("infer.py", "--model_config", MODEL_SIMPLE, "--ckpt_path",
+                      run / "final_model.pth", "--save_path", png)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert_png(png)
 
@@ -263,7 +265,7 @@ def test_the_reference_simple_files_train_as_they_are(tmp_path, fake_mnist):
     argv = train_argv("simple", REFERENCE / "model_simple_config.json",
                       REFERENCE / "train_simple_config.json", fake_mnist, tmp_path / "run",
                       "--epochs", "1")  # fmt: skip
-    result = run_script(*argv)
+    result = run_main(*argv)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(
         "simple scheme on cpu: 512 MNIST training images, 4 steps x 1 epochs"
