@@ -426,9 +426,9 @@ def record_start(
     write_output(save_dir / "model_config.json", config_json(model_cfg).encode(), "--save_dir")
     write_output(save_dir / "train_config.json", config_json(train_cfg).encode(), "--save_dir")
     linear = linear_backend_choice(train_cfg, model_cfg, batch, cluster.device, payload)
-    write_output(
-        save_dir / "linear_backend.json", (json.dumps(vars(linear)) + "\n").encode(), "--save_dir"
-    )
+    chosen = save_dir / "linear_backend.json"
+    if payload is None or not chosen.exists():  # a resumed run keeps why its backend was chosen
+        write_output(chosen, (json.dumps(vars(linear)) + "\n").encode(), "--save_dir")
     print(start_line(args.scheme, train_cfg, len(train_set), len(val_set), save_dir, cluster,
                      resume_path, payload, linear), flush=True)  # fmt: skip
     warning = short_warmup(train_cfg)

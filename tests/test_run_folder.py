@@ -150,16 +150,19 @@ def test_pruning_keeps_the_newest_by_step_and_only_touches_the_runs_own_files(tm
     assert (tmp_path / INTERRUPT_CHECKPOINT).exists()
 
 
-def test_the_run_id_survives_a_resume(tmp_path, fake_mnist, finished):
+def test_the_run_id_and_why_its_backend_was_chosen_survive_a_resume(tmp_path, fake_mnist, finished):
     run = shutil.copytree(finished[0], tmp_path / "run")
     cfg = finished[1]
     ids = {torch.load(p, weights_only=True)["run_id"] for p in run.glob("checkpoint_*.pth")}
     assert len(ids) == 1 and len(ids.pop()) == 32
+    chosen = (run / "linear_backend.json").read_text()  # and why its linear backend was chosen
+    assert "the run's own" not in chosen
     extended = run_main(*simple_args(fake_mnist, run, "--epochs", "3", "--resume", "auto",
                                      train_config=cfg))  # fmt: skip
     assert extended.returncode == 0, extended.stderr
     ids = {torch.load(p, weights_only=True)["run_id"] for p in run.glob("checkpoint_*.pth")}
     assert len(ids) == 1
+    assert (run / "linear_backend.json").read_text() == chosen
     rows = (run / "metrics.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]
     assert json.loads((run / "train_config.json").read_text())["num_epochs"] == 3
