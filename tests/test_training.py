@@ -1,6 +1,8 @@
 """Training end to end: train.py and infer.py in real processes where the process is part of
-what is checked (the first runs of each scheme, a real-data epoch), their command lines in this
-process elsewhere (tests/helpers.run_main), and the loop called directly."""
+what is checked (the simple scheme's run and grid, the reference composite files' first offline
+attempt, the real-data epoch, missing data), their command lines in this process elsewhere
+(tests/helpers.run_main), and the loop called directly. The composite scheme's real-process runs
+are in test_resume.py (bit-identical resume) and test_study.py (the smoke study)."""
 
 import json
 import math
