@@ -16,6 +16,10 @@ heartbeat has been silent for $STUDY_GRACE_PERIOD seconds (default 120: Optuna m
 then retries it) and continues from its last checkpoint with --resume auto. --workers N runs N
 at once, each train.py with OMP_NUM_THREADS set to its share of the cores (--threads).
 
+--bench first times every arm's training step in this one process, the arms in turn (on a
+quiet machine, for the report's cost; kept in bench.json and measured again when the arms
+change), then goes on as without it.
+
 --search lets Optuna's TPE sampler look for the `search` block's settings (ranges of config
 fields) of one arm that minimise a named grade, one seed, at the study's budget: a pilot. It
 writes search.csv and SEARCH.md; the grid of arms is not run.
@@ -29,12 +33,16 @@ Writes into --out (default results/studies/<name>/):
                                 and measure, verdict)
     <arm>_grid.png, <arm>_samples.png, <arm>_recon.png   the first seed's latent grid, prior
                                 samples (the same z in every arm) and reconstructions
+    arms.png                    those figures side by side, an arm per row
     flops.json                  each arm's float operations per epoch (counted once)
-    REPORT.md                   the arms, the budget, cost, the tables, the figures
+    bench.json                  --bench: each arm's seconds per training step
+    REPORT.md                   the headline (each cell's arms in the question's measures, and
+                                plain words), the arms, the budget, cost, the tables, figures
 """
 
 import argparse
 import hashlib
+import io
 import json
 import math
 import os
@@ -46,7 +54,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from utils.cli import OneLineParser, run_cli
+from utils.cli import OneLineParser, pick_device, run_cli
 from utils.comparison import (
     DIAGNOSTICS,
     MEASURES,
@@ -74,9 +82,11 @@ from utils.config import (
     parse_settings,
     read_json,
 )
-from utils.dataset import DATA_ROOT_HELP, DATASETS
+from utils.dataset import DATA_ROOT_HELP, DATASETS, load_mnist
 from utils.errors import UserError, first_line
+from utils.networks import make_network
 from utils.outputs import write_output
+from utils.stats import Verdict
 
 
 @dataclass
@@ -204,6 +214,11 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--storage", help="Optuna storage URL (default sqlite:///<out>/study.db)")
     p.add_argument("--search", action="store_true", help="search the `search` block's settings")
+    p.add_argument(
+        "--bench",
+        action="store_true",
+        help="time every arm's training step first, for the report (bench.json)",
+    )
     args = p.parse_args()
     if args.workers < 1:
         p.error(f"--workers {args.workers}: must be >= 1")
@@ -425,10 +440,17 @@ def report(
                                     for name in summaries for r in summaries[name]],
               ("arm", "baseline", *SUMMARY_FIELDS))  # fmt: skip
     figures = draw_figures(spec, out, budget)
-    flops = arm_flops(spec, out, budget)
-    text = report_text(spec, args, budget, rows, baselines, summaries, figures, flops)
+    cost = Cost(arm_flops(spec, out, budget), measured_speed(spec, out, budget))
+    text = report_text(spec, args, budget, rows, baselines, summaries, figures, cost)
     write_output(out / "REPORT.md", text.encode(), "--out")
     print(f"-> {out / 'REPORT.md'}, {out / 'runs.csv'}, {out / 'summary.csv'}")
+
+
+def arm_key(spec: StudySpec, name: str, budget: Budget) -> str:
+    """What an arm's cost depends on: its scheme, configs, settings and training images."""
+    arm = arm_of(spec, name)
+    return json.dumps([arm.scheme, arm.model_config, arm.train_config, arm.settings,
+                       budget.subset])  # fmt: skip
 
 
 def arm_flops(spec: StudySpec, out: Path, budget: Budget) -> dict[str, float]:
@@ -441,10 +463,9 @@ def arm_flops(spec: StudySpec, out: Path, budget: Budget) -> dict[str, float]:
     known = json.loads(cache.read_text()) if cache.exists() else {}
     flops = {}
     for a in spec.arms:
-        arm = arm_of(spec, a.name)
-        key = json.dumps([arm.scheme, arm.model_config, arm.train_config, arm.settings,
-                          budget.subset])  # fmt: skip
+        key = arm_key(spec, a.name, budget)
         if key not in known:
+            arm = arm_of(spec, a.name)
             counted = epoch_flops(tuple(map(str, arm.config_paths())), arm.scheme,
                                   budget.data_root, arm.settings, budget.subset)  # fmt: skip
             known[key] = sum(counted.values())
@@ -453,11 +474,106 @@ def arm_flops(spec: StudySpec, out: Path, budget: Budget) -> dict[str, float]:
     return flops
 
 
+# --bench: each arm's training steps timed in rounds that take the arms in turn, after one
+# warm-up epoch, as epochs of BENCH_STEPS steps (fewer where the study's epoch is shorter).
+BENCH_STEPS = 16
+BENCH_ROUNDS = 3
+
+
+def measure_speed(spec: StudySpec, out: Path, budget: Budget, threads: int) -> None:
+    """--bench: each arm's seconds per training step, all arms in this one process at `threads`
+    threads on the device train.py would take, the median of BENCH_ROUNDS epochs of
+    BENCH_STEPS steps and one validation batch each (the composite loss without its every-50th-
+    step diagnostic, the critic on from the first step). Written to bench.json; kept while it
+    holds exactly these arms, so that its figures were measured side by side in one run."""
+    import torch
+
+    from bench import cpu, project_epoch
+
+    if measured_speed(spec, out, budget):
+        print(f"--bench: {out / 'bench.json'} holds these arms already; delete it to measure again")
+        return
+    device = pick_device("auto")
+    arms = {a.name: arm_of(spec, a.name) for a in spec.arms}
+    steps, batch = {}, {}
+    for name, arm in arms.items():
+        steps[name], batch[name] = bench_epoch(arm, budget)
+
+    def seconds_per_step(name: str) -> float:
+        arm = arms[name]
+        quiet = ("loss.params.grad_ratio_every=0",) if arm.scheme == "composite" else ()
+        epoch = project_epoch(tuple(map(str, arm.config_paths())), arm.scheme, budget.data_root,
+                              subset=steps[name] * batch[name], val_size=batch[name],
+                              linear_backend="auto", device=device.type,
+                              settings=(*arm.settings, *quiet))  # fmt: skip
+        return epoch / steps[name]
+
+    print(f"--bench: {len(arms)} arms x {BENCH_ROUNDS} rounds on {device.type}, "
+          f"{threads} threads", flush=True)  # fmt: skip
+    seconds = {name: [] for name in arms}
+    saved_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        seconds_per_step(next(iter(arms)))  # the warm-up epoch
+        for _ in range(BENCH_ROUNDS):
+            for name in arms:
+                seconds[name].append(seconds_per_step(name))
+    finally:
+        torch.set_num_threads(saved_threads)
+    write_json(out / "bench.json", {
+        "device": device.type, "cpu": cpu()["model"], "torch": torch.__version__,
+        "threads": threads, "rounds": BENCH_ROUNDS,
+        "arms": {arm_key(spec, name, budget): {
+            "arm": name, "steps": steps[name], "each": seconds[name],
+            "seconds_per_step": statistics.median(seconds[name])} for name in arms},
+    })  # fmt: skip
+    for name in arms:
+        print(f"  {name}: {statistics.median(seconds[name]):.3g} s per step")
+
+
+def bench_epoch(arm: Arm, budget: Budget) -> tuple[int, int]:
+    """The steps and batch size of `arm`'s --bench epoch: BENCH_STEPS steps, or the study's
+    epoch where that is shorter. A PIPS backbone file the arm needs is made first, on the arm's
+    dataset, as train.py would make it."""
+    model_settings, train_settings = parse_settings(list(arm.settings), arm.scheme)
+    data = load_train_config(str(arm.config_paths()[1]), arm.scheme, train_settings).data
+    train_set = load_mnist(budget.data_root, "train", dataset=data.dataset)
+    if arm.scheme == "composite":
+        pips = load_model_config(str(arm.config_paths()[0]), model_settings).pips_config
+        backbone = Path(pips.weights_path) if pips.weights_path else None
+        if backbone is not None and not backbone.is_file():
+            make_network("pips", backbone, train_set,
+                         load_mnist(budget.data_root, "test", dataset=data.dataset))  # fmt: skip
+    steps = (budget.subset or len(train_set)) // data.train_bs
+    return max(1, min(BENCH_STEPS, steps)), data.train_bs
+
+
+def measured_speed(spec: StudySpec, out: Path, budget: Budget) -> dict | None:
+    """bench.json, when it holds exactly these arms as they are now: {"arms": {name: seconds
+    per step}, and how they were measured}; None otherwise."""
+    path = out / "bench.json"
+    if not path.is_file():
+        return None
+    bench = json.loads(path.read_text())
+    keys = {arm_key(spec, a.name, budget): a.name for a in spec.arms}
+    if set(bench.get("arms", {})) != set(keys):
+        return None
+    return {**bench, "arms": {keys[k]: v["seconds_per_step"] for k, v in bench["arms"].items()}}
+
+
+@dataclass
+class Cost:
+    """Per arm, float operations per epoch; --bench's measurement when there is one."""
+
+    flops: dict[str, float]
+    speed: dict | None
+
+
 def draw_figures(spec: StudySpec, out: Path, budget: Budget) -> dict[str, list[str]]:
     """Per arm, infer.py's views of the first seed's run: its latent grid, prior samples
-    (infer.py's seed: the same z in every arm) and reconstructions of the same test images.
-    Drawn in this process through infer.main; arms whose run another machine trained have none
-    here."""
+    (infer.py's seed: the same z in every arm) and reconstructions of the same test images,
+    drawn in this process through infer.main; then arms.png, those views side by side, an arm
+    per row. Arms whose run another machine trained have none here."""
     import infer
 
     figures = {}
@@ -473,15 +589,141 @@ def draw_figures(spec: StudySpec, out: Path, budget: Budget) -> dict[str, list[s
                             "--ckpt_path", str(run / "final_model.pth"), "--data_root",
                             budget.data_root, "--save_path", str(path)])  # fmt: skip
             figures[arm.name].append(path.name)
+    if figures:
+        side_by_side(out, figures)
     return figures
+
+
+def side_by_side(out: Path, figures: dict[str, list[str]]) -> None:
+    """arms.png: each arm's views (the files in `figures`, from `out`) in a row, the arm named;
+    the columns as wide as their images, at the scale that makes the first one a row high."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    images = {name: [plt.imread(out / file) for file in files] for name, files in figures.items()}
+    first = max(images.values(), key=len)
+    widths = [image.shape[1] / first[0].shape[0] for image in first]
+    fig, axes = plt.subplots(len(images), len(widths), squeeze=False,
+                             figsize=(3 * sum(widths), 3 * len(images)),
+                             gridspec_kw={"width_ratios": widths})  # fmt: skip
+    for row, (name, shown) in zip(axes, images.items(), strict=True):
+        for ax in row:
+            ax.axis("off")
+        for ax, image in zip(row, shown, strict=False):
+            ax.imshow(image)
+        row[0].set_title(name, loc="left", fontsize=12, fontweight="bold")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    write_output(out / "arms.png", buffer.getvalue(), "--out")
+
+
+# The question's measures, in the order it asks them: are samples sharper (by the edge grade,
+# without the speckle that would fake it), as realistic, as varied, at what reconstruction.
+HEADLINE = ("edge_sharpness", "background_speckle", "fid_samples", "precision", "recall",
+            "class_kl", "recon_mse")  # fmt: skip
+# Which way is better for the measures the plain words judge: +1 higher, -1 lower.
+BETTER = {"edge_sharpness": 1, "background_speckle": -1, "recall": 1, "class_kl": -1,
+          "recon_mse": -1}  # fmt: skip
+
+
+def headline_lines(
+    baselines: dict[str, str], summaries: dict[str, list[dict]], cost: Cost
+) -> list[str]:  # fmt: skip
+    """## Headline: per cell of the study (a baseline and the arms compared with it), a table of
+    the arms' differences in the question's measures, and each arm's answer in plain words."""
+    lines = ["## Headline", "",
+             "Arm minus baseline, paired by seed, with the 95 % t-interval: **bold** is different "
+             "from 0 after Holm's correction, ≈ equivalent within the smallest effect that "
+             "matters, neither is not shown either way. Cost: the arm's over the baseline's "
+             "(float operations per epoch; seconds per training step where `--bench` measured "
+             "them)."]  # fmt: skip
+    speed = cost.speed["arms"] if cost.speed else None
+    for base in dict.fromkeys(baselines[name] for name in summaries):
+        arms = [name for name in summaries if baselines[name] == base]
+        header = ["arm", *HEADLINE, "float operations", *(["seconds per step"] if speed else [])]
+        lines += ["", f"Against `{base}`:", "", "| " + " | ".join(header) + " |",
+                  "| --- |" + " --- |" * (len(header) - 1)]  # fmt: skip
+        words = []
+        for name in arms:
+            by_measure = {r["measure"]: r for r in summaries[name]}
+            ratios = {"float operations per epoch": cost.flops[name] / cost.flops[base]}
+            if speed:
+                ratios["seconds per training step"] = speed[name] / speed[base]
+            cells = [marked(by_measure[m]) if m in by_measure else "—" for m in HEADLINE]
+            cells += [f"{ratio:.3g}x" for ratio in ratios.values()]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            words.append(f"- {plain_words(name, base, by_measure, ratios)}")
+        lines += ["", *words]
+    return lines
+
+
+def marked(row: dict) -> str:
+    """A summary row's difference and interval, bold where different, ≈ where equivalent."""
+    if row["verdict"] == Verdict.DIFFERENT.value:
+        return f"**{row['interval']}**"
+    if row["verdict"] in (Verdict.EQUIVALENT.value, Verdict.NEGLIGIBLE.value):
+        return f"≈ {row['interval']}"
+    return row["interval"]
+
+
+def judged(row: dict | None, measure: str) -> str:
+    """What a summary row says of the arm: "better", "worse", "same" (equivalent), "open" (not
+    shown either way) or "untested" (one seed, or no such measure)."""
+    if row is None or row["verdict"] == Verdict.NO_TEST.value:
+        return "untested"
+    if row["verdict"] == Verdict.DIFFERENT.value:
+        return "better" if row["difference"] * BETTER[measure] > 0 else "worse"
+    if row["verdict"] in (Verdict.EQUIVALENT.value, Verdict.NEGLIGIBLE.value):
+        return "same"
+    return "open"
+
+
+SHARPNESS_WORDS = {"better": "sharper samples", "worse": "blurrier samples",
+                   "same": "samples as sharp", "open": "sharpness not settled",
+                   "untested": "sharpness untested"}  # fmt: skip
+RECON_WORDS = {"better": "better reconstructions", "worse": "worse reconstructions",
+               "same": "reconstructions as good", "open": "reconstruction not settled",
+               "untested": "reconstruction untested"}  # fmt: skip
+
+
+def plain_words(name: str, base: str, rows: dict[str, dict], ratios: dict[str, float]) -> str:
+    """One sentence: is `name` sharper than `base` by the edge grade, without more speckle, with
+    its coverage (recall, class KL) kept, at what reconstruction error, at what cost."""
+
+    def quoted(measure: str) -> str:
+        return f"{measure} {rows[measure]['interval']}" if measure in rows else f"no {measure}"
+
+    edge = judged(rows.get("edge_sharpness"), "edge_sharpness")
+    text = f"**{name}** against {base}: {SHARPNESS_WORDS[edge]} ({quoted('edge_sharpness')})"
+    if judged(rows.get("background_speckle"), "background_speckle") == "worse":
+        text += f", with more speckle ({quoted('background_speckle')})"
+    coverage = [judged(rows.get(m), m) for m in ("recall", "class_kl")]
+    if "worse" in coverage:
+        kept = "loses coverage"
+    elif set(coverage) <= {"better", "same"}:
+        kept = "keeps coverage"
+    elif set(coverage) == {"untested"}:
+        kept = "coverage untested"
+    else:
+        kept = "coverage not settled"
+    text += f"; {kept} ({quoted('recall')}, {quoted('class_kl')})"
+    recon = judged(rows.get("recon_mse"), "recon_mse")
+    text += f"; {RECON_WORDS[recon]} ({quoted('recon_mse')})"
+    costs = " and ".join(f"{ratio:.3g}x the {what}" for what, ratio in ratios.items())
+    return f"{text}; at {costs}."
 
 
 def report_text(
     spec: StudySpec, args: argparse.Namespace, budget: Budget, rows: list[dict],
     baselines: dict[str, str], summaries: dict[str, list[dict]], figures: dict[str, list[str]],
-    flops: dict[str, float],
+    cost: Cost,
 ) -> str:  # fmt: skip
-    """REPORT.md: what ran, what it cost, and every arm against the baseline."""
+    """REPORT.md: what ran, the headline, the arms, what they cost, every arm against its
+    baseline, the figures."""
     data = DATASETS[spec.dataset].title if spec.dataset else "each train config's dataset"
     lines = [f"# Study `{spec.name}`", "",
              f"Written by `python study.py {args.study} --data_root {args.data_root} "
@@ -492,9 +734,10 @@ def report_text(
              f"with `{spec.baseline}` (or the baseline it names) seed by seed: paired 95 % "
              "t-intervals, Holm's correction across every arm and measure, and \"equivalent\" "
              "only where the 90 % interval lies inside the smallest effect that matters "
-             "(utils/comparison.py).", "",
-             "## Arms", "", "| arm | scheme | model config | training config | changes |",
-             "| --- | --- | --- | --- | --- |"]  # fmt: skip
+             "(utils/comparison.py).", ""]  # fmt: skip
+    lines += headline_lines(baselines, summaries, cost)
+    lines += ["", "## Arms", "", "| arm | scheme | model config | training config | changes |",
+              "| --- | --- | --- | --- | --- |"]  # fmt: skip
     if spec.settings:
         lines[-2:-2] = ["Every arm also takes " + ", ".join(f"`{s}`" for s in spec.settings)
                         + ".", ""]  # fmt: skip
@@ -503,17 +746,7 @@ def report_text(
         changes = ", ".join(own + [f"`{s}`" for s in a.settings]) or "—"
         lines.append(f"| {a.name} | {a.scheme} | `{a.model_config}` | `{a.train_config}` | "
                      f"{changes} |")  # fmt: skip
-    lines += ["", "## Cost", "",
-              "GFLOP per epoch: counted over real steps of the arm (bench.epoch_flops, training at "
-              "the study's budget and validation); seconds: the runs' own epochs, on whatever "
-              "else the machine ran (bench.py measures speed properly).", "",
-              "| arm | GFLOP per epoch | seconds per epoch (median over runs) | peak RSS, MB |",
-              "| --- | --- | --- | --- |"]  # fmt: skip
-    for a in spec.arms:
-        mine = [r for r in rows if r["arm"] == a.name]
-        seconds = statistics.median(float(r["seconds_per_epoch"]) for r in mine)
-        peak = max(float(r["peak_rss_mb"]) for r in mine)
-        lines.append(f"| {a.name} | {flops[a.name] / 1e9:.4g} | {seconds:.3g} | {peak:.0f} |")
+    lines += cost_lines(spec, rows, cost)
     logged = [a.name for a in spec.arms if any(k in r for r in rows if r["arm"] == a.name
                                                 for k in DIAGNOSTICS)]  # fmt: skip
     if logged:
@@ -531,9 +764,43 @@ def report_text(
         lines += ["", f"## {name} against {baselines[name]}", "",
                   markdown_table(summary, baselines[name], name).rstrip()]  # fmt: skip
     lines += ["", "## Figures", ""]
+    if figures:
+        lines += [
+            "Each arm's first seed: latent grid, prior samples (the same z in every arm), "
+            "reconstructions of the same test images.",
+            "",
+            "![arms.png](arms.png)",
+            "",
+        ]
     for name, files in figures.items():
         lines.append(f"{name}: " + " · ".join(f"![{f}]({f})" for f in files))
     return "\n".join(lines) + "\n"
+
+
+def cost_lines(spec: StudySpec, rows: list[dict], cost: Cost) -> list[str]:
+    """## Cost: per arm, counted float operations per epoch, --bench's seconds per training
+    step (or how to measure them), the runs' own seconds per epoch and peak memory."""
+    speed = cost.speed
+    how = (f"seconds per step: `--bench`, every arm in one process on {speed['device']} "
+           f"({speed['cpu']}) at --threads {speed['threads']}, torch {speed['torch']}, the median "
+           f"of {speed['rounds']} rounds that take the arms in turn" if speed else
+           "seconds per step: not measured (`python study.py ... --bench` on a quiet machine "
+           "measures them)")  # fmt: skip
+    lines = ["", "## Cost", "",
+             "GFLOP per epoch: counted over real steps of the arm (bench.epoch_flops, training at "
+             f"the study's budget and validation); {how}; seconds per epoch: the runs' own, on "
+             "whatever else the machine ran.", "",
+             "| arm | GFLOP per epoch | seconds per step (bench) | seconds per epoch (median "
+             "over runs) | peak RSS, MB |",
+             "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    for a in spec.arms:
+        mine = [r for r in rows if r["arm"] == a.name]
+        seconds = statistics.median(float(r["seconds_per_epoch"]) for r in mine)
+        peak = max(float(r["peak_rss_mb"]) for r in mine)
+        step = f"{speed['arms'][a.name]:.3g}" if speed else "—"
+        lines.append(f"| {a.name} | {cost.flops[a.name] / 1e9:.4g} | {step} | {seconds:.3g} | "
+                     f"{peak:.0f} |")  # fmt: skip
+    return lines
 
 
 def median_text(values: list) -> str:
@@ -613,6 +880,8 @@ def main() -> None:
     args.storage = args.storage or f"sqlite:///{(out / 'study.db').resolve()}"
     args.threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     budget = Budget(args.data_root, spec.epochs, spec.subset, spec.num_samples)
+    if args.bench:
+        measure_speed(spec, out, budget, args.threads)
     if args.search:
         run_search(optuna, spec, args, out, budget)
     else:

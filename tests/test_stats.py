@@ -13,6 +13,7 @@ from utils.stats import (
     describe,
     equivalence,
     holm,
+    interval_text,
     paired_difference,
     t_critical,
     t_quantile,
@@ -86,6 +87,7 @@ def test_three_seeds_by_hand():
     assert d.interval(0.90) == pytest.approx((0.31414, 3.68586), abs=1e-5)
     assert describe(d) == "+2.0 [-0.5, +4.5] (n = 3, d_z 2.0)"
     assert describe(d, unit="MB") == "+2.0 [-0.5, +4.5] MB (n = 3, d_z 2.0)"
+    assert interval_text(d) == "+2.0 [-0.5, +4.5]"
 
 
 def test_the_difference_is_arm_b_minus_arm_a():
@@ -104,6 +106,8 @@ def test_one_seed_says_n_equals_1_and_gives_no_interval():
     assert d.sd is d.se is d.ci is d.t is d.p is d.d_z is None
     assert d.interval(0.90) is None
     assert describe(d) == "n = 1: +3.20 (no interval)"
+    assert describe(d, unit="MB") == "n = 1: +3.20 MB (no interval)"
+    assert interval_text(d) == "+3.20 (n = 1)"
     assert "±" not in describe(d)
     verdict = equivalence(d, smallest_effect=10.0)
     assert verdict.verdict is Verdict.NO_TEST and "n = 1" in verdict.sentence
@@ -114,6 +118,7 @@ def test_equal_differences_give_a_zero_width_interval_and_say_why():
     assert d.all_equal and d.sd == 0.0 and d.ci == (2.0, 2.0)
     assert d.t is d.p is d.d_z is None  # no spread, no t statistic
     assert describe(d) == "+2.00 [+2.00, +2.00] (n = 3, all 3 differences equal)"
+    assert interval_text(d) == "+2.00 [+2.00, +2.00]"
     assert "±" not in describe(d)
     assert equivalence(d).verdict is Verdict.DIFFERENT
     assert "all 3 differences equal" in equivalence(d).sentence

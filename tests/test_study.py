@@ -13,7 +13,7 @@ import pytest
 
 import study
 from tests.helpers import REPO, make_mnist_root, run_main, run_script
-from utils.comparison import SUMMARY_FIELDS
+from utils.comparison import MEASURES, SUMMARY_FIELDS, contrast, summarise_contrasts
 from utils.errors import UserError
 
 SMOKE = REPO / "studies" / "smoke.json"
@@ -58,6 +58,15 @@ def test_the_smoke_study_runs_every_arm_and_writes_its_report(smoke):
         for view in ("grid", "samples", "recon"):
             assert (out / f"{arm}_{view}.png").stat().st_size > 1000
             assert f"({arm}_{view}.png)" in report
+    assert (out / "arms.png").stat().st_size > 10_000 and "![arms.png](arms.png)" in report
+    # The headline: the one contrast's row of the question's measures, and its plain words.
+    headline = report.split("## Headline")[1].split("## Arms")[0]
+    assert "| arm | edge_sharpness | background_speckle | fid_samples |" in headline
+    assert "| both_adaptive_hinge | " in headline and " (n = 1) | " in headline
+    assert "- **both_adaptive_hinge** against simple: sharpness untested (edge_sharpness " in (
+        headline
+    )
+    assert "seconds per step (bench) |" in report and "not measured (`python study.py" in report
     assert (out / "study.db").is_file()
     # Cost: each arm's counted float operations per epoch, the critic and PIPS arm the dearer.
     cost = report.split("## Cost")[1].split("##")[0]
@@ -109,6 +118,84 @@ def test_search_mode_runs_the_sampler_and_names_the_best_setting(smoke):
     for t in trials:  # each run's folder is named by its settings, so a retry continues it
         assert (root / "out/runs" / t["folder"] / "eval.json").is_file()
     assert "Best: `loss.params.lambda_pips` = " in (root / "out/SEARCH.md").read_text()
+
+
+def test_bench_times_every_arm_in_one_process_and_the_report_gives_the_ratio(smoke):
+    import torch
+
+    root, argv, first = smoke
+    assert first.returncode == 0, first.stderr
+    threads = torch.get_num_threads()
+    result = run_main("study.py", *argv, "--bench", cwd=root)
+    assert result.returncode == 0, result.stderr
+    assert torch.get_num_threads() == threads  # the test process's own setting is back
+    assert "--bench: 2 arms x 3 rounds on cpu, 1 threads" in result.stdout
+    bench = json.loads((root / "out/bench.json").read_text())
+    assert (bench["device"], bench["threads"], bench["rounds"]) == ("cpu", 1, 3)
+    seconds = {a["arm"]: a for a in bench["arms"].values()}
+    assert set(seconds) == {"simple", "both_adaptive_hinge"}
+    for arm in seconds.values():  # the smoke's epoch is one step, so each round times one
+        assert arm["steps"] == 1 and len(arm["each"]) == 3 and min(arm["each"]) > 0
+        assert arm["seconds_per_step"] == sorted(arm["each"])[1]  # the median
+    simple, both = (seconds[a]["seconds_per_step"] for a in ("simple", "both_adaptive_hinge"))
+    assert simple < both  # the critic and PIPS cost more than the VAE alone
+    report = (root / "out/REPORT.md").read_text()
+    cost = report.split("## Cost")[1].split("##")[0]
+    assert (
+        f"| simple | {float(cost.split('| simple | ')[1].split(' | ')[0]):.4g} | {simple:.3g} |"
+        in (cost)
+    )
+    assert f"at --threads 1, torch {torch.__version__}, the median of 3 rounds" in cost
+    assert f" | {both / simple:.3g}x |" in report.split("## Headline")[1].split("## Arms")[0]
+    assert f"and {both / simple:.3g}x the seconds per training step." in report
+    # Measured once: a second call keeps the figures, which were taken side by side.
+    made = (root / "out/bench.json").stat().st_mtime_ns
+    again = run_main("study.py", *argv, "--bench", cwd=root)
+    assert again.returncode == 0 and "holds these arms already" in again.stdout
+    assert (root / "out/bench.json").stat().st_mtime_ns == made
+
+
+def test_the_headline_judges_each_arm_by_its_intervals_in_plain_words():
+    """Three seeds made up so that the verdicts are known: the edge grade rises by 0.20 with sd
+    0.01 (t = 34.6, p 0.00083) and class KL by 0.55 with sd 0.05 (t = 19.1, p 0.0027), each
+    significant after Holm's correction over the three tested measures; recon_mse moves +3,
+    -1, +0.5 (not shown either way); every other measure is equal seed by seed: equivalent,
+    except background_speckle, which has no smallest effect stated."""
+    base = {m: 1.0 for m in MEASURES}
+    rows = []
+    for seed, edge, kl, recon in ((1, 0.20, 0.50, 3.0), (2, 0.21, 0.60, -1.0),
+                                  (3, 0.19, 0.55, 0.5)):  # fmt: skip
+        rows.append({"arm": "simple", "seed": seed, **base})
+        rows.append({"arm": "sharp", "seed": seed, **base, "edge_sharpness": 1.0 + edge,
+                     "class_kl": 1.0 + kl, "recon_mse": 1.0 + recon})  # fmt: skip
+    summaries = summarise_contrasts({"sharp": contrast(rows, "simple", "sharp")})
+    cost = study.Cost({"simple": 1e9, "sharp": 3.7e10}, {"arms": {"simple": 0.02, "sharp": 0.5}})
+    baselines = {"simple": "simple", "sharp": "simple"}
+    text = "\n".join(study.headline_lines(baselines, summaries, cost))
+    assert text.count("Against `") == 1 and "Against `simple`:" in text
+    # mean 0.2, se 0.01 / sqrt(3) = 0.005774, t_.975,2 4.30265: half-width 0.02484
+    assert "| sharp | **+0.200 [+0.175, +0.225]** | 0 [0, 0] | ≈ 0 [0, 0] |" in text
+    # recon: mean 0.833, sd 2.021, se 1.167, half-width 5.02
+    assert "| ≈ 0 [0, 0] | **+0.55 [+0.43, +0.67]** | +0.8 [-4.2, +5.9] | 37x | 25x |" in text
+    assert ("- **sharp** against simple: sharper samples (edge_sharpness +0.200 [+0.175, +0.225]); "
+            "loses coverage (recall 0 [0, 0], class_kl +0.55 [+0.43, +0.67]); reconstruction not "
+            "settled (recon_mse +0.8 [-4.2, +5.9]); at 37x the float operations per epoch and 25x "
+            "the seconds per training step.") in text  # fmt: skip
+
+
+def test_an_arm_with_its_own_baseline_is_a_cell_of_its_own_and_equal_seeds_read_as_same():
+    base = {m: 1.0 for m in MEASURES}
+    rows = [{"arm": arm, "seed": seed, **base} for seed in (1, 2) for arm in ("a", "b", "c")]
+    contrasts = {"b": contrast(rows, "a", "b"), "c": contrast(rows, "b", "c")}
+    cost = study.Cost({"a": 1.0, "b": 2.0, "c": 8.0}, None)
+    text = "\n".join(study.headline_lines({"a": "a", "b": "a", "c": "b"},
+                                          summarise_contrasts(contrasts), cost))  # fmt: skip
+    assert text.index("Against `a`:") < text.index("| b | ") < text.index("Against `b`:")
+    assert text.index("Against `b`:") < text.index("| c | ")
+    assert "seconds per step |" not in text  # not measured: no column
+    assert ("- **c** against b: samples as sharp (edge_sharpness 0 [0, 0]); keeps coverage "
+            "(recall 0 [0, 0], class_kl 0 [0, 0]); reconstructions as good (recon_mse 0 [0, 0]); "
+            "at 4x the float operations per epoch.") in text  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,7 @@ from typing import Any
 
 from utils.errors import Terminated, UserError
 from utils.outputs import write_output
-from utils.stats import describe, equivalence, holm, paired_difference
+from utils.stats import describe, equivalence, holm, interval_text, paired_difference
 
 REPO = Path(__file__).resolve().parent.parent
 # The grades a run is compared by, in table order: evaluate.py's, then the cost.
@@ -252,7 +252,7 @@ def summarise_contrasts(
     contrasts: dict[str, list[tuple]], smallest_effects: dict[str, float] | None = None
 ) -> dict[str, list[dict]]:
     """Each contrast's rows (SUMMARY_FIELDS, plus `text`, the difference as utils/stats.describe
-    writes it, and `sentence`, the verdict's), with Holm's correction taken across every measure
+    writes it, `interval`, as interval_text writes it, and `sentence`, the verdict's), with Holm's correction taken across every measure
     of every contrast: the family is all the questions asked at once."""
     effects = SMALLEST_EFFECTS if smallest_effects is None else smallest_effects
     family = [(name, *item) for name, items in contrasts.items() for item in items]
@@ -275,6 +275,7 @@ def summarise_contrasts(
                 "verdict": verdict.verdict.value,
                 "smallest_effect": effects.get(measure, ""),
                 "text": describe(d),
+                "interval": interval_text(d),
                 "sentence": verdict.sentence,
             }
         )

@@ -5,6 +5,7 @@ incomplete beta function.
 
     d = paired_difference(simple, composite)          # arm B minus arm A, seed by seed
     describe(d)                                       # '+2.0 [-0.5, +4.5] (n = 3, d_z 2.0)'
+    interval_text(d)                                  # '+2.0 [-0.5, +4.5]'
     equivalence(d, smallest_effect=1.0).sentence
     holm([0.01, 0.04, 0.03, 0.20])                    # [0.04, 0.09, 0.09, 0.20]
 """
@@ -234,17 +235,25 @@ def _decimals(scale: float, significant: int) -> int:
     return max(0, significant - 1 - math.floor(math.log10(scale)))
 
 
-def describe(d: PairedDifference, unit: str = "") -> str:
-    """One line for a table: '+3.2 [-1.1, +7.5] (n = 3, d_z 0.9)', the interval's half-width to
-    2 significant digits and the rest to as many places; 'n = 1: +3.2 (no interval)'; with zero
-    spread the interval is printed as it is and the text says the differences are all equal."""
+def interval_text(d: PairedDifference, unit: str = "") -> str:
+    """The difference and its 95 % interval, '+2.0 [-0.5, +4.5]', the interval's half-width to
+    2 significant digits and the rest to as many places; '+3.20 (n = 1)' without an interval;
+    with zero spread the interval is printed as it is."""
     unit = f" {unit}" if unit else ""
     if d.n == 1:
-        return f"n = 1: {_number(d.mean, sign=True)}{unit} (no interval)"
+        return f"{_number(d.mean, sign=True)}{unit} (n = 1)"
     low, high = d.ci
     places = _decimals(high - d.mean, 2) if high > d.mean else _decimals(abs(d.mean), 3)
     mean, low, high = (_number(v, places, sign=True) for v in (d.mean, low, high))
+    return f"{mean} [{low}, {high}]{unit}"
+
+
+def describe(d: PairedDifference, unit: str = "") -> str:
+    """One line for a table: interval_text with n and d_z, '+3.2 [-1.1, +7.5] (n = 3, d_z 0.9)';
+    'n = 1: +3.2 (no interval)'; with zero spread the text says the differences are all equal."""
+    if d.n == 1:
+        return f"n = 1: {interval_text(d, unit).removesuffix(' (n = 1)')} (no interval)"
     if d.all_equal:
-        return f"{mean} [{low}, {high}]{unit} (n = {d.n}, all {d.n} differences equal)"
+        return f"{interval_text(d, unit)} (n = {d.n}, all {d.n} differences equal)"
     d_z = _number(d.d_z, _decimals(abs(d.d_z), 2))
-    return f"{mean} [{low}, {high}]{unit} (n = {d.n}, d_z {d_z})"
+    return f"{interval_text(d, unit)} (n = {d.n}, d_z {d_z})"
