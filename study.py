@@ -16,9 +16,10 @@ heartbeat has been silent for $STUDY_GRACE_PERIOD seconds (default 120: Optuna m
 then retries it) and continues from its last checkpoint with --resume auto. --workers N runs N
 at once, each train.py with OMP_NUM_THREADS set to its share of the cores (--threads).
 
---bench first times every arm's training step in this one process, the arms in turn (on a
-quiet machine, for the report's cost; kept in bench.json and measured again when the arms
-change), then goes on as without it.
+--bench times every arm's training step in this one process, the arms in turn, writes
+bench.json and stops: run it on a quiet machine, before, during or after the study's runs; the
+report, written when the runs have finished (or by the same command once more), gives the
+figures. It measures again only when the arms have changed.
 
 --search lets Optuna's TPE sampler look for the `search` block's settings (ranges of config
 fields) of one arm that minimise a named grade, one seed, at the study's budget: a pilot. It
@@ -217,7 +218,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--bench",
         action="store_true",
-        help="time every arm's training step first, for the report (bench.json)",
+        help="time every arm's training step for the report (bench.json), and stop",
     )
     args = p.parse_args()
     if args.workers < 1:
@@ -872,7 +873,7 @@ def main() -> None:
     stop_on_sigterm()
     args = parse_args()
     spec = load_study(args.study)
-    optuna = import_optuna()
+    optuna = None if args.bench else import_optuna()
     out = Path(args.out or f"results/studies/{spec.name}")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: is a file, not a folder; choose another --out")
@@ -882,7 +883,7 @@ def main() -> None:
     budget = Budget(args.data_root, spec.epochs, spec.subset, spec.num_samples)
     if args.bench:
         measure_speed(spec, out, budget, args.threads)
-    if args.search:
+    elif args.search:
         run_search(optuna, spec, args, out, budget)
     else:
         run_grid(optuna, spec, args, out, budget)

@@ -130,6 +130,8 @@ def test_bench_times_every_arm_in_one_process_and_the_report_gives_the_ratio(smo
     assert result.returncode == 0, result.stderr
     assert torch.get_num_threads() == threads  # the test process's own setting is back
     assert "--bench: 2 arms x 3 rounds on cpu, 1 threads" in result.stdout
+    assert "-> " not in result.stdout  # it measures and stops
+    assert run_main("study.py", *argv, cwd=root).returncode == 0  # the report, with the figures
     bench = json.loads((root / "out/bench.json").read_text())
     assert (bench["device"], bench["threads"], bench["rounds"]) == ("cpu", 1, 3)
     seconds = {a["arm"]: a for a in bench["arms"].values()}

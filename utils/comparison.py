@@ -252,8 +252,9 @@ def summarise_contrasts(
     contrasts: dict[str, list[tuple]], smallest_effects: dict[str, float] | None = None
 ) -> dict[str, list[dict]]:
     """Each contrast's rows (SUMMARY_FIELDS, plus `text`, the difference as utils/stats.describe
-    writes it, `interval`, as interval_text writes it, and `sentence`, the verdict's), with Holm's correction taken across every measure
-    of every contrast: the family is all the questions asked at once."""
+    writes it, `interval`, as interval_text writes it, and `sentence`, the verdict's), with
+    Holm's correction taken across every measure of every contrast: the family is all the
+    questions asked at once."""
     effects = SMALLEST_EFFECTS if smallest_effects is None else smallest_effects
     family = [(name, *item) for name, items in contrasts.items() for item in items]
     p_holm = holm([d.p for *_, d in family])
