@@ -461,7 +461,9 @@ def arm_flops(spec: StudySpec, out: Path, budget: Budget) -> dict[str, float]:
     from bench import epoch_flops
 
     cache = out / "flops.json"
-    known = json.loads(cache.read_text()) if cache.exists() else {}
+    known = read_cache(cache)
+    if not all(isinstance(v, (int, float)) for v in known.values()):
+        raise cache_error(cache)
     flops = {}
     for a in spec.arms:
         key = arm_key(spec, a.name, budget)
@@ -479,6 +481,8 @@ def arm_flops(spec: StudySpec, out: Path, budget: Budget) -> dict[str, float]:
 # warm-up epoch, as epochs of BENCH_STEPS steps (fewer where the study's epoch is shorter).
 BENCH_STEPS = 16
 BENCH_ROUNDS = 3
+# What bench.json says of how it measured, besides each arm's seconds (the report cites them).
+BENCH_FIELDS = {"device", "cpu", "torch", "threads", "rounds"}
 
 
 def measure_speed(spec: StudySpec, out: Path, budget: Budget, threads: int) -> None:
@@ -549,17 +553,49 @@ def bench_epoch(arm: Arm, budget: Budget) -> tuple[int, int]:
     return max(1, min(BENCH_STEPS, steps)), data.train_bs
 
 
+def read_cache(path: Path) -> dict:
+    """A file study.py keeps so as to count or measure nothing twice (flops.json, bench.json):
+    its JSON object, {} when there is none, one line when it is not one."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise cache_error(path, f"unreadable ({e})") from None
+    if not isinstance(data, dict):
+        raise cache_error(path)
+    return data
+
+
+def cache_error(path: Path, why: str = "not as study.py writes it") -> UserError:
+    return UserError(f"{path}: {why}; delete it and study.py makes it again")
+
+
 def measured_speed(spec: StudySpec, out: Path, budget: Budget) -> dict | None:
     """bench.json, when it holds exactly these arms as they are now: {"arms": {name: seconds
     per step}, and how they were measured}; None otherwise."""
     path = out / "bench.json"
-    if not path.is_file():
-        return None
-    bench = json.loads(path.read_text())
+    bench = read_cache(path)
+    if bench and not measured_as_written(bench):
+        raise cache_error(path)
+    measured = bench.get("arms", {})
     keys = {arm_key(spec, a.name, budget): a.name for a in spec.arms}
-    if set(bench.get("arms", {})) != set(keys):
+    if not measured or set(measured) != set(keys):
         return None
     return {**bench, "arms": {keys[k]: v["seconds_per_step"] for k, v in bench["arms"].items()}}
+
+
+def measured_as_written(bench: dict) -> bool:
+    """Whether bench.json's object is as measure_speed writes it."""
+    arms = bench.get("arms")
+    return (
+        isinstance(arms, dict)
+        and bench.keys() >= BENCH_FIELDS
+        and all(
+            isinstance(v, dict) and isinstance(v.get("seconds_per_step"), (int, float))
+            for v in arms.values()
+        )
+    )
 
 
 @dataclass

@@ -157,6 +157,34 @@ def test_bench_times_every_arm_in_one_process_and_the_report_gives_the_ratio(smo
     assert (root / "out/bench.json").stat().st_mtime_ns == made
 
 
+@pytest.mark.parametrize(
+    ("name", "text", "says"),
+    [
+        ("bench.json", "{", "bench.json: unreadable (Expecting property name"),
+        ("bench.json", '{"arms": {"x": {"seconds": 1}}}', "bench.json: not as study.py writes"),
+        ("bench.json", '{"arms": {"x": {"seconds_per_step": 1}}}', "bench.json: not as study"),
+        ("flops.json", "[1, 2]", "flops.json: not as study.py writes it"),
+        ("flops.json", '{"x": "many"}', "flops.json: not as study.py writes it"),
+    ],
+)
+def test_a_damaged_cost_file_is_one_line_saying_to_delete_it(tmp_path, name, text, says):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / name).write_text(text)
+    if name == "bench.json":  # read before anything is measured
+        result = run_main("study.py", str(SMOKE), "--out", str(out), "--bench")
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        (line,) = result.stderr.splitlines()
+    else:  # read when the report counts each arm's float operations
+        spec = study.load_study(str(SMOKE))
+        with pytest.raises(UserError) as e:
+            study.arm_flops(spec, out, study.Budget(str(tmp_path), 1, 128))
+        line = f"error: {e.value}"
+    assert line.startswith(f"error: {out / name}") and says in line
+    assert line.endswith("; delete it and study.py makes it again")
+    assert (out / name).read_text() == text  # left as it was
+
+
 def test_the_headline_judges_each_arm_by_its_intervals_in_plain_words():
     """Three seeds made up so that the verdicts are known: the edge grade rises by 0.20 with sd
     0.01 (t = 34.6, p 0.00083) and class KL by 0.55 with sd 0.05 (t = 19.1, p 0.0027), each
