@@ -21,6 +21,9 @@ bench.json and stops: run it on a quiet machine, before, during or after the stu
 report, written when the runs have finished (or by the same command once more), gives the
 figures. It measures again only when the arms have changed.
 
+--report writes the report from the runs finished so far and trains nothing: an interim one,
+naming the runs not yet finished, while a long study goes on (here or on other machines).
+
 --search lets Optuna's TPE sampler look for the `search` block's settings (ranges of config
 fields) of one arm that minimise a named grade, one seed, at the study's budget: a pilot. It
 writes search.csv and SEARCH.md; the grid of arms is not run.
@@ -220,6 +223,11 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="time every arm's training step for the report (bench.json), and stop",
     )
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="write the report from the runs finished so far; train nothing",
+    )
     args = p.parse_args()
     if args.workers < 1:
         p.error(f"--workers {args.workers}: must be >= 1")
@@ -376,8 +384,7 @@ def arm_of(spec: StudySpec, name: str, extra: tuple[str, ...] = ()) -> Arm:
 def run_grid(optuna, spec: StudySpec, args: argparse.Namespace, out: Path, budget: Budget) -> None:
     """Every arm x seed as a queued trial; workers take them until none is left."""
     study = open_study(optuna, spec.name, args.storage, optuna.samplers.RandomSampler(seed=0))
-    wanted = [{"arm": a.name, "seed": s, "recipe": recipe_hash(arm_of(spec, a.name), s, budget)}
-              for s in spec.seeds for a in spec.arms]  # fmt: skip
+    wanted = wanted_runs(spec, budget)
     TrialState = optuna.trial.TrialState
     live = (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
     # A run is named by user attributes, not Optuna parameters, so a study file may gain arms
@@ -405,12 +412,37 @@ def run_grid(optuna, spec: StudySpec, args: argparse.Namespace, out: Path, budge
           f"{args.workers} at a time, {args.threads} threads each -> {out}",
           flush=True)  # fmt: skip
     run_workers(study, objective, args.workers, more)
-    rows = finished_rows(study, TrialState, wanted)
+    rows, missing = finished_rows(study, TrialState, wanted)
+    if missing:
+        raise UserError(
+            f"{len(missing)} of {len(wanted)} runs did not finish ({', '.join(missing[:5])}"
+            f"{', ...' if len(missing) > 5 else ''}); see their output above, then run the "
+            "same command again to retry them"
+        )
     report(spec, args, out, budget, rows)
 
 
-def finished_rows(study, TrialState, wanted: list[dict]) -> list[dict]:
-    """The finished runs' rows in the study's order; one line naming any run not finished."""
+def report_so_far(optuna, spec: StudySpec, args: argparse.Namespace, out: Path,
+                  budget: Budget) -> None:  # fmt: skip
+    """--report: the report from the runs finished so far, training nothing (an interim one,
+    saying which runs are missing, while the study goes on here or elsewhere)."""
+    study = open_study(optuna, spec.name, args.storage, optuna.samplers.RandomSampler(seed=0))
+    wanted = wanted_runs(spec, budget)
+    rows, missing = finished_rows(study, optuna.trial.TrialState, wanted)
+    if not rows:
+        raise UserError(f"study {spec.name!r} in {args.storage}: no run has finished yet, so "
+                        "there is nothing to report; run the study first")  # fmt: skip
+    report(spec, args, out, budget, rows, missing)
+
+
+def wanted_runs(spec: StudySpec, budget: Budget) -> list[dict]:
+    """Every arm x seed the study file asks for, named as its trial is: arm, seed, recipe."""
+    return [{"arm": a.name, "seed": s, "recipe": recipe_hash(arm_of(spec, a.name), s, budget)}
+            for s in spec.seeds for a in spec.arms]  # fmt: skip
+
+
+def finished_rows(study, TrialState, wanted: list[dict]) -> tuple[list[dict], list[str]]:
+    """The finished runs' rows in the study's order, and the runs not finished ("arm/seed S")."""
 
     def key(attrs: dict) -> tuple:
         return attrs.get("arm"), attrs.get("seed"), attrs.get("recipe")
@@ -419,30 +451,27 @@ def finished_rows(study, TrialState, wanted: list[dict]) -> list[dict]:
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if "row" in t.user_attrs}  # fmt: skip
     missing = [f"{w['arm']}/seed {w['seed']}" for w in wanted if key(w) not in rows]
-    if missing:
-        raise UserError(
-            f"{len(missing)} of {len(wanted)} runs did not finish ({', '.join(missing[:5])}"
-            f"{', ...' if len(missing) > 5 else ''}); see their output above, then run the "
-            "same command again to retry them"
-        )
-    return [rows[key(w)] for w in wanted]
+    return [rows[key(w)] for w in wanted if key(w) in rows], missing
 
 
 def report(
-    spec: StudySpec, args: argparse.Namespace, out: Path, budget: Budget, rows: list[dict]
-) -> None:
-    """runs.csv, summary.csv, the figures and REPORT.md."""
+    spec: StudySpec, args: argparse.Namespace, out: Path, budget: Budget, rows: list[dict],
+    missing: list[str] | None = None,
+) -> None:  # fmt: skip
+    """runs.csv, summary.csv, the figures and REPORT.md; `missing` names the runs not finished
+    (an interim report: each arm is compared with its baseline over the seeds both finished)."""
     write_csv(out / "runs.csv", rows)
     baselines = {a.name: a.baseline or spec.baseline for a in spec.arms}
+    seeds = {name: {r["seed"] for r in rows if r["arm"] == name} for name in baselines}
     contrasts = {name: contrast(rows, base, name) for name, base in baselines.items()
-                 if name != base}  # fmt: skip
+                 if name != base and seeds[name] & seeds[base]}  # fmt: skip
     summaries = summarise_contrasts(contrasts, SMALLEST_EFFECTS)
     write_csv(out / "summary.csv", [{"arm": name, "baseline": baselines[name], **r}
                                     for name in summaries for r in summaries[name]],
               ("arm", "baseline", *SUMMARY_FIELDS))  # fmt: skip
     figures = draw_figures(spec, out, budget)
     cost = Cost(arm_flops(spec, out, budget), measured_speed(spec, out, budget))
-    text = report_text(spec, args, budget, rows, baselines, summaries, figures, cost)
+    text = report_text(spec, args, budget, rows, baselines, summaries, figures, cost, missing)
     write_output(out / "REPORT.md", text.encode(), "--out")
     print(f"-> {out / 'REPORT.md'}, {out / 'runs.csv'}, {out / 'summary.csv'}")
 
@@ -757,10 +786,10 @@ def plain_words(name: str, base: str, rows: dict[str, dict], ratios: dict[str, f
 def report_text(
     spec: StudySpec, args: argparse.Namespace, budget: Budget, rows: list[dict],
     baselines: dict[str, str], summaries: dict[str, list[dict]], figures: dict[str, list[str]],
-    cost: Cost,
+    cost: Cost, missing: list[str] | None = None,
 ) -> str:  # fmt: skip
     """REPORT.md: what ran, the headline, the arms, what they cost, every arm against its
-    baseline, the figures."""
+    baseline, the figures; first, for an interim report, which runs have not finished."""
     data = DATASETS[spec.dataset].title if spec.dataset else "each train config's dataset"
     lines = [f"# Study `{spec.name}`", "",
              f"Written by `python study.py {args.study} --data_root {args.data_root} "
@@ -772,6 +801,11 @@ def report_text(
              "t-intervals, Holm's correction across every arm and measure, and \"equivalent\" "
              "only where the 90 % interval lies inside the smallest effect that matters "
              "(utils/comparison.py).", ""]  # fmt: skip
+    if missing:
+        total = len(rows) + len(missing)
+        lines[2:2] = [f"**Interim** (`--report`): {len(rows)} of {total} runs have finished; "
+                      f"not yet {', '.join(missing)}. Each arm is compared over the seeds it and "
+                      "its baseline have both finished.", ""]  # fmt: skip
     lines += headline_lines(baselines, summaries, cost)
     lines += ["", "## Arms", "", "| arm | scheme | model config | training config | changes |",
               "| --- | --- | --- | --- | --- |"]  # fmt: skip
@@ -832,11 +866,11 @@ def cost_lines(spec: StudySpec, rows: list[dict], cost: Cost) -> list[str]:
              "| --- | --- | --- | --- | --- |"]  # fmt: skip
     for a in spec.arms:
         mine = [r for r in rows if r["arm"] == a.name]
-        seconds = statistics.median(float(r["seconds_per_epoch"]) for r in mine)
-        peak = max(float(r["peak_rss_mb"]) for r in mine)
+        seconds = median_text([r["seconds_per_epoch"] for r in mine])
+        peak = f"{max(float(r['peak_rss_mb']) for r in mine):.0f}" if mine else "—"
         step = f"{speed['arms'][a.name]:.3g}" if speed else "—"
-        lines.append(f"| {a.name} | {cost.flops[a.name] / 1e9:.4g} | {step} | {seconds:.3g} | "
-                     f"{peak:.0f} |")  # fmt: skip
+        lines.append(f"| {a.name} | {cost.flops[a.name] / 1e9:.4g} | {step} | {seconds} | "
+                     f"{peak} |")  # fmt: skip
     return lines
 
 
@@ -919,6 +953,8 @@ def main() -> None:
     budget = Budget(args.data_root, spec.epochs, spec.subset, spec.num_samples)
     if args.bench:
         measure_speed(spec, out, budget, args.threads)
+    elif args.report:
+        report_so_far(optuna, spec, args, out, budget)
     elif args.search:
         run_search(optuna, spec, args, out, budget)
     else:

@@ -4,6 +4,7 @@ SQLite storage), a second call that trains nothing, a search, and one-line refus
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -155,6 +156,41 @@ def test_bench_times_every_arm_in_one_process_and_the_report_gives_the_ratio(smo
     again = run_main("study.py", *argv, "--bench", cwd=root)
     assert again.returncode == 0 and "holds these arms already" in again.stdout
     assert (root / "out/bench.json").stat().st_mtime_ns == made
+
+
+def test_report_writes_an_interim_report_from_the_runs_finished_so_far(smoke, tmp_path):
+    root, argv, first = smoke
+    assert first.returncode == 0, first.stderr
+
+    def two_seeds(spec):
+        spec["seeds"] = [1, 2]
+
+    interim = tmp_path / "interim"  # the smoke's storage, another folder to write into
+    interim.mkdir()
+    shutil.copy(root / "out/flops.json", interim)  # counted already
+    storage = f"sqlite:///{root / 'out/study.db'}"
+    flags = ["--data_root", argv[2], "--out", str(interim), "--storage", storage, "--report"]
+    result = run_main("study.py", write_spec(tmp_path, two_seeds), *flags, cwd=root)
+    assert result.returncode == 0, result.stderr
+    assert "epoch 1/1" not in result.stdout + result.stderr  # it trains nothing
+    report = (interim / "REPORT.md").read_text()
+    assert ("**Interim** (`--report`): 2 of 4 runs have finished; not yet simple/seed 2, "
+            "both_adaptive_hinge/seed 2.") in report  # fmt: skip
+    with open(interim / "runs.csv") as f:
+        assert [(r["arm"], r["seed"]) for r in csv.DictReader(f)] == [
+            ("simple", "1"), ("both_adaptive_hinge", "1")]  # fmt: skip
+    assert "| both_adaptive_hinge | " in report.split("## Headline")[1].split("## Arms")[0]
+    assert not (interim / "runs").exists()  # no run was started
+
+
+def test_report_before_any_run_has_finished_is_one_line(tmp_path):
+    result = run_main("study.py", str(SMOKE), "--out", str(tmp_path / "o"), "--report")
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: study 'smoke' in sqlite:///")
+    assert line.endswith(
+        "no run has finished yet, so there is nothing to report; run the study first"
+    )
 
 
 @pytest.mark.parametrize(
