@@ -793,7 +793,8 @@ def report_text(
     data = DATASETS[spec.dataset].title if spec.dataset else "each train config's dataset"
     lines = [f"# Study `{spec.name}`", "",
              f"Written by `python study.py {args.study} --data_root {args.data_root} "
-             f"--workers {args.workers}` ({len(rows)} runs).", "",
+             f"{'--report' if args.report else f'--workers {args.workers}'}` ({len(rows)} "
+             "runs).", "",
              f"Budget: {spec.epochs} epochs, {budget.subset or 'all'} training images of "
              f"{data}, seeds {', '.join(map(str, spec.seeds))}, "
              f"{budget.num_samples or 10_000} prior samples graded per run. Each arm is compared "

@@ -180,6 +180,7 @@ def test_report_writes_an_interim_report_from_the_runs_finished_so_far(smoke, tm
         assert [(r["arm"], r["seed"]) for r in csv.DictReader(f)] == [
             ("simple", "1"), ("both_adaptive_hinge", "1")]  # fmt: skip
     assert "| both_adaptive_hinge | " in report.split("## Headline")[1].split("## Arms")[0]
+    assert f"--data_root {argv[2]} --report` (2 runs)." in report
     assert not (interim / "runs").exists()  # no run was started
 
 
