@@ -217,13 +217,14 @@ def parse_args() -> argparse.Namespace:
         help="OMP_NUM_THREADS of each run (default: the cores over --workers, at least 1)",
     )
     p.add_argument("--storage", help="Optuna storage URL (default sqlite:///<out>/study.db)")
-    p.add_argument("--search", action="store_true", help="search the `search` block's settings")
-    p.add_argument(
+    mode = p.add_mutually_exclusive_group()  # without one: train the grid of arms x seeds
+    mode.add_argument("--search", action="store_true", help="search the `search` block's settings")
+    mode.add_argument(
         "--bench",
         action="store_true",
         help="time every arm's training step for the report (bench.json), and stop",
     )
-    p.add_argument(
+    mode.add_argument(
         "--report",
         action="store_true",
         help="write the report from the runs finished so far; train nothing",

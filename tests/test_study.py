@@ -184,6 +184,15 @@ def test_report_writes_an_interim_report_from_the_runs_finished_so_far(smoke, tm
     assert not (interim / "runs").exists()  # no run was started
 
 
+def test_bench_report_and_search_are_one_mode_at_a_time(tmp_path):
+    result = run_main("study.py", str(SMOKE), "--out", str(tmp_path / "o"), "--bench", "--report")
+    assert result.returncode == 2
+    assert result.stderr == (
+        "error: argument --report: not allowed with argument --bench; see python study.py --help\n"
+    )
+    assert not (tmp_path / "o").exists()
+
+
 def test_report_before_any_run_has_finished_is_one_line(tmp_path):
     result = run_main("study.py", str(SMOKE), "--out", str(tmp_path / "o"), "--report")
     assert result.returncode == 2
