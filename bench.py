@@ -60,7 +60,7 @@ from utils.dataset import load_mnist
 from utils.errors import UserError
 from utils.loss import BetaVAELoss
 from utils.memory import keep_freed_memory
-from utils.networks import make_network
+from utils.networks import make_network, pips_backbone_to_make
 from utils.views import grid
 
 SIMPLE = ("configs/model_simple_config.json", "configs/train_simple_config.json")
@@ -330,8 +330,8 @@ def cpu() -> dict:
 def make_pips_backbone_if_missing(data_root: str, device: str = "cpu") -> None:
     """Train the composite scheme's MNIST PIPS backbone (on `device`) first when its file is
     missing, as train.py would at the start of a composite run."""
-    path = Path(load_model_config(COMPOSITE_MNIST[0]).pips_config.weights_path)
-    if not path.is_file():
+    path = pips_backbone_to_make(load_model_config(COMPOSITE_MNIST[0]).pips_config)
+    if path is not None:
         print(f"{path}: missing; training it first (under a minute on 2 cores)", flush=True)
         make_network("pips", path, load_mnist(data_root, "train", device),
                      load_mnist(data_root, "test", device))  # fmt: skip

@@ -88,7 +88,7 @@ from utils.config import (
 )
 from utils.dataset import DATA_ROOT_HELP, DATASETS, load_mnist
 from utils.errors import UserError, first_line
-from utils.networks import make_network
+from utils.networks import make_network, pips_backbone_to_make
 from utils.outputs import write_output
 from utils.stats import Verdict
 
@@ -297,10 +297,11 @@ def grace_period() -> int:
     return seconds
 
 
-def open_study(optuna, spec_name: str, url: str, sampler):
-    """The study `spec_name` in storage `url`, made if new. Each running trial beats every
-    quarter of the grace period; one silent for the whole period (its process died) is marked
-    failed and queued again, as often as it takes, and its run continues from its folder."""
+def open_study(optuna, spec_name: str, url: str, sampler, existing: bool = False):
+    """The study `spec_name` in storage `url`, made if new (one line if it must exist and does
+    not). Each running trial beats every quarter of the grace period; one silent for the whole
+    period (its process died) is marked failed and queued again, as often as it takes, and its
+    run continues from its folder."""
     import optuna.storages as storages
 
     # Optuna 4.9 renamed the retrying callback; older releases have only the first name.
@@ -312,13 +313,19 @@ def open_study(optuna, spec_name: str, url: str, sampler):
         storage = storages.RDBStorage(url, engine_kwargs=engine,
                                       heartbeat_interval=max(1, grace // 4), grace_period=grace,
                                       heartbeat_stale_trial_callback=retry())  # fmt: skip
-        return optuna.create_study(storage=storage, study_name=spec_name, sampler=sampler,
-                                   direction="minimize", load_if_exists=True)  # fmt: skip
+        found = spec_name in optuna.get_all_study_names(storage) if existing else True
+        if found:
+            return optuna.create_study(storage=storage, study_name=spec_name, sampler=sampler,
+                                       direction="minimize", load_if_exists=True)  # fmt: skip
     except Exception as e:  # a bad URL, a missing database driver, an unreachable server
         raise UserError(
             f"--storage {url}: cannot open it ({first_line(e)}); pass a database URL Optuna "
             "takes, e.g. sqlite:///study.db"
         ) from None
+    raise UserError(
+        f"--storage {url}: holds no study {spec_name!r}, so nothing of it has run; run the study "
+        "first, or pass the --storage it ran in"
+    )
 
 
 def thread_env(threads: int) -> dict[str, str]:
@@ -427,7 +434,8 @@ def report_so_far(optuna, spec: StudySpec, args: argparse.Namespace, out: Path,
                   budget: Budget) -> None:  # fmt: skip
     """--report: the report from the runs finished so far, training nothing (an interim one,
     saying which runs are missing, while the study goes on here or elsewhere)."""
-    study = open_study(optuna, spec.name, args.storage, optuna.samplers.RandomSampler(seed=0))
+    study = open_study(optuna, spec.name, args.storage, optuna.samplers.RandomSampler(seed=0),
+                       existing=True)  # fmt: skip
     wanted = wanted_runs(spec, budget)
     rows, missing = finished_rows(study, optuna.trial.TrialState, wanted)
     if not rows:
@@ -471,169 +479,10 @@ def report(
                                     for name in summaries for r in summaries[name]],
               ("arm", "baseline", *SUMMARY_FIELDS))  # fmt: skip
     figures = draw_figures(spec, out, budget)
-    cost = Cost(arm_flops(spec, out, budget), measured_speed(spec, out, budget))
+    cost = Cost(arm_flops(spec, out, budget), read_bench(spec, out, budget))
     text = report_text(spec, args, budget, rows, baselines, summaries, figures, cost, missing)
     write_output(out / "REPORT.md", text.encode(), "--out")
     print(f"-> {out / 'REPORT.md'}, {out / 'runs.csv'}, {out / 'summary.csv'}")
-
-
-def arm_key(spec: StudySpec, name: str, budget: Budget) -> str:
-    """What an arm's cost depends on: its scheme, configs, settings and training images."""
-    arm = arm_of(spec, name)
-    return json.dumps([arm.scheme, arm.model_config, arm.train_config, arm.settings,
-                       budget.subset])  # fmt: skip
-
-
-def arm_flops(spec: StudySpec, out: Path, budget: Budget) -> dict[str, float]:
-    """Per arm, the float operations of one epoch at the study's budget (bench.epoch_flops over
-    real steps of the arm's configs and settings), kept in flops.json so a report made again
-    counts nothing."""
-    from bench import epoch_flops
-
-    cache = out / "flops.json"
-    known = read_cache(cache)
-    if not all(isinstance(v, (int, float)) for v in known.values()):
-        raise cache_error(cache)
-    flops = {}
-    for a in spec.arms:
-        key = arm_key(spec, a.name, budget)
-        if key not in known:
-            arm = arm_of(spec, a.name)
-            counted = epoch_flops(tuple(map(str, arm.config_paths())), arm.scheme,
-                                  budget.data_root, arm.settings, budget.subset)  # fmt: skip
-            known[key] = sum(counted.values())
-        flops[a.name] = known[key]
-    write_json(cache, known)
-    return flops
-
-
-# --bench: each arm's training steps timed in rounds that take the arms in turn, after one
-# warm-up epoch, as epochs of BENCH_STEPS steps (fewer where the study's epoch is shorter).
-BENCH_STEPS = 16
-BENCH_ROUNDS = 3
-# What bench.json says of how it measured, besides each arm's seconds (the report cites them).
-BENCH_FIELDS = {"device", "cpu", "torch", "threads", "rounds"}
-
-
-def measure_speed(spec: StudySpec, out: Path, budget: Budget, threads: int) -> None:
-    """--bench: each arm's seconds per training step, all arms in this one process at `threads`
-    threads on the device train.py would take, the median of BENCH_ROUNDS epochs of
-    BENCH_STEPS steps and one validation batch each (the composite loss without its every-50th-
-    step diagnostic, the critic on from the first step). Written to bench.json; kept while it
-    holds exactly these arms, so that its figures were measured side by side in one run."""
-    import torch
-
-    from bench import cpu, project_epoch
-
-    if measured_speed(spec, out, budget):
-        print(f"--bench: {out / 'bench.json'} holds these arms already; delete it to measure again")
-        return
-    device = pick_device("auto")
-    arms = {a.name: arm_of(spec, a.name) for a in spec.arms}
-    steps, batch = {}, {}
-    for name, arm in arms.items():
-        steps[name], batch[name] = bench_epoch(arm, budget)
-
-    def seconds_per_step(name: str) -> float:
-        arm = arms[name]
-        quiet = ("loss.params.grad_ratio_every=0",) if arm.scheme == "composite" else ()
-        epoch = project_epoch(tuple(map(str, arm.config_paths())), arm.scheme, budget.data_root,
-                              subset=steps[name] * batch[name], val_size=batch[name],
-                              linear_backend="auto", device=device.type,
-                              settings=(*arm.settings, *quiet))  # fmt: skip
-        return epoch / steps[name]
-
-    print(f"--bench: {len(arms)} arms x {BENCH_ROUNDS} rounds on {device.type}, "
-          f"{threads} threads", flush=True)  # fmt: skip
-    seconds = {name: [] for name in arms}
-    saved_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        seconds_per_step(next(iter(arms)))  # the warm-up epoch
-        for _ in range(BENCH_ROUNDS):
-            for name in arms:
-                seconds[name].append(seconds_per_step(name))
-    finally:
-        torch.set_num_threads(saved_threads)
-    write_json(out / "bench.json", {
-        "device": device.type, "cpu": cpu()["model"], "torch": torch.__version__,
-        "threads": threads, "rounds": BENCH_ROUNDS,
-        "arms": {arm_key(spec, name, budget): {
-            "arm": name, "steps": steps[name], "each": seconds[name],
-            "seconds_per_step": statistics.median(seconds[name])} for name in arms},
-    })  # fmt: skip
-    for name in arms:
-        print(f"  {name}: {statistics.median(seconds[name]):.3g} s per step")
-
-
-def bench_epoch(arm: Arm, budget: Budget) -> tuple[int, int]:
-    """The steps and batch size of `arm`'s --bench epoch: BENCH_STEPS steps, or the study's
-    epoch where that is shorter. A PIPS backbone file the arm needs is made first, on the arm's
-    dataset, as train.py would make it."""
-    model_settings, train_settings = parse_settings(list(arm.settings), arm.scheme)
-    data = load_train_config(str(arm.config_paths()[1]), arm.scheme, train_settings).data
-    train_set = load_mnist(budget.data_root, "train", dataset=data.dataset)
-    if arm.scheme == "composite":
-        pips = load_model_config(str(arm.config_paths()[0]), model_settings).pips_config
-        backbone = Path(pips.weights_path) if pips.weights_path else None
-        if backbone is not None and not backbone.is_file():
-            make_network("pips", backbone, train_set,
-                         load_mnist(budget.data_root, "test", dataset=data.dataset))  # fmt: skip
-    steps = (budget.subset or len(train_set)) // data.train_bs
-    return max(1, min(BENCH_STEPS, steps)), data.train_bs
-
-
-def read_cache(path: Path) -> dict:
-    """A file study.py keeps so as to count or measure nothing twice (flops.json, bench.json):
-    its JSON object, {} when there is none, one line when it is not one."""
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise cache_error(path, f"unreadable ({e})") from None
-    if not isinstance(data, dict):
-        raise cache_error(path)
-    return data
-
-
-def cache_error(path: Path, why: str = "not as study.py writes it") -> UserError:
-    return UserError(f"{path}: {why}; delete it and study.py makes it again")
-
-
-def measured_speed(spec: StudySpec, out: Path, budget: Budget) -> dict | None:
-    """bench.json, when it holds exactly these arms as they are now: {"arms": {name: seconds
-    per step}, and how they were measured}; None otherwise."""
-    path = out / "bench.json"
-    bench = read_cache(path)
-    if bench and not measured_as_written(bench):
-        raise cache_error(path)
-    measured = bench.get("arms", {})
-    keys = {arm_key(spec, a.name, budget): a.name for a in spec.arms}
-    if not measured or set(measured) != set(keys):
-        return None
-    return {**bench, "arms": {keys[k]: v["seconds_per_step"] for k, v in bench["arms"].items()}}
-
-
-def measured_as_written(bench: dict) -> bool:
-    """Whether bench.json's object is as measure_speed writes it."""
-    arms = bench.get("arms")
-    return (
-        isinstance(arms, dict)
-        and bench.keys() >= BENCH_FIELDS
-        and all(
-            isinstance(v, dict) and isinstance(v.get("seconds_per_step"), (int, float))
-            for v in arms.values()
-        )
-    )
-
-
-@dataclass
-class Cost:
-    """Per arm, float operations per epoch; --bench's measurement when there is one."""
-
-    flops: dict[str, float]
-    speed: dict | None
 
 
 def draw_figures(spec: StudySpec, out: Path, budget: Budget) -> dict[str, list[str]]:
@@ -670,8 +519,8 @@ def side_by_side(out: Path, figures: dict[str, list[str]]) -> None:
     import matplotlib.pyplot as plt
 
     images = {name: [plt.imread(out / file) for file in files] for name, files in figures.items()}
-    first = max(images.values(), key=len)
-    widths = [image.shape[1] / first[0].shape[0] for image in first]
+    longest = max(images.values(), key=len)
+    widths = [image.shape[1] / longest[0].shape[0] for image in longest]
     fig, axes = plt.subplots(len(images), len(widths), squeeze=False,
                              figsize=(3 * sum(widths), 3 * len(images)),
                              gridspec_kw={"width_ratios": widths})  # fmt: skip
@@ -688,100 +537,136 @@ def side_by_side(out: Path, figures: dict[str, list[str]]) -> None:
     write_output(out / "arms.png", buffer.getvalue(), "--out")
 
 
-# The question's measures, in the order it asks them: are samples sharper (by the edge grade,
-# without the speckle that would fake it), as realistic, as varied, at what reconstruction.
+# The cost. Two arms that train alike (scheme, configs, settings, images) cost alike: flops.json
+# and bench.json are keyed by that, not by the arm's name.
+
+
+def arm_key(spec: StudySpec, name: str, budget: Budget) -> str:
+    """What an arm's cost depends on: its scheme, configs, settings and training images."""
+    arm = arm_of(spec, name)
+    return json.dumps([arm.scheme, arm.model_config, arm.train_config, arm.settings,
+                       budget.subset])  # fmt: skip
+
+
+def arm_flops(spec: StudySpec, out: Path, budget: Budget) -> dict[str, float]:
+    """Per arm, the float operations of one epoch at the study's budget (bench.epoch_flops over
+    real steps of the arm's configs and settings), kept in flops.json so a report made again
+    counts nothing."""
+    from bench import epoch_flops
+
+    cache = out / "flops.json"
+    known = read_cache(cache)
+    if not all(positive(v) for v in known.values()):
+        raise cache_error(cache)
+    flops = {}
+    for a in spec.arms:
+        key = arm_key(spec, a.name, budget)
+        if key not in known:
+            arm = arm_of(spec, a.name)
+            counted = epoch_flops(tuple(map(str, arm.config_paths())), arm.scheme,
+                                  budget.data_root, arm.settings, budget.subset)  # fmt: skip
+            known[key] = sum(counted.values())
+        flops[a.name] = known[key]
+    write_json(cache, known)
+    return flops
+
+
+def read_cache(path: Path) -> dict:
+    """A file study.py keeps so as to count or measure nothing twice (flops.json, bench.json):
+    its JSON object, {} when there is none, one line when it is not one."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise cache_error(path, f"unreadable ({e})") from None
+    if not isinstance(data, dict):
+        raise cache_error(path)
+    return data
+
+
+def cache_error(path: Path, why: str = "not as study.py writes it") -> UserError:
+    return UserError(f"{path}: {why}; delete it and study.py makes it again")
+
+
+def positive(value: object) -> bool:
+    """A count or a time as study.py writes one: a finite number above 0."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and (
+        math.isfinite(value) and value > 0)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Bench:
+    """What --bench measured (bench.json): each arm's seconds per training step, and how."""
+
+    seconds_per_step: dict[str, float]
+    device: str
+    processor: str  # the CPU's model, or the GPU's name on CUDA
+    threads: int
+    torch: str
+    rounds: int
+
+
+# bench.json's fields besides "arms" ({arm key: {"arms": names, "steps", "each",
+# "seconds_per_step"}}): how it measured.
+BENCH_FIELDS = ("device", "processor", "threads", "torch", "rounds")
+
+
+def read_bench(spec: StudySpec, out: Path, budget: Budget) -> Bench | None:
+    """bench.json's measurement, when it holds every arm as it is now (None otherwise)."""
+    path = out / "bench.json"
+    bench = read_cache(path)
+    if not bench:
+        return None
+    measured = bench.get("arms")
+    if not isinstance(measured, dict) or not all(k in bench for k in BENCH_FIELDS) or not all(
+        isinstance(v, dict) and positive(v.get("seconds_per_step")) for v in measured.values()
+    ):  # fmt: skip
+        raise cache_error(path)
+    keys = {a.name: arm_key(spec, a.name, budget) for a in spec.arms}
+    if set(keys.values()) != set(measured):
+        return None
+    seconds = {name: measured[key]["seconds_per_step"] for name, key in keys.items()}
+    return Bench(seconds, **{k: bench[k] for k in BENCH_FIELDS})
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Per arm, float operations per epoch; --bench's measurement when there is one."""
+
+    flops: dict[str, float]
+    bench: Bench | None
+
+
+# The report's text. The headline: the question's measures, in the order it asks them: are
+# samples sharper (by the edge grade, and is the speckle that could fake it lower), as realistic,
+# as varied, at what reconstruction.
 HEADLINE = ("edge_sharpness", "background_speckle", "fid_samples", "precision", "recall",
             "class_kl", "recon_mse")  # fmt: skip
-# Which way is better for the measures the plain words judge: +1 higher, -1 lower.
-BETTER = {"edge_sharpness": 1, "background_speckle": -1, "recall": 1, "class_kl": -1,
-          "recon_mse": -1}  # fmt: skip
-
-
-def headline_lines(
-    baselines: dict[str, str], summaries: dict[str, list[dict]], cost: Cost
-) -> list[str]:  # fmt: skip
-    """## Headline: per cell of the study (a baseline and the arms compared with it), a table of
-    the arms' differences in the question's measures, and each arm's answer in plain words."""
-    lines = ["## Headline", "",
-             "Arm minus baseline, paired by seed, with the 95 % t-interval: **bold** is different "
-             "from 0 after Holm's correction, ≈ equivalent within the smallest effect that "
-             "matters, neither is not shown either way. Cost: the arm's over the baseline's "
-             "(float operations per epoch; seconds per training step where `--bench` measured "
-             "them)."]  # fmt: skip
-    speed = cost.speed["arms"] if cost.speed else None
-    for base in dict.fromkeys(baselines[name] for name in summaries):
-        arms = [name for name in summaries if baselines[name] == base]
-        header = ["arm", *HEADLINE, "float operations", *(["seconds per step"] if speed else [])]
-        lines += ["", f"Against `{base}`:", "", "| " + " | ".join(header) + " |",
-                  "| --- |" + " --- |" * (len(header) - 1)]  # fmt: skip
-        words = []
-        for name in arms:
-            by_measure = {r["measure"]: r for r in summaries[name]}
-            ratios = {"float operations per epoch": cost.flops[name] / cost.flops[base]}
-            if speed:
-                ratios["seconds per training step"] = speed[name] / speed[base]
-            cells = [marked(by_measure[m]) if m in by_measure else "—" for m in HEADLINE]
-            cells += [f"{ratio:.3g}x" for ratio in ratios.values()]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-            words.append(f"- {plain_words(name, base, by_measure, ratios)}")
-        lines += ["", *words]
-    return lines
-
-
-def marked(row: dict) -> str:
-    """A summary row's difference and interval, bold where different, ≈ where equivalent."""
-    if row["verdict"] == Verdict.DIFFERENT.value:
-        return f"**{row['interval']}**"
-    if row["verdict"] in (Verdict.EQUIVALENT.value, Verdict.NEGLIGIBLE.value):
-        return f"≈ {row['interval']}"
-    return row["interval"]
-
-
-def judged(row: dict | None, measure: str) -> str:
-    """What a summary row says of the arm: "better", "worse", "same" (equivalent), "open" (not
-    shown either way) or "untested" (one seed, or no such measure)."""
-    if row is None or row["verdict"] == Verdict.NO_TEST.value:
-        return "untested"
-    if row["verdict"] == Verdict.DIFFERENT.value:
-        return "better" if row["difference"] * BETTER[measure] > 0 else "worse"
-    if row["verdict"] in (Verdict.EQUIVALENT.value, Verdict.NEGLIGIBLE.value):
-        return "same"
-    return "open"
-
-
-SHARPNESS_WORDS = {"better": "sharper samples", "worse": "blurrier samples",
-                   "same": "samples as sharp", "open": "sharpness not settled",
-                   "untested": "sharpness untested"}  # fmt: skip
-RECON_WORDS = {"better": "better reconstructions", "worse": "worse reconstructions",
-               "same": "reconstructions as good", "open": "reconstruction not settled",
-               "untested": "reconstruction untested"}  # fmt: skip
-
-
-def plain_words(name: str, base: str, rows: dict[str, dict], ratios: dict[str, float]) -> str:
-    """One sentence: is `name` sharper than `base` by the edge grade, without more speckle, with
-    its coverage (recall, class KL) kept, at what reconstruction error, at what cost."""
-
-    def quoted(measure: str) -> str:
-        return f"{measure} {rows[measure]['interval']}" if measure in rows else f"no {measure}"
-
-    edge = judged(rows.get("edge_sharpness"), "edge_sharpness")
-    text = f"**{name}** against {base}: {SHARPNESS_WORDS[edge]} ({quoted('edge_sharpness')})"
-    if judged(rows.get("background_speckle"), "background_speckle") == "worse":
-        text += f", with more speckle ({quoted('background_speckle')})"
-    coverage = [judged(rows.get(m), m) for m in ("recall", "class_kl")]
-    if "worse" in coverage:
-        kept = "loses coverage"
-    elif set(coverage) <= {"better", "same"}:
-        kept = "keeps coverage"
-    elif set(coverage) == {"untested"}:
-        kept = "coverage untested"
-    else:
-        kept = "coverage not settled"
-    text += f"; {kept} ({quoted('recall')}, {quoted('class_kl')})"
-    recon = judged(rows.get("recon_mse"), "recon_mse")
-    text += f"; {RECON_WORDS[recon]} ({quoted('recon_mse')})"
-    costs = " and ".join(f"{ratio:.3g}x the {what}" for what, ratio in ratios.items())
-    return f"{text}; at {costs}."
+# Which way is better in each of them: +1 higher, -1 lower.
+BETTER = {"edge_sharpness": 1, "background_speckle": -1, "fid_samples": -1, "precision": 1,
+          "recall": 1, "class_kl": -1, "recon_mse": -1}  # fmt: skip
+# The plain words: each aspect of the answer, the measures that judge it, and what to say when
+# they are, taken together, better, worse, mixed (some each way), the same (equivalent), open
+# (not shown either way) or untested (one seed).
+ASPECTS = (
+    (("edge_sharpness",), {"better": "sharper samples", "worse": "blurrier samples",
+                           "same": "samples as sharp", "open": "sharpness not settled",
+                           "untested": "sharpness untested"}),
+    (("background_speckle",), {"better": "less speckle", "worse": "more speckle",
+                               "same": "as much speckle", "open": "speckle not settled",
+                               "untested": "speckle untested"}),
+    (("fid_samples", "precision"), {"better": "more realistic", "worse": "less realistic",
+                                    "mixed": "realism mixed", "same": "as realistic",
+                                    "open": "realism not settled",
+                                    "untested": "realism untested"}),
+    (("recall", "class_kl"), {"better": "wider coverage", "worse": "loses coverage",
+                              "mixed": "coverage mixed", "same": "keeps coverage",
+                              "open": "coverage not settled", "untested": "coverage untested"}),
+    (("recon_mse",), {"better": "better reconstructions", "worse": "worse reconstructions",
+                      "same": "reconstructions as good", "open": "reconstruction not settled",
+                      "untested": "reconstruction untested"}),
+)  # fmt: skip
 
 
 def report_text(
@@ -789,31 +674,36 @@ def report_text(
     baselines: dict[str, str], summaries: dict[str, list[dict]], figures: dict[str, list[str]],
     cost: Cost, missing: list[str] | None = None,
 ) -> str:  # fmt: skip
-    """REPORT.md: what ran, the headline, the arms, what they cost, every arm against its
-    baseline, the figures; first, for an interim report, which runs have not finished."""
+    """REPORT.md: what ran (and, for an interim report, what has not), the headline, the arms,
+    what they cost, every arm against its baseline, the figures."""
     data = DATASETS[spec.dataset].title if spec.dataset else "each train config's dataset"
-    lines = [f"# Study `{spec.name}`", "",
-             f"Written by `python study.py {args.study} --data_root {args.data_root} "
-             f"{'--report' if args.report else f'--workers {args.workers}'}` ({len(rows)} "
-             "runs).", "",
-             f"Budget: {spec.epochs} epochs, {budget.subset or 'all'} training images of "
-             f"{data}, seeds {', '.join(map(str, spec.seeds))}, "
-             f"{budget.num_samples or 10_000} prior samples graded per run. Each arm is compared "
-             f"with `{spec.baseline}` (or the baseline it names) seed by seed: paired 95 % "
-             "t-intervals, Holm's correction across every arm and measure, and \"equivalent\" "
-             "only where the 90 % interval lies inside the smallest effect that matters "
-             "(utils/comparison.py).", ""]  # fmt: skip
+    mode = "--report" if args.report else f"--workers {args.workers}"
+    lines = [f"# Study `{spec.name}`", ""]
     if missing:
-        total = len(rows) + len(missing)
-        lines[2:2] = [f"**Interim** (`--report`): {len(rows)} of {total} runs have finished; "
-                      f"not yet {', '.join(missing)}. Each arm is compared over the seeds it and "
-                      "its baseline have both finished.", ""]  # fmt: skip
+        apart = [a.name for a in spec.arms
+                 if a.name not in summaries and baselines[a.name] != a.name]  # fmt: skip
+        uncompared = (f" Not compared yet (no seed finished in both the arm and its baseline): "
+                      f"{', '.join(apart)}." if apart else "")  # fmt: skip
+        lines += [f"**Interim** (`--report`): {len(rows)} of {len(rows) + len(missing)} runs have "
+                  f"finished; not yet {', '.join(missing)}. Each arm is compared over the seeds "
+                  "it and its baseline have both finished, so its verdicts are provisional: "
+                  "fewer seeds, and a smaller family for Holm's correction than the final "
+                  f"report's.{uncompared}", ""]  # fmt: skip
+    lines += [f"Written by `python study.py {args.study} --data_root {args.data_root} {mode}` "
+              f"({len(rows)} runs).", "",
+              f"Budget: {spec.epochs} epochs, {budget.subset or 'all'} training images of "
+              f"{data}, seeds {', '.join(map(str, spec.seeds))}, "
+              f"{budget.num_samples or 10_000} prior samples graded per run. Each arm is compared "
+              f"with `{spec.baseline}` (or the baseline it names) seed by seed: paired 95 % "
+              "t-intervals, Holm's correction across every arm and measure, and \"equivalent\" "
+              "only where the 90 % interval lies inside the smallest effect that matters "
+              "(utils/comparison.py).", ""]  # fmt: skip
     lines += headline_lines(baselines, summaries, cost)
-    lines += ["", "## Arms", "", "| arm | scheme | model config | training config | changes |",
-              "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    lines += ["", "## Arms", ""]
     if spec.settings:
-        lines[-2:-2] = ["Every arm also takes " + ", ".join(f"`{s}`" for s in spec.settings)
-                        + ".", ""]  # fmt: skip
+        lines += ["Every arm also takes " + ", ".join(f"`{s}`" for s in spec.settings) + ".", ""]
+    lines += ["| arm | scheme | model config | training config | changes |",
+              "| --- | --- | --- | --- | --- |"]  # fmt: skip
     for a in spec.arms:
         own = [f"`dataset {a.dataset}`"] if a.dataset else []
         changes = ", ".join(own + [f"`{s}`" for s in a.settings]) or "—"
@@ -850,13 +740,108 @@ def report_text(
     return "\n".join(lines) + "\n"
 
 
+def headline_lines(
+    baselines: dict[str, str], summaries: dict[str, list[dict]], cost: Cost
+) -> list[str]:  # fmt: skip
+    """## Headline: per cell of the study (a baseline and the arms compared with it), a table of
+    the arms' differences in the question's measures, and each arm's answer in plain words."""
+    lines = ["## Headline", "",
+             "Arm minus baseline, paired by seed, with the 95 % t-interval: **bold** is different "
+             "from 0 after Holm's correction; ≈ is equivalent within the smallest effect that "
+             "matters (a real but negligible difference included); \"no spread\" marks a "
+             "difference every seed gave alike, which no test can judge; neither is not shown "
+             "either way. Cost: the arm's over the baseline's (float operations per epoch; "
+             "seconds per training step where `--bench` measured them)."]  # fmt: skip
+    bench = cost.bench
+    for base in dict.fromkeys(baselines[name] for name in summaries):
+        arms = [name for name in summaries if baselines[name] == base]
+        header = ["arm", *HEADLINE, "float operations", *(["seconds per step"] if bench else [])]
+        lines += ["", f"Against `{base}`:", "", "| " + " | ".join(header) + " |",
+                  "| --- |" + " --- |" * (len(header) - 1)]  # fmt: skip
+        words = []
+        for name in arms:
+            by_measure = {r["measure"]: r for r in summaries[name]}
+            ratios = {"float operations per epoch": cost.flops[name] / cost.flops[base]}
+            if bench:
+                ratios["seconds per training step"] = (
+                    bench.seconds_per_step[name] / bench.seconds_per_step[base])  # fmt: skip
+            cells = [marked(by_measure[m]) if m in by_measure else "—" for m in HEADLINE]
+            cells += [f"{ratio:.3g}x" for ratio in ratios.values()]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            words.append(f"- {plain_words(name, base, by_measure, ratios)}")
+        lines += ["", *words]
+    return lines
+
+
+def untested_spread(row: dict) -> bool:
+    """A difference every seed gave alike: "different" by its zero-width interval, untested."""
+    return row["verdict"] == Verdict.DIFFERENT.value and row["p_holm"] == ""
+
+
+def marked(row: dict) -> str:
+    """A summary row's difference and interval: bold where different after Holm's correction,
+    ≈ where equivalent (or negligible), "(no spread)" where every seed differed alike."""
+    if untested_spread(row):
+        return f"{row['interval']} (no spread)"
+    if row["verdict"] == Verdict.DIFFERENT.value:
+        return f"**{row['interval']}**"
+    if row["verdict"] in (Verdict.EQUIVALENT.value, Verdict.NEGLIGIBLE.value):
+        return f"≈ {row['interval']}"
+    return row["interval"]
+
+
+def judged(row: dict | None, measure: str) -> str:
+    """What a summary row says of the arm in `measure`: "better", "worse", "same" (equivalent
+    or negligible), "open" (not shown either way, or alike in every seed without a test) or
+    "untested" (one seed, or no such measure)."""
+    if row is None or row["verdict"] == Verdict.NO_TEST.value:
+        return "untested"
+    if row["verdict"] == Verdict.DIFFERENT.value and not untested_spread(row):
+        return "better" if row["difference"] * BETTER[measure] > 0 else "worse"
+    if row["verdict"] in (Verdict.EQUIVALENT.value, Verdict.NEGLIGIBLE.value):
+        return "same"
+    return "open"
+
+
+def together(judgements: list[str]) -> str:
+    """What several measures of one aspect say at once: mixed when some are better and some
+    worse; else worse if any is; better if each is better or the same; the same, or untested,
+    if all are; open otherwise."""
+    seen = set(judgements)
+    if {"better", "worse"} <= seen:
+        return "mixed"
+    if "worse" in seen:
+        return "worse"
+    if seen in ({"better"}, {"better", "same"}):
+        return "better"
+    if seen in ({"same"}, {"untested"}):
+        return seen.pop()
+    return "open"
+
+
+def plain_words(name: str, base: str, rows: dict[str, dict], ratios: dict[str, float]) -> str:
+    """One sentence from the verdicts: `name` against `base` in each aspect of ASPECTS (sharper,
+    less speckle, as realistic, coverage kept, reconstructions), each with its intervals, and
+    the cost."""
+
+    def quoted(measure: str) -> str:
+        return f"{measure} {rows[measure]['interval']}" if measure in rows else f"no {measure}"
+
+    parts = []
+    for measures, words in ASPECTS:
+        verdict = together([judged(rows.get(m), m) for m in measures])
+        parts.append(f"{words[verdict]} ({', '.join(map(quoted, measures))})")
+    costs = " and ".join(f"{ratio:.3g}x the {what}" for what, ratio in ratios.items())
+    return f"**{name}** against {base}: " + "; ".join(parts) + f"; at {costs}."
+
+
 def cost_lines(spec: StudySpec, rows: list[dict], cost: Cost) -> list[str]:
     """## Cost: per arm, counted float operations per epoch, --bench's seconds per training
     step (or how to measure them), the runs' own seconds per epoch and peak memory."""
-    speed = cost.speed
-    how = (f"seconds per step: `--bench`, every arm in one process on {speed['device']} "
-           f"({speed['cpu']}) at --threads {speed['threads']}, torch {speed['torch']}, the median "
-           f"of {speed['rounds']} rounds that take the arms in turn" if speed else
+    bench = cost.bench
+    how = (f"seconds per step: `--bench`, every arm in one process on {bench.device} "
+           f"({bench.processor}) at --threads {bench.threads}, torch {bench.torch}, the median "
+           f"of {bench.rounds} rounds that take the arms in turn" if bench else
            "seconds per step: not measured (`python study.py ... --bench` on a quiet machine "
            "measures them)")  # fmt: skip
     lines = ["", "## Cost", "",
@@ -870,7 +855,7 @@ def cost_lines(spec: StudySpec, rows: list[dict], cost: Cost) -> list[str]:
         mine = [r for r in rows if r["arm"] == a.name]
         seconds = median_text([r["seconds_per_epoch"] for r in mine])
         peak = f"{max(float(r['peak_rss_mb']) for r in mine):.0f}" if mine else "—"
-        step = f"{speed['arms'][a.name]:.3g}" if speed else "—"
+        step = f"{bench.seconds_per_step[a.name]:.3g}" if bench else "—"
         lines.append(f"| {a.name} | {cost.flops[a.name] / 1e9:.4g} | {step} | {seconds} | "
                      f"{peak} |")  # fmt: skip
     return lines
@@ -939,6 +924,85 @@ def run_search(
             ]  # fmt: skip
     write_output(out / "SEARCH.md", ("\n".join(text) + "\n").encode(), "--out")
     print(text[-1])
+
+
+# --bench: each arm's training steps timed in rounds that take the arms in turn, after one
+# warm-up epoch (the median of the rounds keeps a slow first call of any arm out), as epochs of
+# BENCH_STEPS steps (fewer where the study's epoch is shorter).
+BENCH_STEPS = 16
+BENCH_ROUNDS = 3
+
+
+def measure_speed(spec: StudySpec, out: Path, budget: Budget, threads: int) -> None:
+    """--bench: each arm's seconds per training step, every arm in this one process at `threads`
+    threads on the device train.py would take, the median of BENCH_ROUNDS epochs of
+    BENCH_STEPS steps and one validation batch each (the composite loss without its every-50th-
+    step diagnostic, the critic on from the first step); arms that train alike are timed once.
+    Written to bench.json; kept while it holds every arm, so its figures were taken side by
+    side in one run."""
+    import torch
+
+    from bench import cpu, project_epoch
+
+    known = read_bench(spec, out, budget)
+    if known is not None:
+        print(f"--bench: {out / 'bench.json'} holds these arms already (measured on "
+              f"{known.device}, {known.processor}, at --threads {known.threads}); delete it "
+              "to measure again")  # fmt: skip
+        return
+    device = pick_device("auto")
+    names: dict[str, list[str]] = {}  # arm key -> the arms that train so
+    for a in spec.arms:
+        names.setdefault(arm_key(spec, a.name, budget), []).append(a.name)
+    arms = {key: arm_of(spec, group[0]) for key, group in names.items()}
+    epochs = {key: bench_epoch(arm, budget) for key, arm in arms.items()}
+
+    def seconds_per_step(key: str) -> float:
+        arm, (steps, batch) = arms[key], epochs[key]
+        quiet = ("loss.params.grad_ratio_every=0",) if arm.scheme == "composite" else ()
+        epoch = project_epoch(tuple(map(str, arm.config_paths())), arm.scheme, budget.data_root,
+                              subset=steps * batch, val_size=batch, linear_backend="auto",
+                              device=device.type, settings=(*arm.settings, *quiet))  # fmt: skip
+        return epoch / steps
+
+    print(f"--bench: {len(arms)} arms x {BENCH_ROUNDS} rounds on {device.type}, "
+          f"{threads} threads", flush=True)  # fmt: skip
+    seconds = {key: [] for key in arms}
+    saved_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        seconds_per_step(next(iter(arms)))  # the warm-up epoch
+        for _ in range(BENCH_ROUNDS):
+            for key in arms:
+                seconds[key].append(seconds_per_step(key))
+    finally:
+        torch.set_num_threads(saved_threads)
+    processor = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu()["model"]
+    write_json(out / "bench.json", {
+        "device": device.type, "processor": processor, "threads": threads,
+        "torch": torch.__version__, "rounds": BENCH_ROUNDS,
+        "arms": {key: {"arms": names[key], "steps": epochs[key][0], "each": seconds[key],
+                       "seconds_per_step": statistics.median(seconds[key])} for key in arms},
+    })  # fmt: skip
+    for key in arms:
+        print(f"  {', '.join(names[key])}: {statistics.median(seconds[key]):.3g} s per step")
+
+
+def bench_epoch(arm: Arm, budget: Budget) -> tuple[int, int]:
+    """The steps and batch size of `arm`'s --bench epoch: BENCH_STEPS steps, or the study's
+    epoch where that is shorter. The PIPS backbone file the arm needs is made first when it is
+    missing, as train.py would make it."""
+    model_settings, train_settings = parse_settings(list(arm.settings), arm.scheme)
+    data = load_train_config(str(arm.config_paths()[1]), arm.scheme, train_settings).data
+    train_set = load_mnist(budget.data_root, "train", dataset=data.dataset)
+    if arm.scheme == "composite":
+        pips = load_model_config(str(arm.config_paths()[0]), model_settings).pips_config
+        backbone = pips_backbone_to_make(pips)
+        if backbone is not None:
+            make_network("pips", backbone, train_set,
+                         load_mnist(budget.data_root, "test", dataset=data.dataset))  # fmt: skip
+    steps = (budget.subset or len(train_set)) // data.train_bs
+    return max(1, min(BENCH_STEPS, steps)), data.train_bs
 
 
 def main() -> None:

@@ -78,7 +78,7 @@ from utils.dataset import DATA_ROOT_HELP, DATASETS, MNISTSplit, load_mnist
 from utils.distributed import Cluster, join
 from utils.errors import CheckpointError, UserError
 from utils.memory import keep_freed_memory
-from utils.networks import make_network
+from utils.networks import make_network, pips_backbone_to_make
 from utils.outputs import write_output
 from utils.tensorboard_log import require_tensorboard
 from utils.trained_vae import check_fits
@@ -389,9 +389,8 @@ def read_data(
             f"{args.model_config}: field 'model_config.img_size' = {img_size} does not match "
             f"the data's {list(train_set.images.shape[1:])}; set it to that"
         )
-    pips_cfg = model_cfg.pips_config if args.scheme == "composite" else None
-    backbone = Path(pips_cfg.weights_path) if pips_cfg and pips_cfg.weights_path else None
-    if cluster.is_main and backbone is not None and not backbone.is_file():
+    backbone = pips_backbone_to_make(model_cfg.pips_config if args.scheme == "composite" else None)
+    if cluster.is_main and backbone is not None:
         # The MNIST PIPS backbone is made once, on its half of the full training split, before
         # any subset (by rank 0; the others load it once this block has ended).
         make_network("pips", backbone, train_set, val_set)

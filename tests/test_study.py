@@ -16,6 +16,7 @@ import study
 from tests.helpers import REPO, make_mnist_root, run_main, run_script
 from utils.comparison import MEASURES, SUMMARY_FIELDS, contrast, summarise_contrasts
 from utils.errors import UserError
+from utils.stats import Verdict
 
 SMOKE = REPO / "studies" / "smoke.json"
 
@@ -127,16 +128,20 @@ def test_bench_times_every_arm_in_one_process_and_the_report_gives_the_ratio(smo
     root, argv, first = smoke
     assert first.returncode == 0, first.stderr
     threads = torch.get_num_threads()
-    result = run_main("study.py", *argv, "--bench", cwd=root)
+    torch.set_num_threads(2)  # not --threads 1: what --bench must give back afterwards
+    try:
+        result = run_main("study.py", *argv, "--bench", cwd=root)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
     assert result.returncode == 0, result.stderr
-    assert torch.get_num_threads() == threads  # the test process's own setting is back
     assert "--bench: 2 arms x 3 rounds on cpu, 1 threads" in result.stdout
     assert "-> " not in result.stdout  # it measures and stops
     assert run_main("study.py", *argv, cwd=root).returncode == 0  # the report, with the figures
     bench = json.loads((root / "out/bench.json").read_text())
     assert (bench["device"], bench["threads"], bench["rounds"]) == ("cpu", 1, 3)
-    seconds = {a["arm"]: a for a in bench["arms"].values()}
-    assert set(seconds) == {"simple", "both_adaptive_hinge"}
+    seconds = {a["arms"][0]: a for a in bench["arms"].values()}
+    assert [a["arms"] for a in bench["arms"].values()] == [["simple"], ["both_adaptive_hinge"]]
     for arm in seconds.values():  # the smoke's epoch is one step, so each round times one
         assert arm["steps"] == 1 and len(arm["each"]) == 3 and min(arm["each"]) > 0
         assert arm["seconds_per_step"] == sorted(arm["each"])[1]  # the median
@@ -144,17 +149,17 @@ def test_bench_times_every_arm_in_one_process_and_the_report_gives_the_ratio(smo
     assert simple < both  # the critic and PIPS cost more than the VAE alone
     report = (root / "out/REPORT.md").read_text()
     cost = report.split("## Cost")[1].split("##")[0]
-    assert (
-        f"| simple | {float(cost.split('| simple | ')[1].split(' | ')[0]):.4g} | {simple:.3g} |"
-        in (cost)
-    )
+    (simple_row,) = [line for line in cost.splitlines() if line.startswith("| simple |")]
+    assert simple_row.split(" | ")[2] == f"{simple:.3g}"  # the seconds per step column
     assert f"at --threads 1, torch {torch.__version__}, the median of 3 rounds" in cost
     assert f" | {both / simple:.3g}x |" in report.split("## Headline")[1].split("## Arms")[0]
     assert f"and {both / simple:.3g}x the seconds per training step." in report
     # Measured once: a second call keeps the figures, which were taken side by side.
     made = (root / "out/bench.json").stat().st_mtime_ns
     again = run_main("study.py", *argv, "--bench", cwd=root)
-    assert again.returncode == 0 and "holds these arms already" in again.stdout
+    assert again.returncode == 0
+    assert "holds these arms already (measured on cpu, " in again.stdout
+    assert ", at --threads 1); delete it to measure again" in again.stdout
     assert (root / "out/bench.json").stat().st_mtime_ns == made
 
 
@@ -162,8 +167,9 @@ def test_report_writes_an_interim_report_from_the_runs_finished_so_far(smoke, tm
     root, argv, first = smoke
     assert first.returncode == 0, first.stderr
 
-    def two_seeds(spec):
+    def two_seeds(spec):  # and an arm that has not run: the simple one again, named late
         spec["seeds"] = [1, 2]
+        spec["arms"].append({**spec["arms"][0], "name": "late"})
 
     interim = tmp_path / "interim"  # the smoke's storage, another folder to write into
     interim.mkdir()
@@ -174,8 +180,12 @@ def test_report_writes_an_interim_report_from_the_runs_finished_so_far(smoke, tm
     assert result.returncode == 0, result.stderr
     assert "epoch 1/1" not in result.stdout + result.stderr  # it trains nothing
     report = (interim / "REPORT.md").read_text()
-    assert ("**Interim** (`--report`): 2 of 4 runs have finished; not yet simple/seed 2, "
-            "both_adaptive_hinge/seed 2.") in report  # fmt: skip
+    assert ("**Interim** (`--report`): 2 of 6 runs have finished; not yet late/seed 1, "
+            "simple/seed 2, both_adaptive_hinge/seed 2, late/seed 2. Each arm is compared over "
+            "the seeds it and its baseline have both finished, so its verdicts are provisional"
+            ) in report  # fmt: skip
+    assert "Not compared yet (no seed finished in both the arm and its baseline): late." in report
+    assert "| late |" not in report.split("## Arms")[0] and "## late against" not in report
     with open(interim / "runs.csv") as f:
         assert [(r["arm"], r["seed"]) for r in csv.DictReader(f)] == [
             ("simple", "1"), ("both_adaptive_hinge", "1")]  # fmt: skip
@@ -194,13 +204,48 @@ def test_bench_report_and_search_are_one_mode_at_a_time(tmp_path):
 
 
 def test_report_before_any_run_has_finished_is_one_line(tmp_path):
-    result = run_main("study.py", str(SMOKE), "--out", str(tmp_path / "o"), "--report")
+    import optuna
+
+    out = tmp_path / "o"
+    result = run_main("study.py", str(SMOKE), "--out", str(out), "--report")
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert line == (f"error: --storage sqlite:///{out.resolve() / 'study.db'}: holds no study "
+                    "'smoke', so nothing of it has run; run the study first, or pass the "
+                    "--storage it ran in")  # fmt: skip
+    optuna.create_study(storage=f"sqlite:///{out / 'study.db'}", study_name="smoke")
+    result = run_main("study.py", str(SMOKE), "--out", str(out), "--report")
     assert result.returncode == 2
     (line,) = result.stderr.splitlines()
     assert line.startswith("error: study 'smoke' in sqlite:///")
     assert line.endswith(
         "no run has finished yet, so there is nothing to report; run the study first"
     )
+
+
+def test_two_arms_that_train_alike_share_one_measurement(tmp_path):
+    def twin(spec):
+        spec["arms"].append({**spec["arms"][0], "name": "simple_again"})
+
+    spec = study.load_study(write_spec(tmp_path, twin))
+    budget = study.Budget(str(tmp_path), 1, 128)
+    keys = {a.name: study.arm_key(spec, a.name, budget) for a in spec.arms}
+    assert keys["simple_again"] == keys["simple"] != keys["both_adaptive_hinge"]
+    seconds = {keys["simple"]: 0.05, keys["both_adaptive_hinge"]: 1.5}
+    (tmp_path / "bench.json").write_text(json.dumps({
+        "device": "cpu", "processor": "some CPU", "threads": 1, "torch": "2.x", "rounds": 3,
+        "arms": {k: {"arms": [], "steps": 1, "each": [v], "seconds_per_step": v}
+                 for k, v in seconds.items()}}))  # fmt: skip
+    bench = study.read_bench(spec, tmp_path, budget)
+    assert bench.seconds_per_step == {"simple": 0.05, "both_adaptive_hinge": 1.5,
+                                      "simple_again": 0.05}  # fmt: skip
+    assert (bench.device, bench.processor, bench.threads, bench.rounds) == (
+        "cpu", "some CPU", 1, 3)  # fmt: skip
+    del seconds[keys["both_adaptive_hinge"]]  # an arm not measured: measure again, all together
+    (tmp_path / "bench.json").write_text(json.dumps({
+        "device": "cpu", "processor": "some CPU", "threads": 1, "torch": "2.x", "rounds": 3,
+        "arms": {k: {"seconds_per_step": v} for k, v in seconds.items()}}))  # fmt: skip
+    assert study.read_bench(spec, tmp_path, budget) is None
 
 
 @pytest.mark.parametrize(
@@ -211,6 +256,9 @@ def test_report_before_any_run_has_finished_is_one_line(tmp_path):
         ("bench.json", '{"arms": {"x": {"seconds_per_step": 1}}}', "bench.json: not as study"),
         ("flops.json", "[1, 2]", "flops.json: not as study.py writes it"),
         ("flops.json", '{"x": "many"}', "flops.json: not as study.py writes it"),
+        ("flops.json", '{"x": 0}', "flops.json: not as study.py writes it"),
+        ("flops.json", '{"x": true}', "flops.json: not as study.py writes it"),
+        ("flops.json", '{"x": NaN}', "flops.json: not as study.py writes it"),
     ],
 )
 def test_a_damaged_cost_file_is_one_line_saying_to_delete_it(tmp_path, name, text, says):
@@ -245,7 +293,8 @@ def test_the_headline_judges_each_arm_by_its_intervals_in_plain_words():
         rows.append({"arm": "sharp", "seed": seed, **base, "edge_sharpness": 1.0 + edge,
                      "class_kl": 1.0 + kl, "recon_mse": 1.0 + recon})  # fmt: skip
     summaries = summarise_contrasts({"sharp": contrast(rows, "simple", "sharp")})
-    cost = study.Cost({"simple": 1e9, "sharp": 3.7e10}, {"arms": {"simple": 0.02, "sharp": 0.5}})
+    bench = study.Bench({"simple": 0.02, "sharp": 0.5}, "cpu", "some CPU", 1, "2.x", 3)
+    cost = study.Cost({"simple": 1e9, "sharp": 3.7e10}, bench)
     baselines = {"simple": "simple", "sharp": "simple"}
     text = "\n".join(study.headline_lines(baselines, summaries, cost))
     assert text.count("Against `") == 1 and "Against `simple`:" in text
@@ -254,9 +303,11 @@ def test_the_headline_judges_each_arm_by_its_intervals_in_plain_words():
     # recon: mean 0.833, sd 2.021, se 1.167, half-width 5.02
     assert "| ≈ 0 [0, 0] | **+0.55 [+0.43, +0.67]** | +0.8 [-4.2, +5.9] | 37x | 25x |" in text
     assert ("- **sharp** against simple: sharper samples (edge_sharpness +0.200 [+0.175, +0.225]); "
-            "loses coverage (recall 0 [0, 0], class_kl +0.55 [+0.43, +0.67]); reconstruction not "
-            "settled (recon_mse +0.8 [-4.2, +5.9]); at 37x the float operations per epoch and 25x "
-            "the seconds per training step.") in text  # fmt: skip
+            "speckle not settled (background_speckle 0 [0, 0]); as realistic (fid_samples 0 "
+            "[0, 0], precision 0 [0, 0]); loses coverage (recall 0 [0, 0], class_kl +0.55 "
+            "[+0.43, +0.67]); reconstruction not settled (recon_mse +0.8 [-4.2, +5.9]); at 37x "
+            "the float operations per epoch and 25x the seconds per training step."
+            ) in text  # fmt: skip
 
 
 def test_an_arm_with_its_own_baseline_is_a_cell_of_its_own_and_equal_seeds_read_as_same():
@@ -269,9 +320,64 @@ def test_an_arm_with_its_own_baseline_is_a_cell_of_its_own_and_equal_seeds_read_
     assert text.index("Against `a`:") < text.index("| b | ") < text.index("Against `b`:")
     assert text.index("Against `b`:") < text.index("| c | ")
     assert "seconds per step |" not in text  # not measured: no column
-    assert ("- **c** against b: samples as sharp (edge_sharpness 0 [0, 0]); keeps coverage "
-            "(recall 0 [0, 0], class_kl 0 [0, 0]); reconstructions as good (recon_mse 0 [0, 0]); "
-            "at 4x the float operations per epoch.") in text  # fmt: skip
+    assert ("- **c** against b: samples as sharp (edge_sharpness 0 [0, 0]); speckle not settled "
+            "(background_speckle 0 [0, 0]); as realistic (fid_samples 0 [0, 0], precision 0 "
+            "[0, 0]); keeps coverage (recall 0 [0, 0], class_kl 0 [0, 0]); reconstructions as "
+            "good (recon_mse 0 [0, 0]); at 4x the float operations per epoch.") in text  # fmt: skip
+
+
+# Which way is better in each measure the words judge, as the question has it: sharper edges,
+# less speckle, lower FID, higher precision and recall, a class histogram nearer the test
+# split's, a smaller reconstruction error.
+HIGHER_IS_BETTER = {
+    "edge_sharpness": True,
+    "background_speckle": False,
+    "fid_samples": False,
+    "precision": True,
+    "recall": True,
+    "class_kl": False,
+    "recon_mse": False,
+}
+
+
+@pytest.mark.parametrize("measure", HIGHER_IS_BETTER)
+def test_each_verdict_reads_the_right_way_for_each_measure(measure):
+    up = 1.0 if HIGHER_IS_BETTER[measure] else -1.0
+
+    def row(verdict, difference=up, p_holm=0.01):
+        return {"verdict": verdict.value, "difference": difference, "p_holm": p_holm,
+                "interval": "+1 [+0.5, +1.5]"}  # fmt: skip
+
+    cases = [
+        (row(Verdict.DIFFERENT), "better", "**+1 [+0.5, +1.5]**"),
+        (row(Verdict.DIFFERENT, -up), "worse", "**+1 [+0.5, +1.5]**"),
+        (row(Verdict.DIFFERENT, p_holm=""), "open", "+1 [+0.5, +1.5] (no spread)"),
+        (row(Verdict.NEGLIGIBLE), "same", "≈ +1 [+0.5, +1.5]"),
+        (row(Verdict.EQUIVALENT), "same", "≈ +1 [+0.5, +1.5]"),
+        (row(Verdict.NOT_SHOWN), "open", "+1 [+0.5, +1.5]"),
+        (row(Verdict.NO_TEST, p_holm=""), "untested", "+1 [+0.5, +1.5]"),
+    ]
+    for summary_row, judgement, cell in cases:
+        assert study.judged(summary_row, measure) == judgement, summary_row
+        assert study.marked(summary_row) == cell, summary_row
+    assert study.judged(None, measure) == "untested"
+
+
+@pytest.mark.parametrize(
+    ("judgements", "together"),
+    [
+        (["better", "worse"], "mixed"),
+        (["worse", "same"], "worse"),
+        (["worse", "open"], "worse"),
+        (["better", "same"], "better"),
+        (["better", "open"], "open"),
+        (["same", "same"], "same"),
+        (["same", "untested"], "open"),
+        (["untested", "untested"], "untested"),
+    ],
+)
+def test_an_aspect_of_several_measures_reads_them_together(judgements, together):
+    assert study.together(judgements) == together
 
 
 @pytest.mark.parametrize(

@@ -199,6 +199,16 @@ def vgg16_features(config: PIPSConfig) -> nn.Sequential:
         ) from None
 
 
+def pips_backbone_to_make(config: PIPSConfig | None) -> Path | None:
+    """The CNN backbone file PIPS config `config` names, when it does not exist yet (None
+    otherwise, or without a config): whatever starts a composite run (train.py, bench.py,
+    study.py --bench) makes it first, on the run's dataset, with make_network("pips", ...)."""
+    if config is None or not config.weights_path:
+        return None
+    path = Path(config.weights_path)
+    return None if path.is_file() else path
+
+
 def mnist_cnn_stages(config: PIPSConfig) -> nn.ModuleList:
     """The stages of the PIPS CNN trained on config.weights (a dataset) in config.weights_path,
     which must exist already (train.py makes it first; so does `python make_networks.py

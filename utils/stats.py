@@ -239,21 +239,28 @@ def interval_text(d: PairedDifference, unit: str = "") -> str:
     """The difference and its 95 % interval, '+2.0 [-0.5, +4.5]', the interval's half-width to
     2 significant digits and the rest to as many places; '+3.20 (n = 1)' without an interval;
     with zero spread the interval is printed as it is."""
-    unit = f" {unit}" if unit else ""
     if d.n == 1:
-        return f"{_number(d.mean, sign=True)}{unit} (n = 1)"
-    low, high = d.ci
-    places = _decimals(high - d.mean, 2) if high > d.mean else _decimals(abs(d.mean), 3)
-    mean, low, high = (_number(v, places, sign=True) for v in (d.mean, low, high))
-    return f"{mean} [{low}, {high}]{unit}"
+        return f"{_mean_text(d, unit)} (n = 1)"
+    return _mean_text(d, unit)
 
 
 def describe(d: PairedDifference, unit: str = "") -> str:
     """One line for a table: interval_text with n and d_z, '+3.2 [-1.1, +7.5] (n = 3, d_z 0.9)';
     'n = 1: +3.2 (no interval)'; with zero spread the text says the differences are all equal."""
     if d.n == 1:
-        return f"n = 1: {interval_text(d, unit).removesuffix(' (n = 1)')} (no interval)"
+        return f"n = 1: {_mean_text(d, unit)} (no interval)"
     if d.all_equal:
-        return f"{interval_text(d, unit)} (n = {d.n}, all {d.n} differences equal)"
+        return f"{_mean_text(d, unit)} (n = {d.n}, all {d.n} differences equal)"
     d_z = _number(d.d_z, _decimals(abs(d.d_z), 2))
-    return f"{interval_text(d, unit)} (n = {d.n}, d_z {d_z})"
+    return f"{_mean_text(d, unit)} (n = {d.n}, d_z {d_z})"
+
+
+def _mean_text(d: PairedDifference, unit: str) -> str:
+    """'+2.0 [-0.5, +4.5] unit', or '+3.20 unit' where there is no interval (n = 1)."""
+    unit = f" {unit}" if unit else ""
+    if d.n == 1:
+        return f"{_number(d.mean, sign=True)}{unit}"
+    low, high = d.ci
+    places = _decimals(high - d.mean, 2) if high > d.mean else _decimals(abs(d.mean), 3)
+    mean, low, high = (_number(v, places, sign=True) for v in (d.mean, low, high))
+    return f"{mean} [{low}, {high}]{unit}"
