@@ -18,8 +18,8 @@ at once, each train.py with OMP_NUM_THREADS set to its share of the cores (--thr
 
 --bench times every arm's training step in this one process, the arms in turn, writes
 bench.json and stops: run it on a quiet machine, before, during or after the study's runs; the
-report, written when the runs have finished (or by the same command once more), gives the
-figures. It measures again only when the arms have changed.
+report (written when the runs have finished, or by --report) gives its figures. It measures
+again only when the arms have changed.
 
 --report writes the report from the runs finished so far and trains nothing: an interim one,
 naming the runs not yet finished, while a long study goes on (here or on other machines).
