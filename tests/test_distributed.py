@@ -49,7 +49,9 @@ from utils.loss import BetaVAELoss
 
 TRAIN_SIZE, BATCH, PROCESSES = 1024, 32, 2
 STEPS_PER_EPOCH = TRAIN_SIZE // BATCH  # 32 steps of 2 x 16 images
-ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+# PYTHONFAULTHANDLER: a process that dies of a signal (once, a SIGABRT at a resume's end) prints
+# every thread's Python stack, so the failure message says where it happened.
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
 
 
 def torchrun_argv(*train_argv: str) -> list[str]:
@@ -87,7 +89,7 @@ def two_process_run(tmp_path_factory, mnist, train_config) -> tuple[Path, str]:
     """An uninterrupted two-process run of 2 epochs, and what it printed."""
     run = tmp_path_factory.mktemp("runs") / "whole"
     result = torchrun(*simple_argv(mnist, train_config, run))
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
     return run, result.stdout
 
 
@@ -172,7 +174,7 @@ def test_two_processes_train_one_model_that_infer_loads(tmp_path, mnist, two_pro
     png = tmp_path / "grid.png"
     shown = subprocess.run([sys.executable, "infer.py", *infer_argv(run, png)], cwd=REPO,
                            capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert shown.returncode == 0, shown.stderr
+    assert shown.returncode == 0, shown.stdout + shown.stderr
     assert_png(png)
 
 
@@ -204,7 +206,7 @@ def test_interrupted_two_process_run_resumes_bit_identical(tmp_path, mnist, trai
     assert interrupted["world_size"] == 2 and not (run / "final_model.pth").exists()
 
     resumed = torchrun(*simple_argv(mnist, train_config, run, "--resume", "auto"))
-    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"resuming {run / 'checkpoint_interrupted.pth'}" in resumed.stdout
     a = torch.load(run / "final_model.pth", weights_only=True)["model_state_dict"]
     b = torch.load(reference / "final_model.pth", weights_only=True)["model_state_dict"]
@@ -221,7 +223,7 @@ def test_composite_critic_is_wrapped_too_and_early_stopping_ends_every_rank(tmp_
     run = tmp_path / "run"
     result = torchrun(*train_argv("composite", model_path, train_path, mnist, run, "--epochs",
                                   "4", "--subset", "128"))  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("early stop after epoch 2") == 1
     assert result.stdout.count("finished 2 epochs (8 steps)") == 1
     rows = metrics_rows(run)
