@@ -84,10 +84,17 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def project_epoch(configs: tuple[str, str], scheme: str, data_root: str, subset: int | None = None,
-                  val_size: int | None = None, precision: str = "float32",
-                  linear_backend: str = "aten", device: str = "cpu",
-                  settings: tuple[str, ...] = ()) -> float:  # fmt: skip
+def project_epoch(
+    configs: tuple[str, str],
+    scheme: str,
+    data_root: str,
+    subset: int | None = None,
+    val_size: int | None = None,
+    precision: str = "float32",
+    linear_backend: str = "aten",
+    device: str = "cpu",
+    settings: tuple[str, ...] = (),
+) -> float:
     """Seconds of one epoch (train steps + validation) through the project's own loop on
     `device`, the VAE's linear layers on `linear_backend`, the configs changed by `settings`
     (train.py's --set); the composite scheme's with the critic on from its first step, as in
@@ -107,8 +114,9 @@ def project_epoch(configs: tuple[str, str], scheme: str, data_root: str, subset:
     if val_size is not None:
         val_set.images, val_set.labels = val_set.images[:val_size], val_set.labels[:val_size]
     with tempfile.TemporaryDirectory() as run, contextlib.redirect_stdout(io.StringIO()):
-        summary = train(scheme, model_cfg, train_cfg, train_set, val_set, torch.device(device),
-                        Path(run))  # fmt: skip
+        summary = train(
+            scheme, model_cfg, train_cfg, train_set, val_set, torch.device(device), Path(run)
+        )
     return summary.last_row["seconds"]
 
 
@@ -126,8 +134,14 @@ class UsualPipeline:
         to_tensor = transforms.ToTensor()
         train_ds = datasets.MNIST(data_root, train=True, transform=to_tensor)
         val_ds = datasets.MNIST(data_root, train=False, transform=to_tensor)
-        self.train_loader = DataLoader(train_ds, batch_size=128, shuffle=True, drop_last=True,
-                                       num_workers=4, persistent_workers=True)  # fmt: skip
+        self.train_loader = DataLoader(
+            train_ds,
+            batch_size=128,
+            shuffle=True,
+            drop_last=True,
+            num_workers=4,
+            persistent_workers=True,
+        )
         self.val_loader = DataLoader(val_ds, batch_size=128, num_workers=4, persistent_workers=True)
         steps = len(self.train_loader)
         self.device = torch.device(device)
@@ -176,10 +190,19 @@ class UsualProcess(contextlib.AbstractContextManager):
 
     def __init__(self, data_root: str, device: str):
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--usual_worker", "--data_root", data_root, "--device",
-             device],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                __file__,
+                "--usual_worker",
+                "--data_root",
+                data_root,
+                "--device",
+                device,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
 
     def epoch(self) -> float:
         self.proc.stdin.write("\n")
@@ -199,9 +222,12 @@ COUNT_BATCH = 4
 
 
 def epoch_flops(
-    configs: tuple[str, str], scheme: str, data_root: str, settings: tuple[str, ...] = (),
+    configs: tuple[str, str],
+    scheme: str,
+    data_root: str,
+    settings: tuple[str, ...] = (),
     train_images: int | None = None,
-) -> dict[str, float]:  # fmt: skip
+) -> dict[str, float]:
     """Float operations of one full epoch (of `train_images` training images, default the whole
     split), counted over real steps of the project's loop with the configs changed by
     `settings`, split into convolutions ("conv") and matrix products ("gemm").
@@ -227,14 +253,24 @@ def epoch_flops(
     counts = []
     for steps in (1, 3):
         with FlopCounterMode(display=False) as counter:
-            project_epoch(configs, scheme, data_root, subset=steps * COUNT_BATCH,
-                          val_size=val_counted, settings=settings)  # fmt: skip
+            project_epoch(
+                configs,
+                scheme,
+                data_root,
+                subset=steps * COUNT_BATCH,
+                val_size=val_counted,
+                settings=settings,
+            )
         by_op = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
         unrated = set(by_op) - GEMM_OPS - CONV_OPS
         if unrated:
             raise RuntimeError(f"no rate measured for the counted operations {sorted(unrated)}")
-        counts.append({kind: sum(n for op, n in by_op.items() if op in ops)
-                       for kind, ops in (("gemm", GEMM_OPS), ("conv", CONV_OPS))})  # fmt: skip
+        counts.append(
+            {
+                kind: sum(n for op, n in by_op.items() if op in ops)
+                for kind, ops in (("gemm", GEMM_OPS), ("conv", CONV_OPS))
+            }
+        )
     flops = {}
     for kind in ("gemm", "conv"):
         per_step = (counts[1][kind] - counts[0][kind]) / 2
@@ -287,11 +323,29 @@ def startup_seconds(data_root: str, device: str, reps: int = 3) -> float:
         with tempfile.TemporaryDirectory() as run:
             started = time.perf_counter()
             proc = subprocess.Popen(
-                [sys.executable, "train.py", "--scheme", "simple", "--model_config", SIMPLE[0],
-                 "--train_config", SIMPLE[1], "--data_root", data_root, "--save_dir", run + "/r",
-                 "--epochs", "1", "--subset", "128", "--device", device],
-                stdout=subprocess.PIPE, text=True,
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "train.py",
+                    "--scheme",
+                    "simple",
+                    "--model_config",
+                    SIMPLE[0],
+                    "--train_config",
+                    SIMPLE[1],
+                    "--data_root",
+                    data_root,
+                    "--save_dir",
+                    run + "/r",
+                    "--epochs",
+                    "1",
+                    "--subset",
+                    "128",
+                    "--device",
+                    device,
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             while " scheme on " not in proc.stdout.readline():
                 pass
             times.append(time.perf_counter() - started)
@@ -306,8 +360,9 @@ def grid_seconds(device: str, reps: int = 5) -> float:
         torch.save(
             {"model_state_dict": VAE(load_model_config(SIMPLE[0]).model_config).state_dict()}, ckpt
         )
-        args = argparse.Namespace(model_config=SIMPLE[0], ckpt_path=str(ckpt), grid_size=8,
-                                  title=None)  # fmt: skip
+        args = argparse.Namespace(
+            model_config=SIMPLE[0], ckpt_path=str(ckpt), grid_size=8, title=None
+        )
         times = []
         for _ in range(reps):
             started = time.perf_counter()
@@ -323,8 +378,10 @@ def cpu() -> dict:
     model = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
     flags = re.search(r"^flags\s*:\s*(.+)$", text, re.MULTILINE)
     present = set(flags.group(1).split()) if flags else set()
-    return {"model": model.group(1) if model else platform.processor() or platform.machine(),
-            "flags": [f for f in CPU_FLAGS if f in present]}  # fmt: skip
+    return {
+        "model": model.group(1) if model else platform.processor() or platform.machine(),
+        "flags": [f for f in CPU_FLAGS if f in present],
+    }
 
 
 def make_pips_backbone_if_missing(data_root: str, device: str = "cpu") -> None:
@@ -333,8 +390,12 @@ def make_pips_backbone_if_missing(data_root: str, device: str = "cpu") -> None:
     path = pips_backbone_to_make(load_model_config(COMPOSITE_MNIST[0]).pips_config)
     if path is not None:
         print(f"{path}: missing; training it first (under a minute on 2 cores)", flush=True)
-        make_network("pips", path, load_mnist(data_root, "train", device),
-                     load_mnist(data_root, "test", device))  # fmt: skip
+        make_network(
+            "pips",
+            path,
+            load_mnist(data_root, "train", device),
+            load_mnist(data_root, "test", device),
+        )
 
 
 def main() -> None:
@@ -348,15 +409,20 @@ def main() -> None:
     allocator_kept = not cuda and keep_freed_memory()
     machine = cpu()
     device_name = torch.cuda.get_device_name() if cuda else machine["model"]
-    print(f"machine: {machine['model']} ({', '.join(machine['flags'])}), {os.cpu_count()} cores, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads; epochs on "
-          f"{args.device} ({device_name})")  # fmt: skip
+    print(
+        f"machine: {machine['model']} ({', '.join(machine['flags'])}), {os.cpu_count()} cores, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; epochs on "
+        f"{args.device} ({device_name})"
+    )
     make_pips_backbone_if_missing(args.data_root, args.device)
     rates_before = best_float32_rate(args.device)
     # The simple epoch on each linear backend at hand; the project's is the one "auto" takes.
-    auto = choose("auto", VAE(load_model_config(SIMPLE[0]).model_config),
-                  load_train_config(SIMPLE[1], "simple").data.train_bs,
-                  torch.device(args.device))  # fmt: skip
+    auto = choose(
+        "auto",
+        VAE(load_model_config(SIMPLE[0]).model_config),
+        load_train_config(SIMPLE[1], "simple").data.train_bs,
+        torch.device(args.device),
+    )
     print(f"linear backend (auto): {auto.backend} ({auto.why})", flush=True)
     backends = ("aten",) if cuda or onednn_problem() else BACKENDS
     epoch = partial(project_epoch, SIMPLE, "simple", args.data_root, device=args.device)
@@ -371,24 +437,40 @@ def main() -> None:
                 ours[backend].append(epoch(linear_backend=backend))
             theirs.append(usual.epoch())
             ours_bf16.append(epoch(precision="bfloat16", linear_backend=auto.backend))
-            print(f"  rep {rep + 1}: project "
-                  + ", ".join(f"{b} {ours[b][-1]:.2f} s" for b in backends)
-                  + f", usual {theirs[-1]:.2f} s, project bfloat16 {ours_bf16[-1]:.2f} s",
-                  flush=True)  # fmt: skip
+            print(
+                f"  rep {rep + 1}: project "
+                + ", ".join(f"{b} {ours[b][-1]:.2f} s" for b in backends)
+                + f", usual {theirs[-1]:.2f} s, project bfloat16 {ours_bf16[-1]:.2f} s",
+                flush=True,
+            )
     by_backend = {backend: statistics.median(times) for backend, times in ours.items()}
     results = {
-        "device": args.device, "device_name": device_name,
-        "cpu": machine, "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(), "reps": args.reps, "keep_freed_memory": allocator_kept,
-        "linear_backend": auto.backend, "linear_backend_why": auto.why,
-        "simple_epoch_s_by_backend": by_backend, "simple_epoch_s": by_backend[auto.backend],
+        "device": args.device,
+        "device_name": device_name,
+        "cpu": machine,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "reps": args.reps,
+        "keep_freed_memory": allocator_kept,
+        "linear_backend": auto.backend,
+        "linear_backend_why": auto.why,
+        "simple_epoch_s_by_backend": by_backend,
+        "simple_epoch_s": by_backend[auto.backend],
         "usual_epoch_s": statistics.median(theirs),
         "simple_bf16_epoch_s": statistics.median(ours_bf16),
         "simple_epoch_flop": epoch_flops(SIMPLE, "simple", args.data_root),
-    }  # fmt: skip
-    composite = [project_epoch(COMPOSITE_MNIST, "composite", args.data_root,
-                               linear_backend=auto.backend, device=args.device)
-                 for _ in range(args.reps)]  # fmt: skip
+    }
+    composite = [
+        project_epoch(
+            COMPOSITE_MNIST,
+            "composite",
+            args.data_root,
+            linear_backend=auto.backend,
+            device=args.device,
+        )
+        for _ in range(args.reps)
+    ]
     results["composite_epoch_s"] = statistics.median(composite)
     results["composite_epoch_flop"] = epoch_flops(COMPOSITE_MNIST, "composite", args.data_root)
     rates_after = best_float32_rate(args.device)
@@ -407,25 +489,42 @@ def main() -> None:
     results["startup_s"] = startup_seconds(args.data_root, args.device)
     results["infer_grid_s"] = grid_seconds(args.device)
 
-    print(f"\nsimple epoch (project)    {results['simple_epoch_s']:7.2f} s   median of "
-          f"{args.reps}, linear layers on {auto.backend} (auto)")  # fmt: skip
+    print(
+        f"\nsimple epoch (project)    {results['simple_epoch_s']:7.2f} s   median of "
+        f"{args.reps}, linear layers on {auto.backend} (auto)"
+    )
     for backend, seconds in by_backend.items():
-        print(f"  linear layers on {backend:7} {seconds:7.2f} s   "
-              f"{results['usual_epoch_s'] / seconds:.2f}x the usual way")  # fmt: skip
-    print(f"simple epoch (usual way)  {results['usual_epoch_s']:7.2f} s   "
-          f"project is {results['speedup_vs_usual']:.2f}x faster")  # fmt: skip
-    print(f"simple epoch, bfloat16    {results['simple_bf16_epoch_s']:7.2f} s   "
-          f"{results['bf16_speedup_vs_usual']:.2f}x faster than the usual way (opt-in "
-          "precision, other arithmetic)")  # fmt: skip
-    gemm = ", ".join(f"{kind[5:]} {results[f'{kind}_gflops']:.0f}" for kind in rates_before
-                     if kind.startswith("gemm_"))  # fmt: skip
-    print(f"best float32 rates        GEMM {results['gemm_gflops']:.0f} GFLOP/s ({gemm}), "
-          f"convolution {results['conv_gflops']:.0f} GFLOP/s")  # fmt: skip
-    print(f"simple floor              {results['simple_floor_s']:7.2f} s   "
-          f"project is {results['simple_over_floor']:.2f}x the floor")  # fmt: skip
-    print(f"composite epoch (MNIST)   {results['composite_epoch_s']:7.2f} s   "
-          f"{results['composite_over_floor']:.2f}x its floor of "
-          f"{results['composite_floor_s']:.2f} s")  # fmt: skip
+        print(
+            f"  linear layers on {backend:7} {seconds:7.2f} s   "
+            f"{results['usual_epoch_s'] / seconds:.2f}x the usual way"
+        )
+    print(
+        f"simple epoch (usual way)  {results['usual_epoch_s']:7.2f} s   "
+        f"project is {results['speedup_vs_usual']:.2f}x faster"
+    )
+    print(
+        f"simple epoch, bfloat16    {results['simple_bf16_epoch_s']:7.2f} s   "
+        f"{results['bf16_speedup_vs_usual']:.2f}x faster than the usual way (opt-in "
+        "precision, other arithmetic)"
+    )
+    gemm = ", ".join(
+        f"{kind[5:]} {results[f'{kind}_gflops']:.0f}"
+        for kind in rates_before
+        if kind.startswith("gemm_")
+    )
+    print(
+        f"best float32 rates        GEMM {results['gemm_gflops']:.0f} GFLOP/s ({gemm}), "
+        f"convolution {results['conv_gflops']:.0f} GFLOP/s"
+    )
+    print(
+        f"simple floor              {results['simple_floor_s']:7.2f} s   "
+        f"project is {results['simple_over_floor']:.2f}x the floor"
+    )
+    print(
+        f"composite epoch (MNIST)   {results['composite_epoch_s']:7.2f} s   "
+        f"{results['composite_over_floor']:.2f}x its floor of "
+        f"{results['composite_floor_s']:.2f} s"
+    )
     print(f"start-up to first step    {results['startup_s']:7.2f} s")
     print(f"infer.py grid             {results['infer_grid_s']:7.2f} s   after imports")
     out = Path(args.out)

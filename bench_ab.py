@@ -87,10 +87,15 @@ class RandMaskDropout(nn.Dropout):
 
 
 def training_step(
-    scheme: str, images: torch.Tensor, fused: bool = True, channels_last: bool = True,
-    rand_dropout: bool = False, direct_pips: bool = False, compiled: bool = False,
+    scheme: str,
+    images: torch.Tensor,
+    fused: bool = True,
+    channels_last: bool = True,
+    rand_dropout: bool = False,
+    direct_pips: bool = False,
+    compiled: bool = False,
     linear_backend: str = "aten",
-) -> Callable[[int], None]:  # fmt: skip
+) -> Callable[[int], None]:
     """A function of `i` that takes the scheme's optimisation step (`step` of its class in
     training_schemes.SCHEMES) on batch `i % steps_per_epoch` of `images`, as the loop takes it or
     with one alternative switched in, at a step past beta's warm-up and (composite) the critic's
@@ -101,8 +106,9 @@ def training_step(
     bs = train_cfg.data.train_bs
     steps_per_epoch = len(images) // bs
     total = train_cfg.num_epochs * steps_per_epoch
-    learner = SCHEMES[scheme](model_cfg, train_cfg, steps_per_epoch, Cluster(torch.device("cpu")),
-                                      linear_backend)  # fmt: skip
+    learner = SCHEMES[scheme](
+        model_cfg, train_cfg, steps_per_epoch, Cluster(torch.device("cpu")), linear_backend
+    )
     vae, loss_fn = learner.vae, learner.loss
     if rand_dropout:
         for layer in vae.modules():
@@ -163,10 +169,22 @@ def allocator_pair(scheme: str, data_root: str, bursts: int) -> tuple[dict, dict
     for _ in range(ALLOCATOR_RUNS):
         for mode, results in runs.items():
             out = subprocess.run(
-                [sys.executable, __file__, "--child", mode, "--scheme", scheme,
-                 "--data_root", data_root, "--bursts", str(bursts)],
-                check=True, capture_output=True, text=True,
-            ).stdout  # fmt: skip
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    mode,
+                    "--scheme",
+                    scheme,
+                    "--data_root",
+                    data_root,
+                    "--bursts",
+                    str(bursts),
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
             results.append(json.loads(out))
     return tuple(
         {mode: statistics.median(r[key] for r in results) for mode, results in runs.items()}
@@ -197,34 +215,50 @@ def main() -> None:
     keep_freed_memory()
     make_pips_backbone_if_missing(args.data_root)
     images = load_mnist(args.data_root, "train").images
-    auto = choose("auto", VAE(load_model_config(SIMPLE[0]).model_config),
-                  load_train_config(SIMPLE[1], "simple").data.train_bs,
-                  torch.device("cpu"))  # fmt: skip
+    auto = choose(
+        "auto",
+        VAE(load_model_config(SIMPLE[0]).model_config),
+        load_train_config(SIMPLE[1], "simple").data.train_bs,
+        torch.device("cpu"),
+    )
     print(f"linear backend (auto): {auto.backend} ({auto.why})", flush=True)
-    simple, composite = (partial(training_step, s, images, linear_backend=auto.backend)
-                         for s in ("simple", "composite"))  # fmt: skip
+    simple, composite = (
+        partial(training_step, s, images, linear_backend=auto.backend)
+        for s in ("simple", "composite")
+    )
     pairs = {}
     if onednn_problem() is None:
         pairs["linear backend (simple step)"] = alternate(
             {"onednn": simple(linear_backend="onednn"), "aten": simple(linear_backend="aten")},
-            BURST["simple"], args.bursts)  # fmt: skip
+            BURST["simple"],
+            args.bursts,
+        )
     pairs |= {
         "adam (simple step)": alternate(
-            {"fused": simple(), "stock": simple(fused=False)}, BURST["simple"], args.bursts),
+            {"fused": simple(), "stock": simple(fused=False)}, BURST["simple"], args.bursts
+        ),
         "dropout (simple step)": alternate(
             {"nn.Dropout": simple(), "rand mask": simple(rand_dropout=True)},
-            BURST["simple"], args.bursts),
+            BURST["simple"],
+            args.bursts,
+        ),
         "memory format (composite step)": alternate(
             {"channels-last": composite(), "contiguous": composite(channels_last=False)},
-            BURST["composite"], args.bursts),
+            BURST["composite"],
+            args.bursts,
+        ),
         "pips distance (composite step)": alternate(
             {"expanded": composite(), "direct": composite(direct_pips=True)},
-            BURST["composite"], args.bursts),
-    }  # fmt: skip
+            BURST["composite"],
+            args.bursts,
+        ),
+    }
     try:  # compiling needs a C++ compiler, which a machine may lack
         pairs["compile (simple step)"] = alternate(
             {"eager": simple(), "torch.compile": simple(compiled=True)},
-            BURST["simple"], args.bursts)  # fmt: skip
+            BURST["simple"],
+            args.bursts,
+        )
     except Exception as error:  # any failure only leaves this pair out
         print(f"compile pair left out: {type(error).__name__}: {error}".splitlines()[0])
     faults = {}
@@ -232,27 +266,44 @@ def main() -> None:
         pairs[f"host memory ({scheme} step)"], faults[scheme] = allocator_pair(
             scheme, args.data_root, args.bursts
         )
-    breakdown = {scheme: time_breakdown(build()) for scheme, build in
-                 (("simple", simple), ("composite", composite))}  # fmt: skip
+    breakdown = {
+        scheme: time_breakdown(build())
+        for scheme, build in (("simple", simple), ("composite", composite))
+    }
 
     print(f"{'pair':32} {'kept':>22} {'alternative':>22}  ratio")
     for pair, medians in pairs.items():
         (kept, a), (other, b) = medians.items()
         print(f"{pair:32} {kept:>12} {a:6.2f} ms {other:>12} {b:6.2f} ms  {b / a:.2f}x")
     for scheme, counts in faults.items():
-        print(f"minor page faults per {scheme} step: kept {counts['keep']:.0f}, "
-              f"defaults {counts['default']:.0f}")  # fmt: skip
+        print(
+            f"minor page faults per {scheme} step: kept {counts['keep']:.0f}, "
+            f"defaults {counts['default']:.0f}"
+        )
     for scheme, ms in breakdown.items():
         parts = ", ".join(f"{kind} {t:.1f}" for kind, t in ms.items())
         print(f"{scheme} step, {sum(ms.values()):.1f} ms (profiled): {parts}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "cpu": cpu(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "linear_backend": auto.backend, "linear_backend_why": auto.why,
-        "bursts": args.bursts, "burst_steps": BURST, "allocator_runs": ALLOCATOR_RUNS,
-        "ms": pairs, "page_faults_per_step": faults, "profiled_ms_per_step": breakdown,
-    }, indent=2) + "\n")  # fmt: skip
+    out.write_text(
+        json.dumps(
+            {
+                "cpu": cpu(),
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+                "linear_backend": auto.backend,
+                "linear_backend_why": auto.why,
+                "bursts": args.bursts,
+                "burst_steps": BURST,
+                "allocator_runs": ALLOCATOR_RUNS,
+                "ms": pairs,
+                "page_faults_per_step": faults,
+                "profiled_ms_per_step": breakdown,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"-> {out}")
 
 

@@ -46,11 +46,16 @@ from utils.comparison import (
 from utils.outputs import write_output
 
 ARMS = {
-    "simple": Arm("simple", "simple", "configs/model_simple_config.json",
-                  "configs/train_simple_config.json"),
-    "composite": Arm("composite", "composite", "configs/model_composite_mnist_config.json",
-                     "configs/train_composite_config.json"),
-}  # fmt: skip
+    "simple": Arm(
+        "simple", "simple", "configs/model_simple_config.json", "configs/train_simple_config.json"
+    ),
+    "composite": Arm(
+        "composite",
+        "composite",
+        "configs/model_composite_mnist_config.json",
+        "configs/train_composite_config.json",
+    ),
+}
 
 
 def parse_args() -> argparse.Namespace:
@@ -102,8 +107,11 @@ def main() -> None:
         rows = read_runs(out / "runs.csv", "scheme")
     else:
         budget = Budget(args.data_root, args.epochs, args.subset, args.num_samples)
-        rows = [train_and_grade(arm, seed, budget, out / "runs" / f"{name}_seed{seed}")
-                for seed in args.seeds for name, arm in ARMS.items()]  # fmt: skip
+        rows = [
+            train_and_grade(arm, seed, budget, out / "runs" / f"{name}_seed{seed}")
+            for seed in args.seeds
+            for name, arm in ARMS.items()
+        ]
         write_csv(out / "runs.csv", rows)
     effects = {**SMALLEST_EFFECTS, **dict(args.equivalence)}
     summary = summarise(rows, "simple", "composite", "scheme", effects)
@@ -120,18 +128,39 @@ def main() -> None:
     first = {name: out / "runs" / f"{name}_seed{args.seeds[0]}" for name in ARMS}
     compare = out / f"compare_seed{args.seeds[0]}.png"
     if not compare.exists():
-        infer.main(["--mode", "compare",
-                    "--model_config", str(first["simple"] / "model_config.json"),
-                    "--ckpt_path", str(first["simple"] / "final_model.pth"),
-                    "--model_config_b", str(first["composite"] / "model_config.json"),
-                    "--ckpt_path_b", str(first["composite"] / "final_model.pth"),
-                    "--data_root", args.data_root, "--save_path", str(compare)])  # fmt: skip
+        infer.main(
+            [
+                "--mode",
+                "compare",
+                "--model_config",
+                str(first["simple"] / "model_config.json"),
+                "--ckpt_path",
+                str(first["simple"] / "final_model.pth"),
+                "--model_config_b",
+                str(first["composite"] / "model_config.json"),
+                "--ckpt_path_b",
+                str(first["composite"] / "final_model.pth"),
+                "--data_root",
+                args.data_root,
+                "--save_path",
+                str(compare),
+            ]
+        )
     for scheme, run in first.items():
         samples = out / f"{scheme}_samples.png"
         if not samples.exists():
-            infer.main(["--mode", "samples", "--model_config", str(run / "model_config.json"),
-                        "--ckpt_path", str(run / "final_model.pth"), "--save_path",
-                        str(samples)])  # fmt: skip
+            infer.main(
+                [
+                    "--mode",
+                    "samples",
+                    "--model_config",
+                    str(run / "model_config.json"),
+                    "--ckpt_path",
+                    str(run / "final_model.pth"),
+                    "--save_path",
+                    str(samples),
+                ]
+            )
     print(table, end="")
     print(f"-> {out / 'runs.csv'}, {out / 'summary.csv'}, {out / 'summary.md'}, figures in {out}")
 

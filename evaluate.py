@@ -87,8 +87,16 @@ MEANINGS = {
     "test_accuracy": "eval-net accuracy on the real test images (the ceiling)",
 }
 # What --images grades: the measures of the samples alone, no VAE needed.
-IMAGE_KEYS = ("fid_samples", "precision", "recall", "class_kl", "edge_sharpness",
-              "background_speckle", "sharpness_ratio", "test_accuracy")  # fmt: skip
+IMAGE_KEYS = (
+    "fid_samples",
+    "precision",
+    "recall",
+    "class_kl",
+    "edge_sharpness",
+    "background_speckle",
+    "sharpness_ratio",
+    "test_accuracy",
+)
 
 
 def parse_args() -> argparse.Namespace:
@@ -127,8 +135,10 @@ def parse_args() -> argparse.Namespace:
     args = p.parse_args()
     checkpoint = [args.model_config, args.ckpt_path]
     if not (all(checkpoint) if args.images is None else not any(checkpoint)):
-        p.error("pass --model_config and --ckpt_path (grade a checkpoint), or --images FILE alone "
-                "(grade images)")  # fmt: skip
+        p.error(
+            "pass --model_config and --ckpt_path (grade a checkpoint), or --images FILE alone "
+            "(grade images)"
+        )
     return args
 
 
@@ -331,9 +341,14 @@ def main() -> None:
     else:
         measures |= grade_vae(vae, net, args, real, labels, real_features)
         shown = tuple(MEANINGS)
-        about = {"num_samples": args.num_samples, "seed": args.seed,
-                 "grid_size": args.grid_size, "test_images": len(real),
-                 "model_config": args.model_config, "ckpt_path": args.ckpt_path}  # fmt: skip
+        about = {
+            "num_samples": args.num_samples,
+            "seed": args.seed,
+            "grid_size": args.grid_size,
+            "test_images": len(real),
+            "model_config": args.model_config,
+            "ckpt_path": args.ckpt_path,
+        }
     # The table's numbers first, in its order, then the raw values behind the ratios.
     results = {key: measures[key] for key in shown} | measures | about
     results |= grader_record(eval_path) | {"dataset": dataset}

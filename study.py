@@ -111,14 +111,22 @@ class ArmSpec:
     def check(self) -> None:
         ok = self.name.replace("_", "").replace("-", "").isalnum()
         need(ok, "name", self.name, "must be letters, digits, - and _ (a folder name)")
-        need(self.scheme in TRAIN_CONFIGS, "scheme", self.scheme,
-             f"must be one of {', '.join(TRAIN_CONFIGS)}")  # fmt: skip
+        need(
+            self.scheme in TRAIN_CONFIGS,
+            "scheme",
+            self.scheme,
+            f"must be one of {', '.join(TRAIN_CONFIGS)}",
+        )
         check_dataset(self.dataset)
 
 
 def check_dataset(dataset: str | None) -> None:
-    need(dataset in (None, *DATASETS), "dataset", dataset,
-         f"must be one of {', '.join(map(json.dumps, DATASETS))}")  # fmt: skip
+    need(
+        dataset in (None, *DATASETS),
+        "dataset",
+        dataset,
+        f"must be one of {', '.join(map(json.dumps, DATASETS))}",
+    )
 
 
 @dataclass
@@ -152,7 +160,7 @@ class SearchSpec:
             self.minimise,
             f"must be one of {', '.join(MEASURES)}",
         )
-        need(self.trials >= 1, "trials", self.trials, "must be >= 1")  # fmt: skip
+        need(self.trials >= 1, "trials", self.trials, "must be >= 1")
 
 
 @dataclass
@@ -198,11 +206,19 @@ class StudySpec:
             f"must be one of {', '.join(MEASURES)}",
         )
         for arm in self.arms:
-            need(arm.baseline in (None, *names), f"arms.{arm.name}.baseline", arm.baseline,
-                 f"must be one of the arms: {', '.join(names)}")  # fmt: skip
+            need(
+                arm.baseline in (None, *names),
+                f"arms.{arm.name}.baseline",
+                arm.baseline,
+                f"must be one of the arms: {', '.join(names)}",
+            )
         if self.search is not None:
-            need(self.search.arm in names, "search.arm", self.search.arm,
-                 f"must be one of the arms: {', '.join(names)}")  # fmt: skip
+            need(
+                self.search.arm in names,
+                "search.arm",
+                self.search.arm,
+                f"must be one of the arms: {', '.join(names)}",
+            )
 
 
 def parse_args() -> argparse.Namespace:
@@ -252,8 +268,11 @@ def load_study(path: str) -> StudySpec:
         arm = next(a for a in spec.arms if a.name == search.arm)
         for end in ("low", "high"):  # each searched field at both ends of its range
             extra = [f"{p.key}={json.dumps(getattr(p, end))}" for p in search.params]
-            check_arm(f"{path}: search.params at their {end} ends", arm,
-                      list(arm_of(spec, arm.name, tuple(extra)).settings))  # fmt: skip
+            check_arm(
+                f"{path}: search.params at their {end} ends",
+                arm,
+                list(arm_of(spec, arm.name, tuple(extra)).settings),
+            )
     return spec
 
 
@@ -310,13 +329,22 @@ def open_study(optuna, spec_name: str, url: str, sampler, existing: bool = False
     grace = grace_period()
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     try:
-        storage = storages.RDBStorage(url, engine_kwargs=engine,
-                                      heartbeat_interval=max(1, grace // 4), grace_period=grace,
-                                      heartbeat_stale_trial_callback=retry())  # fmt: skip
+        storage = storages.RDBStorage(
+            url,
+            engine_kwargs=engine,
+            heartbeat_interval=max(1, grace // 4),
+            grace_period=grace,
+            heartbeat_stale_trial_callback=retry(),
+        )
         found = spec_name in optuna.get_all_study_names(storage) if existing else True
         if found:
-            return optuna.create_study(storage=storage, study_name=spec_name, sampler=sampler,
-                                       direction="minimize", load_if_exists=True)  # fmt: skip
+            return optuna.create_study(
+                storage=storage,
+                study_name=spec_name,
+                sampler=sampler,
+                direction="minimize",
+                load_if_exists=True,
+            )
     except Exception as e:  # a bad URL, a missing database driver, an unreachable server
         raise UserError(
             f"--storage {url}: cannot open it ({first_line(e)}); pass a database URL Optuna "
@@ -398,8 +426,10 @@ def run_grid(optuna, spec: StudySpec, args: argparse.Namespace, out: Path, budge
     # A run is named by user attributes, not Optuna parameters, so a study file may gain arms
     # and seeds between calls; an arm whose settings or budget changed is a new run (whose
     # folder, made the old way, is then refused in one line).
-    held = [{k: t.user_attrs.get(k) for k in ("arm", "seed", "recipe")}
-            for t in study.get_trials(states=live)]  # fmt: skip
+    held = [
+        {k: t.user_attrs.get(k) for k in ("arm", "seed", "recipe")}
+        for t in study.get_trials(states=live)
+    ]
     for run in wanted:
         if run not in held:
             study.enqueue_trial({}, user_attrs=run)
@@ -416,9 +446,11 @@ def run_grid(optuna, spec: StudySpec, args: argparse.Namespace, out: Path, budge
     def more() -> bool:
         return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
-    print(f"{spec.name}: {len(wanted)} runs ({len(spec.arms)} arms x {len(spec.seeds)} seeds), "
-          f"{args.workers} at a time, {args.threads} threads each -> {out}",
-          flush=True)  # fmt: skip
+    print(
+        f"{spec.name}: {len(wanted)} runs ({len(spec.arms)} arms x {len(spec.seeds)} seeds), "
+        f"{args.workers} at a time, {args.threads} threads each -> {out}",
+        flush=True,
+    )
     run_workers(study, objective, args.workers, more)
     rows, missing = finished_rows(study, TrialState, wanted)
     if missing:
@@ -430,24 +462,31 @@ def run_grid(optuna, spec: StudySpec, args: argparse.Namespace, out: Path, budge
     report(spec, args, out, budget, rows)
 
 
-def report_so_far(optuna, spec: StudySpec, args: argparse.Namespace, out: Path,
-                  budget: Budget) -> None:  # fmt: skip
+def report_so_far(
+    optuna, spec: StudySpec, args: argparse.Namespace, out: Path, budget: Budget
+) -> None:
     """--report: the report from the runs finished so far, training nothing (an interim one,
     saying which runs are missing, while the study goes on here or elsewhere)."""
-    study = open_study(optuna, spec.name, args.storage, optuna.samplers.RandomSampler(seed=0),
-                       existing=True)  # fmt: skip
+    study = open_study(
+        optuna, spec.name, args.storage, optuna.samplers.RandomSampler(seed=0), existing=True
+    )
     wanted = wanted_runs(spec, budget)
     rows, missing = finished_rows(study, optuna.trial.TrialState, wanted)
     if not rows:
-        raise UserError(f"study {spec.name!r} in {args.storage}: no run has finished yet, so "
-                        "there is nothing to report; run the study first")  # fmt: skip
+        raise UserError(
+            f"study {spec.name!r} in {args.storage}: no run has finished yet, so "
+            "there is nothing to report; run the study first"
+        )
     report(spec, args, out, budget, rows, missing)
 
 
 def wanted_runs(spec: StudySpec, budget: Budget) -> list[dict]:
     """Every arm x seed the study file asks for, named as its trial is: arm, seed, recipe."""
-    return [{"arm": a.name, "seed": s, "recipe": recipe_hash(arm_of(spec, a.name), s, budget)}
-            for s in spec.seeds for a in spec.arms]  # fmt: skip
+    return [
+        {"arm": a.name, "seed": s, "recipe": recipe_hash(arm_of(spec, a.name), s, budget)}
+        for s in spec.seeds
+        for a in spec.arms
+    ]
 
 
 def finished_rows(study, TrialState, wanted: list[dict]) -> tuple[list[dict], list[str]]:
@@ -456,28 +495,43 @@ def finished_rows(study, TrialState, wanted: list[dict]) -> tuple[list[dict], li
     def key(attrs: dict) -> tuple:
         return attrs.get("arm"), attrs.get("seed"), attrs.get("recipe")
 
-    rows = {key(t.user_attrs): t.user_attrs["row"]
-            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if "row" in t.user_attrs}  # fmt: skip
+    rows = {
+        key(t.user_attrs): t.user_attrs["row"]
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if "row" in t.user_attrs
+    }
     missing = [f"{w['arm']}/seed {w['seed']}" for w in wanted if key(w) not in rows]
     return [rows[key(w)] for w in wanted if key(w) in rows], missing
 
 
 def report(
-    spec: StudySpec, args: argparse.Namespace, out: Path, budget: Budget, rows: list[dict],
+    spec: StudySpec,
+    args: argparse.Namespace,
+    out: Path,
+    budget: Budget,
+    rows: list[dict],
     missing: list[str] | None = None,
-) -> None:  # fmt: skip
+) -> None:
     """runs.csv, summary.csv, the figures and REPORT.md; `missing` names the runs not finished
     (an interim report: each arm is compared with its baseline over the seeds both finished)."""
     write_csv(out / "runs.csv", rows)
     baselines = {a.name: a.baseline or spec.baseline for a in spec.arms}
     seeds = {name: {r["seed"] for r in rows if r["arm"] == name} for name in baselines}
-    contrasts = {name: contrast(rows, base, name) for name, base in baselines.items()
-                 if name != base and seeds[name] & seeds[base]}  # fmt: skip
+    contrasts = {
+        name: contrast(rows, base, name)
+        for name, base in baselines.items()
+        if name != base and seeds[name] & seeds[base]
+    }
     summaries = summarise_contrasts(contrasts, SMALLEST_EFFECTS)
-    write_csv(out / "summary.csv", [{"arm": name, "baseline": baselines[name], **r}
-                                    for name in summaries for r in summaries[name]],
-              ("arm", "baseline", *SUMMARY_FIELDS))  # fmt: skip
+    write_csv(
+        out / "summary.csv",
+        [
+            {"arm": name, "baseline": baselines[name], **r}
+            for name in summaries
+            for r in summaries[name]
+        ],
+        ("arm", "baseline", *SUMMARY_FIELDS),
+    )
     figures = draw_figures(spec, out, budget)
     cost = Cost(arm_flops(spec, out, budget), read_bench(spec, out, budget))
     text = report_text(spec, args, budget, rows, baselines, summaries, figures, cost, missing)
@@ -501,9 +555,20 @@ def draw_figures(spec: StudySpec, out: Path, budget: Budget) -> dict[str, list[s
         for mode in ("grid", "samples", "recon"):
             path = out / f"{arm.name}_{mode}.png"
             if not path.exists():
-                infer.main(["--mode", mode, "--model_config", str(run / "model_config.json"),
-                            "--ckpt_path", str(run / "final_model.pth"), "--data_root",
-                            budget.data_root, "--save_path", str(path)])  # fmt: skip
+                infer.main(
+                    [
+                        "--mode",
+                        mode,
+                        "--model_config",
+                        str(run / "model_config.json"),
+                        "--ckpt_path",
+                        str(run / "final_model.pth"),
+                        "--data_root",
+                        budget.data_root,
+                        "--save_path",
+                        str(path),
+                    ]
+                )
             figures[arm.name].append(path.name)
     if figures:
         side_by_side(out, figures)
@@ -521,9 +586,13 @@ def side_by_side(out: Path, figures: dict[str, list[str]]) -> None:
     images = {name: [plt.imread(out / file) for file in files] for name, files in figures.items()}
     longest = max(images.values(), key=len)
     widths = [image.shape[1] / longest[0].shape[0] for image in longest]
-    fig, axes = plt.subplots(len(images), len(widths), squeeze=False,
-                             figsize=(3 * sum(widths), 3 * len(images)),
-                             gridspec_kw={"width_ratios": widths})  # fmt: skip
+    fig, axes = plt.subplots(
+        len(images),
+        len(widths),
+        squeeze=False,
+        figsize=(3 * sum(widths), 3 * len(images)),
+        gridspec_kw={"width_ratios": widths},
+    )
     for row, (name, shown) in zip(axes, images.items(), strict=True):
         for ax in row:
             ax.axis("off")
@@ -544,8 +613,7 @@ def side_by_side(out: Path, figures: dict[str, list[str]]) -> None:
 def arm_key(spec: StudySpec, name: str, budget: Budget) -> str:
     """What an arm's cost depends on: its scheme, configs, settings and training images."""
     arm = arm_of(spec, name)
-    return json.dumps([arm.scheme, arm.model_config, arm.train_config, arm.settings,
-                       budget.subset])  # fmt: skip
+    return json.dumps([arm.scheme, arm.model_config, arm.train_config, arm.settings, budget.subset])
 
 
 def arm_flops(spec: StudySpec, out: Path, budget: Budget) -> dict[str, float]:
@@ -563,8 +631,13 @@ def arm_flops(spec: StudySpec, out: Path, budget: Budget) -> dict[str, float]:
         key = arm_key(spec, a.name, budget)
         if key not in known:
             arm = arm_of(spec, a.name)
-            counted = epoch_flops(tuple(map(str, arm.config_paths())), arm.scheme,
-                                  budget.data_root, arm.settings, budget.subset)  # fmt: skip
+            counted = epoch_flops(
+                tuple(map(str, arm.config_paths())),
+                arm.scheme,
+                budget.data_root,
+                arm.settings,
+                budget.subset,
+            )
             known[key] = sum(counted.values())
         flops[a.name] = known[key]
     write_json(cache, known)
@@ -591,8 +664,11 @@ def cache_error(path: Path, why: str = "not as study.py writes it") -> UserError
 
 def positive(value: object) -> bool:
     """A count or a time as study.py writes one: a finite number above 0."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and (
-        math.isfinite(value) and value > 0)  # fmt: skip
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and (math.isfinite(value) and value > 0)
+    )
 
 
 @dataclass(frozen=True)
@@ -619,9 +695,13 @@ def read_bench(spec: StudySpec, out: Path, budget: Budget) -> Bench | None:
     if not bench:
         return None
     measured = bench.get("arms")
-    if not isinstance(measured, dict) or not all(k in bench for k in BENCH_FIELDS) or not all(
-        isinstance(v, dict) and positive(v.get("seconds_per_step")) for v in measured.values()
-    ):  # fmt: skip
+    if (
+        not isinstance(measured, dict)
+        or not all(k in bench for k in BENCH_FIELDS)
+        or not all(
+            isinstance(v, dict) and positive(v.get("seconds_per_step")) for v in measured.values()
+        )
+    ):
         raise cache_error(path)
     keys = {a.name: arm_key(spec, a.name, budget) for a in spec.arms}
     if set(keys.values()) != set(measured):
@@ -641,91 +721,174 @@ class Cost:
 # The report's text. The headline: the question's measures, in the order it asks them: are
 # samples sharper (by the edge grade, and is the speckle that could fake it lower), as realistic,
 # as varied, at what reconstruction.
-HEADLINE = ("edge_sharpness", "background_speckle", "fid_samples", "precision", "recall",
-            "class_kl", "recon_mse")  # fmt: skip
+HEADLINE = (
+    "edge_sharpness",
+    "background_speckle",
+    "fid_samples",
+    "precision",
+    "recall",
+    "class_kl",
+    "recon_mse",
+)
 # Which way is better in each of them: +1 higher, -1 lower.
-BETTER = {"edge_sharpness": 1, "background_speckle": -1, "fid_samples": -1, "precision": 1,
-          "recall": 1, "class_kl": -1, "recon_mse": -1}  # fmt: skip
+BETTER = {
+    "edge_sharpness": 1,
+    "background_speckle": -1,
+    "fid_samples": -1,
+    "precision": 1,
+    "recall": 1,
+    "class_kl": -1,
+    "recon_mse": -1,
+}
 # The plain words: each aspect of the answer, the measures that judge it, and what to say when
 # they are, taken together, better, worse, mixed (some each way), the same (equivalent), open
 # (not shown either way) or untested (one seed).
 ASPECTS = (
-    (("edge_sharpness",), {"better": "sharper samples", "worse": "blurrier samples",
-                           "same": "samples as sharp", "open": "sharpness not settled",
-                           "untested": "sharpness untested"}),
-    (("background_speckle",), {"better": "less speckle", "worse": "more speckle",
-                               "same": "as much speckle", "open": "speckle not settled",
-                               "untested": "speckle untested"}),
-    (("fid_samples", "precision"), {"better": "more realistic", "worse": "less realistic",
-                                    "mixed": "realism mixed", "same": "as realistic",
-                                    "open": "realism not settled",
-                                    "untested": "realism untested"}),
-    (("recall", "class_kl"), {"better": "wider coverage", "worse": "loses coverage",
-                              "mixed": "coverage mixed", "same": "keeps coverage",
-                              "open": "coverage not settled", "untested": "coverage untested"}),
-    (("recon_mse",), {"better": "better reconstructions", "worse": "worse reconstructions",
-                      "same": "reconstructions as good", "open": "reconstruction not settled",
-                      "untested": "reconstruction untested"}),
-)  # fmt: skip
+    (
+        ("edge_sharpness",),
+        {
+            "better": "sharper samples",
+            "worse": "blurrier samples",
+            "same": "samples as sharp",
+            "open": "sharpness not settled",
+            "untested": "sharpness untested",
+        },
+    ),
+    (
+        ("background_speckle",),
+        {
+            "better": "less speckle",
+            "worse": "more speckle",
+            "same": "as much speckle",
+            "open": "speckle not settled",
+            "untested": "speckle untested",
+        },
+    ),
+    (
+        ("fid_samples", "precision"),
+        {
+            "better": "more realistic",
+            "worse": "less realistic",
+            "mixed": "realism mixed",
+            "same": "as realistic",
+            "open": "realism not settled",
+            "untested": "realism untested",
+        },
+    ),
+    (
+        ("recall", "class_kl"),
+        {
+            "better": "wider coverage",
+            "worse": "loses coverage",
+            "mixed": "coverage mixed",
+            "same": "keeps coverage",
+            "open": "coverage not settled",
+            "untested": "coverage untested",
+        },
+    ),
+    (
+        ("recon_mse",),
+        {
+            "better": "better reconstructions",
+            "worse": "worse reconstructions",
+            "same": "reconstructions as good",
+            "open": "reconstruction not settled",
+            "untested": "reconstruction untested",
+        },
+    ),
+)
 
 
 def report_text(
-    spec: StudySpec, args: argparse.Namespace, budget: Budget, rows: list[dict],
-    baselines: dict[str, str], summaries: dict[str, list[dict]], figures: dict[str, list[str]],
-    cost: Cost, missing: list[str] | None = None,
-) -> str:  # fmt: skip
+    spec: StudySpec,
+    args: argparse.Namespace,
+    budget: Budget,
+    rows: list[dict],
+    baselines: dict[str, str],
+    summaries: dict[str, list[dict]],
+    figures: dict[str, list[str]],
+    cost: Cost,
+    missing: list[str] | None = None,
+) -> str:
     """REPORT.md: what ran (and, for an interim report, what has not), the headline, the arms,
     what they cost, every arm against its baseline, the figures."""
     data = DATASETS[spec.dataset].title if spec.dataset else "each train config's dataset"
     mode = "--report" if args.report else f"--workers {args.workers}"
     lines = [f"# Study `{spec.name}`", ""]
     if missing:
-        apart = [a.name for a in spec.arms
-                 if a.name not in summaries and baselines[a.name] != a.name]  # fmt: skip
-        uncompared = (f" Not compared yet (no seed finished in both the arm and its baseline): "
-                      f"{', '.join(apart)}." if apart else "")  # fmt: skip
-        lines += [f"**Interim** (`--report`): {len(rows)} of {len(rows) + len(missing)} runs have "
-                  f"finished; not yet {', '.join(missing)}. Each arm is compared over the seeds "
-                  "it and its baseline have both finished, so its verdicts are provisional: "
-                  "fewer seeds, and a smaller family for Holm's correction than the final "
-                  f"report's.{uncompared}", ""]  # fmt: skip
-    lines += [f"Written by `python study.py {args.study} --data_root {args.data_root} {mode}` "
-              f"({len(rows)} runs).", "",
-              f"Budget: {spec.epochs} epochs, {budget.subset or 'all'} training images of "
-              f"{data}, seeds {', '.join(map(str, spec.seeds))}, "
-              f"{budget.num_samples or 10_000} prior samples graded per run. Each arm is compared "
-              f"with `{spec.baseline}` (or the baseline it names) seed by seed: paired 95 % "
-              "t-intervals, Holm's correction across every arm and measure, and \"equivalent\" "
-              "only where the 90 % interval lies inside the smallest effect that matters "
-              "(utils/comparison.py).", ""]  # fmt: skip
+        apart = [
+            a.name for a in spec.arms if a.name not in summaries and baselines[a.name] != a.name
+        ]
+        uncompared = (
+            f" Not compared yet (no seed finished in both the arm and its baseline): "
+            f"{', '.join(apart)}."
+            if apart
+            else ""
+        )
+        lines += [
+            f"**Interim** (`--report`): {len(rows)} of {len(rows) + len(missing)} runs have "
+            f"finished; not yet {', '.join(missing)}. Each arm is compared over the seeds "
+            "it and its baseline have both finished, so its verdicts are provisional: "
+            "fewer seeds, and a smaller family for Holm's correction than the final "
+            f"report's.{uncompared}",
+            "",
+        ]
+    lines += [
+        f"Written by `python study.py {args.study} --data_root {args.data_root} {mode}` "
+        f"({len(rows)} runs).",
+        "",
+        f"Budget: {spec.epochs} epochs, {budget.subset or 'all'} training images of "
+        f"{data}, seeds {', '.join(map(str, spec.seeds))}, "
+        f"{budget.num_samples or 10_000} prior samples graded per run. Each arm is compared "
+        f"with `{spec.baseline}` (or the baseline it names) seed by seed: paired 95 % "
+        't-intervals, Holm\'s correction across every arm and measure, and "equivalent" '
+        "only where the 90 % interval lies inside the smallest effect that matters "
+        "(utils/comparison.py).",
+        "",
+    ]
     lines += headline_lines(baselines, summaries, cost)
     lines += ["", "## Arms", ""]
     if spec.settings:
         lines += ["Every arm also takes " + ", ".join(f"`{s}`" for s in spec.settings) + ".", ""]
-    lines += ["| arm | scheme | model config | training config | changes |",
-              "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    lines += [
+        "| arm | scheme | model config | training config | changes |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for a in spec.arms:
         own = [f"`dataset {a.dataset}`"] if a.dataset else []
         changes = ", ".join(own + [f"`{s}`" for s in a.settings]) or "—"
-        lines.append(f"| {a.name} | {a.scheme} | `{a.model_config}` | `{a.train_config}` | "
-                     f"{changes} |")  # fmt: skip
+        lines.append(
+            f"| {a.name} | {a.scheme} | `{a.model_config}` | `{a.train_config}` | {changes} |"
+        )
     lines += cost_lines(spec, rows, cost)
-    logged = [a.name for a in spec.arms if any(k in r for r in rows if r["arm"] == a.name
-                                                for k in DIAGNOSTICS)]  # fmt: skip
+    logged = [
+        a.name
+        for a in spec.arms
+        if any(k in r for r in rows if r["arm"] == a.name for k in DIAGNOSTICS)
+    ]
     if logged:
-        lines += ["", "## Balance of the extra terms (last epoch, median over seeds)", "",
-                  "grad_ratio_X: the gradient of the weighted term X at the decoder's last layer "
-                  "over the weighted reconstruction's; disc_weight: the adversarial weight "
-                  "(lambda_disc, or the adaptive one).", "",
-                  "| arm | " + " | ".join(DIAGNOSTICS) + " |",
-                  "| --- |" + " --- |" * len(DIAGNOSTICS)]  # fmt: skip
+        lines += [
+            "",
+            "## Balance of the extra terms (last epoch, median over seeds)",
+            "",
+            "grad_ratio_X: the gradient of the weighted term X at the decoder's last layer "
+            "over the weighted reconstruction's; disc_weight: the adversarial weight "
+            "(lambda_disc, or the adaptive one).",
+            "",
+            "| arm | " + " | ".join(DIAGNOSTICS) + " |",
+            "| --- |" + " --- |" * len(DIAGNOSTICS),
+        ]
         for name in logged:
             mine = [r for r in rows if r["arm"] == name]
             cells = [median_text([r[k] for r in mine if k in r]) for k in DIAGNOSTICS]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     for name, summary in summaries.items():
-        lines += ["", f"## {name} against {baselines[name]}", "",
-                  markdown_table(summary, baselines[name], name).rstrip()]  # fmt: skip
+        lines += [
+            "",
+            f"## {name} against {baselines[name]}",
+            "",
+            markdown_table(summary, baselines[name], name).rstrip(),
+        ]
     lines += ["", "## Figures", ""]
     if figures:
         lines += [
@@ -742,29 +905,38 @@ def report_text(
 
 def headline_lines(
     baselines: dict[str, str], summaries: dict[str, list[dict]], cost: Cost
-) -> list[str]:  # fmt: skip
+) -> list[str]:
     """## Headline: per cell of the study (a baseline and the arms compared with it), a table of
     the arms' differences in the question's measures, and each arm's answer in plain words."""
-    lines = ["## Headline", "",
-             "Arm minus baseline, paired by seed, with the 95 % t-interval: **bold** is different "
-             "from 0 after Holm's correction; ≈ is equivalent within the smallest effect that "
-             "matters (a real but negligible difference included); \"no spread\" marks a "
-             "difference every seed gave alike, which no test can judge; neither is not shown "
-             "either way. Cost: the arm's over the baseline's (float operations per epoch; "
-             "seconds per training step where `--bench` measured them)."]  # fmt: skip
+    lines = [
+        "## Headline",
+        "",
+        "Arm minus baseline, paired by seed, with the 95 % t-interval: **bold** is different "
+        "from 0 after Holm's correction; ≈ is equivalent within the smallest effect that "
+        'matters (a real but negligible difference included); "no spread" marks a '
+        "difference every seed gave alike, which no test can judge; neither is not shown "
+        "either way. Cost: the arm's over the baseline's (float operations per epoch; "
+        "seconds per training step where `--bench` measured them).",
+    ]
     bench = cost.bench
     for base in dict.fromkeys(baselines[name] for name in summaries):
         arms = [name for name in summaries if baselines[name] == base]
         header = ["arm", *HEADLINE, "float operations", *(["seconds per step"] if bench else [])]
-        lines += ["", f"Against `{base}`:", "", "| " + " | ".join(header) + " |",
-                  "| --- |" + " --- |" * (len(header) - 1)]  # fmt: skip
+        lines += [
+            "",
+            f"Against `{base}`:",
+            "",
+            "| " + " | ".join(header) + " |",
+            "| --- |" + " --- |" * (len(header) - 1),
+        ]
         words = []
         for name in arms:
             by_measure = {r["measure"]: r for r in summaries[name]}
             ratios = {"float operations per epoch": cost.flops[name] / cost.flops[base]}
             if bench:
                 ratios["seconds per training step"] = (
-                    bench.seconds_per_step[name] / bench.seconds_per_step[base])  # fmt: skip
+                    bench.seconds_per_step[name] / bench.seconds_per_step[base]
+                )
             cells = [marked(by_measure[m]) if m in by_measure else "—" for m in HEADLINE]
             cells += [f"{ratio:.3g}x" for ratio in ratios.values()]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -839,25 +1011,32 @@ def cost_lines(spec: StudySpec, rows: list[dict], cost: Cost) -> list[str]:
     """## Cost: per arm, counted float operations per epoch, --bench's seconds per training
     step (or how to measure them), the runs' own seconds per epoch and peak memory."""
     bench = cost.bench
-    how = (f"seconds per step: `--bench`, every arm in one process on {bench.device} "
-           f"({bench.processor}) at --threads {bench.threads}, torch {bench.torch}, the median "
-           f"of {bench.rounds} rounds that take the arms in turn" if bench else
-           "seconds per step: not measured (`python study.py ... --bench` on a quiet machine "
-           "measures them)")  # fmt: skip
-    lines = ["", "## Cost", "",
-             "GFLOP per epoch: counted over real steps of the arm (bench.epoch_flops, training at "
-             f"the study's budget and validation); {how}; seconds per epoch: the runs' own, on "
-             "whatever else the machine ran.", "",
-             "| arm | GFLOP per epoch | seconds per step (bench) | seconds per epoch (median "
-             "over runs) | peak RSS, MB |",
-             "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    how = (
+        f"seconds per step: `--bench`, every arm in one process on {bench.device} "
+        f"({bench.processor}) at --threads {bench.threads}, torch {bench.torch}, the median "
+        f"of {bench.rounds} rounds that take the arms in turn"
+        if bench
+        else "seconds per step: not measured (`python study.py ... --bench` on a quiet machine "
+        "measures them)"
+    )
+    lines = [
+        "",
+        "## Cost",
+        "",
+        "GFLOP per epoch: counted over real steps of the arm (bench.epoch_flops, training at "
+        f"the study's budget and validation); {how}; seconds per epoch: the runs' own, on "
+        "whatever else the machine ran.",
+        "",
+        "| arm | GFLOP per epoch | seconds per step (bench) | seconds per epoch (median "
+        "over runs) | peak RSS, MB |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for a in spec.arms:
         mine = [r for r in rows if r["arm"] == a.name]
         seconds = median_text([r["seconds_per_epoch"] for r in mine])
         peak = f"{max(float(r['peak_rss_mb']) for r in mine):.0f}" if mine else "—"
         step = f"{bench.seconds_per_step[a.name]:.3g}" if bench else "—"
-        lines.append(f"| {a.name} | {cost.flops[a.name] / 1e9:.4g} | {step} | {seconds} | "
-                     f"{peak} |")  # fmt: skip
+        lines.append(f"| {a.name} | {cost.flops[a.name] / 1e9:.4g} | {step} | {seconds} | {peak} |")
     return lines
 
 
@@ -885,8 +1064,9 @@ def run_search(
     env = thread_env(args.threads)
 
     def objective(trial) -> float:
-        values = {p.key: trial.suggest_float(p.key, p.low, p.high, log=p.log)
-                  for p in search.params}  # fmt: skip
+        values = {
+            p.key: trial.suggest_float(p.key, p.low, p.high, log=p.log) for p in search.params
+        }
         extra = tuple(f"{k}={json.dumps(v)}" for k, v in values.items())
         run = out / "runs" / search_folder(values)
         row = graded(arm_of(spec, search.arm, extra), spec.seeds[0], budget, run, env)
@@ -899,29 +1079,41 @@ def run_search(
         run fails on would otherwise start runs without end)."""
         counted = study.get_trials(deepcopy=False)
         failed = sum(t.state == TrialState.FAIL for t in counted)
-        taken = sum(t.state in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
-                    for t in counted)  # fmt: skip
+        taken = sum(
+            t.state in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
+            for t in counted
+        )
         return taken < search.trials and failed < search.trials
 
-    print(f"{spec.name}: searching {', '.join(p.key for p in search.params)} of arm "
-          f"{search.arm!r} for the lowest {search.minimise}, {search.trials} runs -> {out}",
-          flush=True)  # fmt: skip
+    print(
+        f"{spec.name}: searching {', '.join(p.key for p in search.params)} of arm "
+        f"{search.arm!r} for the lowest {search.minimise}, {search.trials} runs -> {out}",
+        flush=True,
+    )
     run_workers(study, objective, args.workers, more)
     done = [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if "row" in t.user_attrs]
     if not done:
         raise UserError("no search run finished; see their output above")
-    rows = [{"trial": t.number, **t.params, search.minimise: t.value,
-             "folder": t.user_attrs["folder"],
-             **{k: v for k, v in t.user_attrs["row"].items() if k in MEASURES}}
-            for t in sorted(done, key=lambda t: t.value)]  # fmt: skip
+    rows = [
+        {
+            "trial": t.number,
+            **t.params,
+            search.minimise: t.value,
+            "folder": t.user_attrs["folder"],
+            **{k: v for k, v in t.user_attrs["row"].items() if k in MEASURES},
+        }
+        for t in sorted(done, key=lambda t: t.value)
+    ]
     write_csv(out / "search.csv", rows)
     best = rows[0]
-    text = [f"# Search `{spec.name}`: arm `{search.arm}`, lowest {search.minimise}", "",
-            f"{len(rows)} runs, seed {spec.seeds[0]}, {spec.epochs} epochs, "
-            f"{budget.subset or 'all'} training images. Best: "
-            + ", ".join(f"`{p.key}` = {best[p.key]:.4g}" for p in search.params)
-            + f" ({search.minimise} {best[search.minimise]:.4g}). Every run: search.csv."
-            ]  # fmt: skip
+    text = [
+        f"# Search `{spec.name}`: arm `{search.arm}`, lowest {search.minimise}",
+        "",
+        f"{len(rows)} runs, seed {spec.seeds[0]}, {spec.epochs} epochs, "
+        f"{budget.subset or 'all'} training images. Best: "
+        + ", ".join(f"`{p.key}` = {best[p.key]:.4g}" for p in search.params)
+        + f" ({search.minimise} {best[search.minimise]:.4g}). Every run: search.csv.",
+    ]
     write_output(out / "SEARCH.md", ("\n".join(text) + "\n").encode(), "--out")
     print(text[-1])
 
@@ -946,9 +1138,11 @@ def measure_speed(spec: StudySpec, out: Path, budget: Budget, threads: int) -> N
 
     known = read_bench(spec, out, budget)
     if known is not None:
-        print(f"--bench: {out / 'bench.json'} holds these arms already (measured on "
-              f"{known.device}, {known.processor}, at --threads {known.threads}); delete it "
-              "to measure again")  # fmt: skip
+        print(
+            f"--bench: {out / 'bench.json'} holds these arms already (measured on "
+            f"{known.device}, {known.processor}, at --threads {known.threads}); delete it "
+            "to measure again"
+        )
         return
     device = pick_device("auto")
     names: dict[str, list[str]] = {}  # arm key -> the arms that train so
@@ -960,13 +1154,22 @@ def measure_speed(spec: StudySpec, out: Path, budget: Budget, threads: int) -> N
     def seconds_per_step(key: str) -> float:
         arm, (steps, batch) = arms[key], epochs[key]
         quiet = ("loss.params.grad_ratio_every=0",) if arm.scheme == "composite" else ()
-        epoch = project_epoch(tuple(map(str, arm.config_paths())), arm.scheme, budget.data_root,
-                              subset=steps * batch, val_size=batch, linear_backend="auto",
-                              device=device.type, settings=(*arm.settings, *quiet))  # fmt: skip
+        epoch = project_epoch(
+            tuple(map(str, arm.config_paths())),
+            arm.scheme,
+            budget.data_root,
+            subset=steps * batch,
+            val_size=batch,
+            linear_backend="auto",
+            device=device.type,
+            settings=(*arm.settings, *quiet),
+        )
         return epoch / steps
 
-    print(f"--bench: {len(arms)} arms x {BENCH_ROUNDS} rounds on {device.type}, "
-          f"{threads} threads", flush=True)  # fmt: skip
+    print(
+        f"--bench: {len(arms)} arms x {BENCH_ROUNDS} rounds on {device.type}, {threads} threads",
+        flush=True,
+    )
     seconds = {key: [] for key in arms}
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -978,12 +1181,25 @@ def measure_speed(spec: StudySpec, out: Path, budget: Budget, threads: int) -> N
     finally:
         torch.set_num_threads(saved_threads)
     processor = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu()["model"]
-    write_json(out / "bench.json", {
-        "device": device.type, "processor": processor, "threads": threads,
-        "torch": torch.__version__, "rounds": BENCH_ROUNDS,
-        "arms": {key: {"arms": names[key], "steps": epochs[key][0], "each": seconds[key],
-                       "seconds_per_step": statistics.median(seconds[key])} for key in arms},
-    })  # fmt: skip
+    write_json(
+        out / "bench.json",
+        {
+            "device": device.type,
+            "processor": processor,
+            "threads": threads,
+            "torch": torch.__version__,
+            "rounds": BENCH_ROUNDS,
+            "arms": {
+                key: {
+                    "arms": names[key],
+                    "steps": epochs[key][0],
+                    "each": seconds[key],
+                    "seconds_per_step": statistics.median(seconds[key]),
+                }
+                for key in arms
+            },
+        },
+    )
     for key in arms:
         print(f"  {', '.join(names[key])}: {statistics.median(seconds[key]):.3g} s per step")
 
@@ -999,8 +1215,12 @@ def bench_epoch(arm: Arm, budget: Budget) -> tuple[int, int]:
         pips = load_model_config(str(arm.config_paths()[0]), model_settings).pips_config
         backbone = pips_backbone_to_make(pips)
         if backbone is not None:
-            make_network("pips", backbone, train_set,
-                         load_mnist(budget.data_root, "test", dataset=data.dataset))  # fmt: skip
+            make_network(
+                "pips",
+                backbone,
+                train_set,
+                load_mnist(budget.data_root, "test", dataset=data.dataset),
+            )
     steps = (budget.subset or len(train_set)) // data.train_bs
     return max(1, min(BENCH_STEPS, steps)), data.train_bs
 

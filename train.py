@@ -172,8 +172,11 @@ def prepare_save_dir(save_dir: Path, resuming: bool) -> Path:
                 f"{save_dir}: is {what}, not a run folder; choose a folder of its own "
                 "(--save_dir, or the train config's save_dir), e.g. checkpoints/NAME"
             )
-        held = sorted(p.name for p in save_dir.glob("*.pth") if p.name in SAVED or
-                      p.name.startswith("checkpoint_"))  # fmt: skip
+        held = sorted(
+            p.name
+            for p in save_dir.glob("*.pth")
+            if p.name in SAVED or p.name.startswith("checkpoint_")
+        )
         if held and not resuming:
             raise UserError(
                 f"{save_dir}: already holds a run ({held[0]}); resume it with --resume auto, "
@@ -274,17 +277,35 @@ def run(args: argparse.Namespace, cluster: Cluster) -> None:
         linear = None
         if cluster.is_main:
             if resume_path is not None:
-                check_resumable(payload, resume_path, args.scheme, model_cfg, train_cfg,
-                                len(train_set), (args.model_config, args.train_config),
-                                cluster)  # fmt: skip
-            linear = record_start(args, model_cfg, train_cfg, train_set, val_set, cluster,
-                                  resume_path, payload)  # fmt: skip
+                check_resumable(
+                    payload,
+                    resume_path,
+                    args.scheme,
+                    model_cfg,
+                    train_cfg,
+                    len(train_set),
+                    (args.model_config, args.train_config),
+                    cluster,
+                )
+            linear = record_start(
+                args, model_cfg, train_cfg, train_set, val_set, cluster, resume_path, payload
+            )
     payload, linear = cluster.broadcast((payload, linear))
     stop = stop_on_signals(cluster)
     try:
-        summary = train(args.scheme, model_cfg, train_cfg, train_set, val_set, cluster.device,
-                        save_dir, resume=payload, stop=stop, cluster=cluster,
-                        linear_backend=linear.backend)  # fmt: skip
+        summary = train(
+            args.scheme,
+            model_cfg,
+            train_cfg,
+            train_set,
+            val_set,
+            cluster.device,
+            save_dir,
+            resume=payload,
+            stop=stop,
+            cluster=cluster,
+            linear_backend=linear.backend,
+        )
     except Interrupted as e:
         if cluster.is_main:
             print(
@@ -414,10 +435,15 @@ def read_data(
 
 
 def record_start(
-    args: argparse.Namespace, model_cfg: ModelConfig, train_cfg: TrainConfig,
-    train_set: MNISTSplit, val_set: MNISTSplit, cluster: Cluster, resume_path: Path | None,
+    args: argparse.Namespace,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    train_set: MNISTSplit,
+    val_set: MNISTSplit,
+    cluster: Cluster,
+    resume_path: Path | None,
     payload: dict | None,
-) -> Choice:  # fmt: skip
+) -> Choice:
     """Rank 0: write the configs as used and the linear layers' backend into the run folder, and
     print what is about to run (and, for a run shorter than its beta warm-up, that beta will not
     reach its value). Returns the backend choice."""
@@ -428,8 +454,20 @@ def record_start(
     chosen = save_dir / "linear_backend.json"
     if payload is None or not chosen.exists():  # a resumed run keeps why its backend was chosen
         write_output(chosen, (json.dumps(vars(linear)) + "\n").encode(), "--save_dir")
-    print(start_line(args.scheme, train_cfg, len(train_set), len(val_set), save_dir, cluster,
-                     resume_path, payload, linear), flush=True)  # fmt: skip
+    print(
+        start_line(
+            args.scheme,
+            train_cfg,
+            len(train_set),
+            len(val_set),
+            save_dir,
+            cluster,
+            resume_path,
+            payload,
+            linear,
+        ),
+        flush=True,
+    )
     warning = short_warmup(train_cfg)
     if warning:
         print(warning, flush=True)
@@ -452,9 +490,16 @@ def short_warmup(train_cfg: TrainConfig) -> str | None:
 
 
 def start_line(
-    scheme: str, train_cfg: TrainConfig, train_size: int, val_size: int, save_dir: Path,
-    cluster: Cluster, resume_path: Path | None, payload: dict | None, linear: Choice,
-) -> str:  # fmt: skip
+    scheme: str,
+    train_cfg: TrainConfig,
+    train_size: int,
+    val_size: int,
+    save_dir: Path,
+    cluster: Cluster,
+    resume_path: Path | None,
+    payload: dict | None,
+    linear: Choice,
+) -> str:
     """What is about to run, on what, into where; under torchrun also how the batch is split;
     which library runs the linear layers, and why."""
     where, train_bs = str(cluster.device), train_cfg.data.train_bs

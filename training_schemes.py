@@ -62,14 +62,28 @@ INTERRUPT_CHECKPOINT = "checkpoint_interrupted.pth"
 RESUMABLE_CHANGES = {"num_epochs", "save_dir", "tensorboard"}
 # What every resumable checkpoint holds besides its scheme's state (`state_keys`): save() writes
 # them, train() and check_resumable() read them.
-RESUME_KEYS = ("scheme", "epoch", "step", "next_epoch", "next_batch", "metrics_rows", "train_size",
-               "model_config", "train_config", "epoch_terms", "rng_state")  # fmt: skip
+RESUME_KEYS = (
+    "scheme",
+    "epoch",
+    "step",
+    "next_epoch",
+    "next_batch",
+    "metrics_rows",
+    "train_size",
+    "model_config",
+    "train_config",
+    "epoch_terms",
+    "rng_state",
+)
 
 
 def adam_with_schedule(
-    params, adam: AdamParams, schedule: ScheduleParams | None, total_steps: int,
+    params,
+    adam: AdamParams,
+    schedule: ScheduleParams | None,
+    total_steps: int,
     fused: bool = True,
-) -> tuple[torch.optim.Adam, LambdaLR | None]:  # fmt: skip
+) -> tuple[torch.optim.Adam, LambdaLR | None]:
     """Adam, and its LR schedule: linear warm-up over int(warmup_ratio * total_steps) steps, then
     cosine decay towards 0 at total_steps (transformers' get_cosine_schedule_with_warmup, as the
     reference uses); None for a constant LR (`schedule` null). The caller steps the schedule after
@@ -96,9 +110,11 @@ def update(optimizer: torch.optim.Adam, schedule: LambdaLR | None, loss: torch.T
 
 
 def load_optimiser(
-    optimizer: torch.optim.Adam, schedule: LambdaLR | None, optimizer_state: dict,
+    optimizer: torch.optim.Adam,
+    schedule: LambdaLR | None,
+    optimizer_state: dict,
     schedule_state: dict | None,
-) -> None:  # fmt: skip
+) -> None:
     """Restore an optimiser and its schedule (None, with a null state, for a constant LR)."""
     optimizer.load_state_dict(optimizer_state)
     if schedule is not None:
@@ -126,9 +142,13 @@ class SimpleScheme:
         return model_cfg
 
     def __init__(
-        self, model_cfg: ModelConfig, train_cfg: TrainConfig, steps_per_epoch: int,
-        cluster: Cluster, linear_backend: str,
-    ):  # fmt: skip
+        self,
+        model_cfg: ModelConfig,
+        train_cfg: TrainConfig,
+        steps_per_epoch: int,
+        cluster: Cluster,
+        linear_backend: str,
+    ):
         total_steps = train_cfg.num_epochs * steps_per_epoch
         self.precision, self.linear_backend = train_cfg.precision, linear_backend
         self.vae = VAE(model_cfg.model_config).to(cluster.device)
@@ -143,8 +163,9 @@ class SimpleScheme:
             self.vae.parameters(), train_cfg.vae_optimizer, train_cfg.vae_schedule, total_steps
         )
 
-    def make_loss(self, model_cfg: ModelConfig, train_cfg: TrainConfig, steps_per_epoch: int,
-                  total_steps: int) -> BetaVAELoss:  # fmt: skip
+    def make_loss(
+        self, model_cfg: ModelConfig, train_cfg: TrainConfig, steps_per_epoch: int, total_steps: int
+    ) -> BetaVAELoss:
         return BetaVAELoss(train_cfg.loss.params, steps_per_epoch)
 
     @property
@@ -219,33 +240,43 @@ class CompositeScheme(SimpleScheme):
         return dataclasses.replace(model_cfg, pips_config=model_cfg.pips_config or PIPSConfig())
 
     def __init__(
-        self, model_cfg: ModelConfig, train_cfg: TrainConfig, steps_per_epoch: int,
-        cluster: Cluster, linear_backend: str,
-    ):  # fmt: skip
+        self,
+        model_cfg: ModelConfig,
+        train_cfg: TrainConfig,
+        steps_per_epoch: int,
+        cluster: Cluster,
+        linear_backend: str,
+    ):
         super().__init__(model_cfg, train_cfg, steps_per_epoch, cluster, linear_backend)
         self.pips_config = model_cfg.pips_config
         self.critic = self.loss.discriminator
         self.critic_replica = cluster.wrap(self.critic, train_cfg.sync_batchnorm)
         self.opt_d, self.sched_d = adam_with_schedule(
-            self.critic.parameters(), train_cfg.optimizer.params_d, train_cfg.scheduler.params_d,
+            self.critic.parameters(),
+            train_cfg.optimizer.params_d,
+            train_cfg.scheduler.params_d,
             train_cfg.num_epochs * steps_per_epoch,
-        )  # fmt: skip
+        )
         # Checkpoints record which perceptual weights the run trains against, so that a resume
         # against another backbone file (made again, or replaced) is refused, not silently mixed.
         self.pips_fingerprint = parameter_fingerprint([self.loss.pips])
 
-    def make_loss(self, model_cfg: ModelConfig, train_cfg: TrainConfig, steps_per_epoch: int,
-                  total_steps: int) -> CompositeLoss:  # fmt: skip
+    def make_loss(
+        self, model_cfg: ModelConfig, train_cfg: TrainConfig, steps_per_epoch: int, total_steps: int
+    ) -> CompositeLoss:
         # Channels-last convolutions run faster on CPU (bench_ab.py times both); the arithmetic
         # is the same.
         return CompositeLoss(
-            train_cfg.loss.params, steps_per_epoch, total_steps,
+            train_cfg.loss.params,
+            steps_per_epoch,
+            total_steps,
             train_cfg.optimizer.params_d.warmup_ratio,
             PatchDiscriminator(model_cfg.discriminator_config).to(
-                memory_format=torch.channels_last),
+                memory_format=torch.channels_last
+            ),
             build_pips(model_cfg.pips_config).to(memory_format=torch.channels_last),
             lambda: self.vae.decoder.last_layer,
-        )  # fmt: skip
+        )
 
     @property
     def networks(self) -> list[nn.Module]:
@@ -278,8 +309,12 @@ class CompositeScheme(SimpleScheme):
 
     @classmethod
     def state_keys(cls) -> tuple[str, ...]:
-        return (*super().state_keys(), "discriminator_state_dict", "optimizer_d_state_dict",
-                "scheduler_d_state_dict")  # fmt: skip
+        return (
+            *super().state_keys(),
+            "discriminator_state_dict",
+            "optimizer_d_state_dict",
+            "scheduler_d_state_dict",
+        )
 
     def load_state_dict(self, state: dict) -> None:
         """Also refuses a run that trained against other PIPS weights (checkpoints written
@@ -295,8 +330,12 @@ class CompositeScheme(SimpleScheme):
             )
         super().load_state_dict(state)
         self.critic.load_state_dict(state["discriminator_state_dict"])
-        load_optimiser(self.opt_d, self.sched_d, state["optimizer_d_state_dict"],
-                       state["scheduler_d_state_dict"])  # fmt: skip
+        load_optimiser(
+            self.opt_d,
+            self.sched_d,
+            state["optimizer_d_state_dict"],
+            state["scheduler_d_state_dict"],
+        )
 
 
 SCHEMES: dict[str, type[SimpleScheme]] = {"simple": SimpleScheme, "composite": CompositeScheme}
@@ -308,9 +347,12 @@ def check_scheme(scheme: str, model_cfg: ModelConfig, model_path: str) -> ModelC
 
 
 def linear_backend_choice(
-    train_cfg: TrainConfig, model_cfg: ModelConfig, batch: int, device: torch.device,
+    train_cfg: TrainConfig,
+    model_cfg: ModelConfig,
+    batch: int,
+    device: torch.device,
     resume: dict | None,
-) -> Choice:  # fmt: skip
+) -> Choice:
     """The backend of the VAE's linear layers for a run on `device` at `batch` rows per step: on
     resume the one its checkpoint records (ATen in checkpoints from before the choice existed),
     so that it continues with the same arithmetic; else the train config's, resolved. (Timing
@@ -336,8 +378,13 @@ class Progress:
         return self.stopper is not None and self.stopper.should_stop(epoch, train_loss, vae)
 
     def state_dict(self) -> dict:
-        state = {"step": self.step, "next_epoch": self.next_epoch, "next_batch": self.next_batch,
-                 "metrics_rows": list(self.metrics.rows), "run_id": self.run_id}  # fmt: skip
+        state = {
+            "step": self.step,
+            "next_epoch": self.next_epoch,
+            "next_batch": self.next_batch,
+            "metrics_rows": list(self.metrics.rows),
+            "run_id": self.run_id,
+        }
         if self.stopper is not None:
             state["early_stopping"] = self.stopper.state_dict()
         return state
@@ -410,11 +457,18 @@ class Run:
 
 
 def train(
-    scheme: str, model_cfg: ModelConfig, train_cfg: TrainConfig, train_set: MNISTSplit,
-    val_set: MNISTSplit, device: torch.device, save_dir: Path, resume: dict | None = None,
-    stop: StopRequest | None = None, cluster: Cluster | None = None,
+    scheme: str,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    train_set: MNISTSplit,
+    val_set: MNISTSplit,
+    device: torch.device,
+    save_dir: Path,
+    resume: dict | None = None,
+    stop: StopRequest | None = None,
+    cluster: Cluster | None = None,
     linear_backend: str | None = None,
-) -> RunSummary:  # fmt: skip
+) -> RunSummary:
     """Train one run into `save_dir`, or continue one from the checkpoint payload `resume`;
     under torchrun, this process's part of it (`cluster`; default: one process). The VAE's
     linear layers run on `linear_backend` (None: chosen here, as train.py chooses it).
@@ -426,8 +480,11 @@ def train(
     cluster = cluster or Cluster(device)
     if linear_backend is None:  # rank 0's choice, for every rank
         batch = train_cfg.data.train_bs // cluster.world_size
-        choice = linear_backend_choice(train_cfg, model_cfg, batch, device, resume) if (
-            cluster.is_main) else None  # fmt: skip
+        choice = (
+            linear_backend_choice(train_cfg, model_cfg, batch, device, resume)
+            if (cluster.is_main)
+            else None
+        )
         linear_backend = cluster.broadcast(choice).backend
     torch.manual_seed(train_cfg.seed)
     steps_per_epoch = len(train_set) // train_cfg.data.train_bs
@@ -445,13 +502,15 @@ def train(
     for epoch in range(progress.next_epoch, train_cfg.num_epochs + 1):
         run_epoch(run, epoch)
         row = finish_epoch(run, epoch)
-        stopped_early = cluster.main_decides(progress.should_stop(epoch, row["train_loss"],
-                                                                  learner.vae))  # fmt: skip
+        stopped_early = cluster.main_decides(
+            progress.should_stop(epoch, row["train_loss"], learner.vae)
+        )
         if epoch % train_cfg.save_every == 0 or epoch == train_cfg.num_epochs or stopped_early:
             save(run, save_dir / f"checkpoint_epoch_{epoch:03d}.pth", epoch)
             if cluster.is_main:
-                prune_checkpoints(save_dir, train_cfg.keep_checkpoints, progress.run_id,
-                                  progress.step)  # fmt: skip
+                prune_checkpoints(
+                    save_dir, train_cfg.keep_checkpoints, progress.run_id, progress.step
+                )
         if stopped_early:
             save_best_model(run, epoch)
             break
@@ -464,26 +523,54 @@ def train(
 
 
 def start_run(
-    learner: SimpleScheme, model_cfg: ModelConfig, train_cfg: TrainConfig, train_set: MNISTSplit,
-    val_set: MNISTSplit, cluster: Cluster, save_dir: Path, stop: StopRequest | None,
-) -> Run:  # fmt: skip
+    learner: SimpleScheme,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    train_set: MNISTSplit,
+    val_set: MNISTSplit,
+    cluster: Cluster,
+    save_dir: Path,
+    stop: StopRequest | None,
+) -> Run:
     """The run's shared parts at step 0: progress with its metrics columns and early stopping,
     the non-finite watch, and (rank 0) the progress bar and TensorBoard when wanted."""
     loss = learner.loss
-    columns = ["epoch", "step", *(f"train_{t}" for t in learner.train_terms),
-               *(f"val_{t}" for t in loss.term_names), "beta", *learner.learning_rates(),
-               "seconds"]  # fmt: skip
+    columns = [
+        "epoch",
+        "step",
+        *(f"train_{t}" for t in learner.train_terms),
+        *(f"val_{t}" for t in loss.term_names),
+        "beta",
+        *learner.learning_rates(),
+        "seconds",
+    ]
     stopping = train_cfg.early_stopping
     stopper = EarlyStopping(stopping.patience, stopping.tol) if stopping else None
     progress = Progress(MetricsLog(save_dir / "metrics.csv", columns), stopper)
-    board = TensorBoardLog(save_dir, model_cfg, train_cfg) if (
-        train_cfg.tensorboard and cluster.is_main) else None  # fmt: skip
+    board = (
+        TensorBoardLog(save_dir, model_cfg, train_cfg)
+        if (train_cfg.tensorboard and cluster.is_main)
+        else None
+    )
     show_bar = cluster.is_main and sys.stderr.isatty()
     # Reading the live loss is a collective under torchrun, so every rank follows rank 0's need.
     live_loss = cluster.main_decides(show_bar or board is not None)
     watch = NonFiniteWatch(loss.term_names + loss.critic_term_names, cluster.device)
-    return Run(learner, progress, model_cfg, train_cfg, train_set, val_set, cluster, save_dir,
-               stop or StopRequest(), board, watch, show_bar, live_loss)  # fmt: skip
+    return Run(
+        learner,
+        progress,
+        model_cfg,
+        train_cfg,
+        train_set,
+        val_set,
+        cluster,
+        save_dir,
+        stop or StopRequest(),
+        board,
+        watch,
+        show_bar,
+        live_loss,
+    )
 
 
 def run_epoch(run: Run, epoch: int) -> None:
@@ -500,8 +587,14 @@ def run_epoch(run: Run, epoch: int) -> None:
     order = epoch_order(len(run.train_set), cfg.seed, epoch, cluster.device)
     share = rank_share(order, cfg.data.train_bs, cluster.rank, cluster.world_size)
     batches = train_batches(run.train_set.images, rank_bs, share[first_batch * rank_bs :])
-    bar = tqdm(batches, total=steps_per_epoch, initial=first_batch, leave=False,
-               desc=f"epoch {epoch}/{cfg.num_epochs}", disable=not run.show_bar)  # fmt: skip
+    bar = tqdm(
+        batches,
+        total=steps_per_epoch,
+        initial=first_batch,
+        leave=False,
+        desc=f"epoch {epoch}/{cfg.num_epochs}",
+        disable=not run.show_bar,
+    )
     for batch_index, x in enumerate(bar, start=first_batch):
         terms = run.scheme.step(x, progress.step)
         progress.epoch_terms.add(terms)
@@ -533,15 +626,21 @@ def finish_epoch(run: Run, epoch: int) -> dict[str, float]:
     check_finite(run)
     cluster.sync_buffers(learner.networks)
     with forward_precision(cluster.device, cfg.precision):
-        val_terms = validate(learner.vae, learner.loss, run.val_set, cfg.data.val_bs,
-                             progress.step, cluster)  # fmt: skip
+        val_terms = validate(
+            learner.vae, learner.loss, run.val_set, cfg.data.val_bs, progress.step, cluster
+        )
     train_means = cluster.sum_terms(progress.epoch_terms, learner.train_terms).means(
-        learner.train_terms)  # fmt: skip
-    row = {"epoch": epoch, "step": progress.step,
-           **{f"train_{k}": v for k, v in train_means.items()},
-           **{f"val_{k}": v for k, v in val_terms.items()},
-           "beta": learner.loss.beta(progress.step), **learner.learning_rates(),
-           "seconds": time.perf_counter() - run.epoch_started}  # fmt: skip
+        learner.train_terms
+    )
+    row = {
+        "epoch": epoch,
+        "step": progress.step,
+        **{f"train_{k}": v for k, v in train_means.items()},
+        **{f"val_{k}": v for k, v in val_terms.items()},
+        "beta": learner.loss.beta(progress.step),
+        **learner.learning_rates(),
+        "seconds": time.perf_counter() - run.epoch_started,
+    }
     with cluster.agreed():
         if cluster.is_main:
             progress.metrics.append(row)
@@ -554,9 +653,13 @@ def finish_epoch(run: Run, epoch: int) -> dict[str, float]:
 
 @torch.inference_mode()
 def validate(
-    vae: VAE, loss_fn: BetaVAELoss, val_set: MNISTSplit, batch_size: int, step: int,
+    vae: VAE,
+    loss_fn: BetaVAELoss,
+    val_set: MNISTSplit,
+    batch_size: int,
+    step: int,
     cluster: Cluster,
-) -> dict[str, float]:  # fmt: skip
+) -> dict[str, float]:
     """Generator loss terms over the whole validation split, eval mode (decodes mu). Under
     torchrun each rank takes every world_size-th batch and the sums are added up over ranks."""
     vae.eval()
@@ -587,25 +690,38 @@ def save(run: Run, path: Path, epoch_done: int) -> None:
     with cluster.agreed():
         if cluster.is_main:
             payload = {
-                "scheme": learner.name, "epoch": epoch_done,
+                "scheme": learner.name,
+                "epoch": epoch_done,
                 "loss": progress.metrics.last("train_loss"),
-                "beta": learner.loss.beta(progress.step), "train_size": len(run.train_set),
+                "beta": learner.loss.beta(progress.step),
+                "train_size": len(run.train_set),
                 "linear_backend": learner.linear_backend,
                 "model_config": dataclasses.asdict(run.model_cfg),
                 "train_config": dataclasses.asdict(run.train_cfg),
-                **progress.state_dict(), **learner.state_dict(), **rank_states[0],
-            }  # fmt: skip
+                **progress.state_dict(),
+                **learner.state_dict(),
+                **rank_states[0],
+            }
             if cluster.distributed:
-                payload.update(world_size=cluster.world_size, rank_states=rank_states,
-                               replica_fingerprint=fingerprint)  # fmt: skip
+                payload.update(
+                    world_size=cluster.world_size,
+                    rank_states=rank_states,
+                    replica_fingerprint=fingerprint,
+                )
             save_checkpoint(payload, path)
     run.last_good = str(path)
 
 
 def check_resumable(
-    payload: dict, path: Path, scheme: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
-    train_size: int, config_paths: tuple[str, str], cluster: Cluster,
-) -> None:  # fmt: skip
+    payload: dict,
+    path: Path,
+    scheme: str,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    train_size: int,
+    config_paths: tuple[str, str],
+    cluster: Cluster,
+) -> None:
     """Refuse a checkpoint that cannot continue this run: weights only, another run folder's,
     other settings, another number of processes, or a run that has ended."""
     if "next_epoch" not in payload:
@@ -709,8 +825,11 @@ def prune_checkpoints(save_dir: Path, keep: int | None, run_id: str, step: int) 
     """Keep the newest `keep` periodic checkpoints of run `run_id` (all when None), newest by the
     step each file records, and drop its interrupt checkpoint once an older step than `step`.
     Files of other runs, or that are not checkpoints, are left alone."""
-    own = {path: found[1] for path in save_dir.glob("checkpoint_*.pth")
-           if (found := checkpoint_fields(path, "run_id", "step"))[0] == run_id}  # fmt: skip
+    own = {
+        path: found[1]
+        for path in save_dir.glob("checkpoint_*.pth")
+        if (found := checkpoint_fields(path, "run_id", "step"))[0] == run_id
+    }
     interrupted = save_dir / INTERRUPT_CHECKPOINT
     periodic = sorted((p for p in own if p != interrupted), key=own.get)
     for old in periodic[:-keep] if keep else []:
@@ -724,12 +843,21 @@ def save_best_model(run: Run, epoch: int) -> None:
     stopper, path = run.progress.stopper, run.save_dir / "best_model.pth"
     with run.cluster.agreed():
         if run.cluster.is_main:
-            save_checkpoint({"model_state_dict": stopper.best_state, "epoch": stopper.best_epoch,
-                             "loss": stopper.best_loss,
-                             "dataset": run.train_cfg.data.dataset}, path)  # fmt: skip
-            print(f"early stop after epoch {epoch}: train loss has not improved by more than "
-                  f"{stopper.tol} for {stopper.patience} epochs; best epoch {stopper.best_epoch} "
-                  f"-> {path}", flush=True)  # fmt: skip
+            save_checkpoint(
+                {
+                    "model_state_dict": stopper.best_state,
+                    "epoch": stopper.best_epoch,
+                    "loss": stopper.best_loss,
+                    "dataset": run.train_cfg.data.dataset,
+                },
+                path,
+            )
+            print(
+                f"early stop after epoch {epoch}: train loss has not improved by more than "
+                f"{stopper.tol} for {stopper.patience} epochs; best epoch {stopper.best_epoch} "
+                f"-> {path}",
+                flush=True,
+            )
 
 
 def save_final_model(run: Run, epoch: int) -> Path:
@@ -739,20 +867,29 @@ def save_final_model(run: Run, epoch: int) -> Path:
         if run.cluster.is_main:
             if run.board is not None:
                 run.board.close()
-            save_checkpoint({"model_state_dict": run.scheme.vae.state_dict(), "epoch": epoch,
-                             "step": run.progress.step, "scheme": run.scheme.name,
-                             "dataset": run.train_cfg.data.dataset},
-                            path)  # fmt: skip
+            save_checkpoint(
+                {
+                    "model_state_dict": run.scheme.vae.state_dict(),
+                    "epoch": epoch,
+                    "step": run.progress.step,
+                    "scheme": run.scheme.name,
+                    "dataset": run.train_cfg.data.dataset,
+                },
+                path,
+            )
     return path
 
 
 def epoch_summary(row: dict[str, float], num_epochs: int) -> str:
     """One line per epoch: the main terms of train and validation, beta, LR and time."""
     terms = {
-        prefix: " ".join(f"{k[len(prefix) :]} {v:.4g}" for k, v in row.items()
-                         if k.startswith(prefix) and not math.isnan(v))
+        prefix: " ".join(
+            f"{k[len(prefix) :]} {v:.4g}"
+            for k, v in row.items()
+            if k.startswith(prefix) and not math.isnan(v)
+        )
         for prefix in ("train_", "val_")
-    }  # fmt: skip
+    }
     return (
         f"epoch {row['epoch']}/{num_epochs} step {row['step']} | train {terms['train_']} | "
         f"val {terms['val_']} | beta {row['beta']:.3g} lr_g {row['lr_g']:.3g} | "

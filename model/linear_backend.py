@@ -122,8 +122,12 @@ def onednn_problem() -> str | None:
         except RuntimeError as error:
             return f"oneDNN's linear op failed ({str(error).splitlines()[0]})"
         expected = _forward_and_gradients(F.linear, x, weight, b, grad)
-        for name, a, e in zip(("output", "input gradient", "weight gradient", "bias gradient"),
-                              got, expected, strict=False):  # fmt: skip
+        for name, a, e in zip(
+            ("output", "input gradient", "weight gradient", "bias gradient"),
+            got,
+            expected,
+            strict=False,
+        ):
             if not torch.allclose(a, e, rtol=1e-4, atol=1e-4):
                 return f"oneDNN's linear op differs from F.linear in the {name}"
     return None
@@ -131,8 +135,11 @@ def onednn_problem() -> str | None:
 
 def layer_shapes(module: nn.Module) -> list[tuple[int, int, bool]]:
     """(in_features, out_features, has bias) of every `Linear` inside `module`."""
-    return [(m.in_features, m.out_features, m.bias is not None) for m in module.modules()
-            if isinstance(m, Linear)]  # fmt: skip
+    return [
+        (m.in_features, m.out_features, m.bias is not None)
+        for m in module.modules()
+        if isinstance(m, Linear)
+    ]
 
 
 def time_backends(shapes: list[tuple[int, int, bool]], batch: int, reps: int = TIMING_REPS):
@@ -141,10 +148,14 @@ def time_backends(shapes: list[tuple[int, int, bool]], batch: int, reps: int = T
     load elsewhere on the machine hits both alike."""
     g = torch.Generator().manual_seed(0)
     problems = [
-        (torch.randn(batch, n_in, generator=g), torch.randn(n_out, n_in, generator=g),
-         torch.randn(n_out, generator=g) if bias else None, torch.randn(batch, n_out, generator=g))
+        (
+            torch.randn(batch, n_in, generator=g),
+            torch.randn(n_out, n_in, generator=g),
+            torch.randn(n_out, generator=g) if bias else None,
+            torch.randn(batch, n_out, generator=g),
+        )
         for n_in, n_out, bias in shapes
-    ]  # fmt: skip
+    ]
     best = dict.fromkeys(BACKENDS, float("inf"))
     for _ in range(reps + 1):  # the first round warms up
         for backend in BACKENDS:
@@ -163,8 +174,9 @@ class Choice:
     why: str
 
 
-def choose(setting: str, module: nn.Module, batch: int, device: torch.device,
-           saved: str | None = None) -> Choice:  # fmt: skip
+def choose(
+    setting: str, module: nn.Module, batch: int, device: torch.device, saved: str | None = None
+) -> Choice:
     """The backend for `module`'s linear layers under the train config's `setting` ("auto",
     "aten" or "onednn") on `device`, or the backend `saved` that a resumed run used: CUDA always
     takes ATen; oneDNN only once it passes its check (else ATen, the reason said); "auto" times
@@ -183,5 +195,8 @@ def choose(setting: str, module: nn.Module, batch: int, device: torch.device,
         return Choice("onednn", source)
     seconds = time_backends(layer_shapes(module), batch)
     faster = "onednn" if seconds["onednn"] < AUTO_MARGIN * seconds["aten"] else "aten"
-    return Choice(faster, f"auto: the linear layers' step took {seconds['onednn'] * 1e3:.1f} ms "
-                          f"with onednn, {seconds['aten'] * 1e3:.1f} ms with aten")  # fmt: skip
+    return Choice(
+        faster,
+        f"auto: the linear layers' step took {seconds['onednn'] * 1e3:.1f} ms "
+        f"with onednn, {seconds['aten'] * 1e3:.1f} ms with aten",
+    )

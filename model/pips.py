@@ -45,9 +45,10 @@ def _mean_sq_distance_to_unit_target(features: torch.Tensor, target: torch.Tenso
     features, target = features.float(), target.float()
     norm = _channel_norm(features)
     per_pixel = (
-        norm.pow(2) / (norm + EPS).pow(2) - 2 * (features * target).sum(dim=1) / (norm + EPS)
+        norm.pow(2) / (norm + EPS).pow(2)
+        - 2 * (features * target).sum(dim=1) / (norm + EPS)
         + target.pow(2).sum(dim=1)
-    )  # fmt: skip
+    )
     return per_pixel.clamp(min=0).mean(dim=(1, 2)) / features.shape[1]
 
 

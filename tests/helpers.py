@@ -53,8 +53,14 @@ def fake_digits(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return images, labels.to(torch.uint8)
 
 
-def make_mnist_root(root: Path, n_train: int = 512, n_test: int = 256, folder: str = "MNIST",
-                    flat: bool = False, gz: bool = False) -> Path:  # fmt: skip
+def make_mnist_root(
+    root: Path,
+    n_train: int = 512,
+    n_test: int = 256,
+    folder: str = "MNIST",
+    flat: bool = False,
+    gz: bool = False,
+) -> Path:
     """A data root with small synthetic splits: in torchvision's layout (<root>/<folder>/raw/),
     or `flat` (the four files in the root itself, as Debian installs them); gzipped if `gz`."""
     raw = root if flat else root / folder / "raw"
@@ -108,8 +114,11 @@ def config_variant(folder: Path, source: str | Path, changes: dict[str, Any]) ->
     return path
 
 
-def small_composite_model(folder: Path, source: str = "configs/model_composite_mnist_config.json",
-                          changes: dict[str, Any] | None = None) -> Path:  # fmt: skip
+def small_composite_model(
+    folder: Path,
+    source: str = "configs/model_composite_mnist_config.json",
+    changes: dict[str, Any] | None = None,
+) -> Path:
     """A copy of a composite model config whose critic is narrow (8-16-32-32 channels) and whose
     PIPS is the MNIST CNN at its initial weights, saved in `folder` (made without training): the
     scheme's every code path at a fraction of the reference critic's cost per step."""
@@ -120,9 +129,15 @@ def small_composite_model(folder: Path, source: str = "configs/model_composite_m
     if not backbone.exists():
         split = MNISTSplit(torch.zeros(1, 1, 28, 28), torch.zeros(1, dtype=torch.long))
         make_network("pips", backbone, split, split, epochs=0)
-    small = {"discriminator_config.hidden_channels": [8, 16, 32, 32],
-             "pips_config": {"backbone": "mnist_cnn", "input_size": 28, "weights": "mnist",
-                             "weights_path": str(backbone)}}  # fmt: skip
+    small = {
+        "discriminator_config.hidden_channels": [8, 16, 32, 32],
+        "pips_config": {
+            "backbone": "mnist_cnn",
+            "input_size": 28,
+            "weights": "mnist",
+            "weights_path": str(backbone),
+        },
+    }
     return config_variant(folder, source, {**small, **(changes or {})})
 
 

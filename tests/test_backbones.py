@@ -34,8 +34,10 @@ def test_every_backbone_has_a_loader_and_the_default_is_one_of_them():
 
 
 def test_the_pips_network_defaults_to_the_backbones_file_of_each_dataset():
-    for weights, path in (("mnist", "checkpoints/mnist_pips_cnn.pth"),
-                          ("fashion_mnist", "checkpoints/fashion_mnist_pips_cnn.pth")):  # fmt: skip
+    for weights, path in (
+        ("mnist", "checkpoints/mnist_pips_cnn.pth"),
+        ("fashion_mnist", "checkpoints/fashion_mnist_pips_cnn.pth"),
+    ):
         assert NETWORKS["pips"].default_path(weights) == path
         assert PIPSConfig(backbone="mnist_cnn", weights=weights).weights_path == path
     assert (

@@ -24,8 +24,9 @@ def booby_trapped(tmp_path) -> tuple[Path, Path]:
     """A checkpoint that looks like any other but holds a pickled object, and its marker."""
     marker = tmp_path / "code_ran"
     path = tmp_path / "checkpoint_epoch_001.pth"
-    torch.save({"step": 7, "model_state_dict": {"w": torch.ones(2)},
-                "extra": WritesAMarker(marker)}, path)  # fmt: skip
+    torch.save(
+        {"step": 7, "model_state_dict": {"w": torch.ones(2)}, "extra": WritesAMarker(marker)}, path
+    )
     assert not marker.exists()
     return path, marker
 

@@ -13,29 +13,50 @@ from tests.helpers import REPO, make_mnist_root, run_main, run_script
 @pytest.mark.parametrize(
     ("argv", "line"),
     [
-        (["train.py", "--model_config", "m.json", "--train_config", "t.json", "--epochs", "0"],
-         "error: argument --epochs: must be >= 1, got 0; see python train.py --help"),
-        (["train.py", "--scheme", "gan"],
-         "error: argument --scheme: invalid choice: 'gan' (choose from 'simple', 'composite'); "
-         "see python train.py --help"),
-        (["infer.py", "--bogus"],
-         "error: unrecognized arguments: --bogus; see python infer.py --help"),
-        (["evaluate.py"], "error: pass --model_config and --ckpt_path (grade a checkpoint), or "
-                          "--images FILE alone (grade images); see python evaluate.py --help"),
-        (["evaluate.py", "--images", "a.pt", "--ckpt_path", "b.pth"],
-         "error: pass --model_config and --ckpt_path (grade a checkpoint), or --images FILE "
-         "alone (grade images); see python evaluate.py --help"),
-        (["make_networks.py", "--network", "x"], "error: argument --network: invalid choice: 'x' "
-                                                 "(choose from 'pips', 'eval', 'both'); see python "
-                                                 "make_networks.py --help"),
-        (["study.py"], "error: the following arguments are required: study; see python study.py "
-                       "--help"),
-        (["study.py", "studies/smoke.json", "--workers", "0"],
-         "error: --workers 0: must be >= 1; see python study.py --help"),
-        (["compare_schemes.py", "--seeds"], "error: argument --seeds: expected at least one "
-                                            "argument; see python compare_schemes.py --help"),
+        (
+            ["train.py", "--model_config", "m.json", "--train_config", "t.json", "--epochs", "0"],
+            "error: argument --epochs: must be >= 1, got 0; see python train.py --help",
+        ),
+        (
+            ["train.py", "--scheme", "gan"],
+            "error: argument --scheme: invalid choice: 'gan' (choose from 'simple', 'composite'); "
+            "see python train.py --help",
+        ),
+        (
+            ["infer.py", "--bogus"],
+            "error: unrecognized arguments: --bogus; see python infer.py --help",
+        ),
+        (
+            ["evaluate.py"],
+            "error: pass --model_config and --ckpt_path (grade a checkpoint), or "
+            "--images FILE alone (grade images); see python evaluate.py --help",
+        ),
+        (
+            ["evaluate.py", "--images", "a.pt", "--ckpt_path", "b.pth"],
+            "error: pass --model_config and --ckpt_path (grade a checkpoint), or --images FILE "
+            "alone (grade images); see python evaluate.py --help",
+        ),
+        (
+            ["make_networks.py", "--network", "x"],
+            "error: argument --network: invalid choice: 'x' "
+            "(choose from 'pips', 'eval', 'both'); see python "
+            "make_networks.py --help",
+        ),
+        (
+            ["study.py"],
+            "error: the following arguments are required: study; see python study.py --help",
+        ),
+        (
+            ["study.py", "studies/smoke.json", "--workers", "0"],
+            "error: --workers 0: must be >= 1; see python study.py --help",
+        ),
+        (
+            ["compare_schemes.py", "--seeds"],
+            "error: argument --seeds: expected at least one "
+            "argument; see python compare_schemes.py --help",
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_bad_flag_is_one_line_in_every_script(argv, line):
     # In this process, as the script's __main__ runs it: argparse's exit is the script's.
     result = run_main(*argv)
@@ -46,7 +67,9 @@ def test_a_bad_flag_is_one_line_in_every_script(argv, line):
 def test_a_bad_flag_is_one_line_in_a_real_process():
     result = run_script("infer.py", "--bogus")
     assert (result.returncode, result.stderr) == (
-        2, "error: unrecognized arguments: --bogus; see python infer.py --help\n")  # fmt: skip
+        2,
+        "error: unrecognized arguments: --bogus; see python infer.py --help\n",
+    )
 
 
 def interactive_signals() -> None:
@@ -69,12 +92,28 @@ def test_ctrl_c_while_the_perceptual_network_trains_is_one_line(tmp_path):
     model.write_text(source.replace("checkpoints/mnist_pips_cnn.pth", str(weights)))
     assert str(weights) in model.read_text()
     proc = subprocess.Popen(
-        [sys.executable, "train.py", "--scheme", "composite", "--model_config", str(model),
-         "--train_config", "configs/train_composite_config.json", "--data_root", str(fake_mnist),
-         "--save_dir", str(tmp_path / "run"), "--device", "cpu"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "train.py",
+            "--scheme",
+            "composite",
+            "--model_config",
+            str(model),
+            "--train_config",
+            "configs/train_composite_config.json",
+            "--data_root",
+            str(fake_mnist),
+            "--save_dir",
+            str(tmp_path / "run"),
+            "--device",
+            "cpu",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         preexec_fn=interactive_signals,
-    )  # fmt: skip
+    )
     first = proc.stdout.readline()
     assert first.startswith("training the PIPS backbone CNN"), first
     proc.send_signal(signal.SIGINT)

@@ -13,8 +13,17 @@ from utils.comparison import MEASURES, SUMMARY_FIELDS, markdown_table, summarise
 from utils.networks import file_sha256
 
 # The measures of a runs.csv written before evaluate.py's later grades (as the committed ones).
-NINE = ("recon_mse", "fid_samples", "fid_recon", "sharpness_ratio", "recon_accuracy",
-        "grid_confident_share", "grid_classes", "seconds_per_epoch", "peak_rss_mb")  # fmt: skip
+NINE = (
+    "recon_mse",
+    "fid_samples",
+    "fid_recon",
+    "sharpness_ratio",
+    "recon_accuracy",
+    "grid_confident_share",
+    "grid_classes",
+    "seconds_per_epoch",
+    "peak_rss_mb",
+)
 # The comparison's baseline and arm, as runs.csv's scheme column names them.
 SCHEMES = ("simple", "composite")
 
@@ -86,8 +95,20 @@ def test_the_comparison_runs_both_schemes_grades_them_and_keeps_finished_runs(tm
     again. On a small synthetic MNIST (its size is no part of what is checked): the PIPS backbone
     trains on half of it, each run takes one step an epoch."""
     mnist = make_mnist_root(tmp_path / "mnist", n_train=256, n_test=128)
-    argv = ["--data_root", str(mnist), "--seeds", "1", "--epochs", "1",
-            "--subset", "128", "--num_samples", "500", "--out", "out"]  # fmt: skip
+    argv = [
+        "--data_root",
+        str(mnist),
+        "--seeds",
+        "1",
+        "--epochs",
+        "1",
+        "--subset",
+        "128",
+        "--num_samples",
+        "500",
+        "--out",
+        "out",
+    ]
     # compare_schemes.py in this process (its train.py and evaluate.py runs in real ones), then
     # again in a real process.
     result = run_main("compare_schemes.py", *argv, cwd=tmp_path)
@@ -101,8 +122,9 @@ def test_the_comparison_runs_both_schemes_grades_them_and_keeps_finished_runs(tm
     shipped = file_sha256(REPO / "checkpoints/mnist_eval_net.pth")
     for run in runs:
         assert run["epochs"] == "1" and float(run["peak_rss_mb"]) > 50
-        graded = json.loads((tmp_path / "out/runs" / f"{run['scheme']}_seed{run['seed']}"
-                             / "eval.json").read_text())  # fmt: skip
+        graded = json.loads(
+            (tmp_path / "out/runs" / f"{run['scheme']}_seed{run['seed']}" / "eval.json").read_text()
+        )
         assert graded["eval_net_sha256"] == shipped and graded["num_samples"] == 500
         assert all(math.isfinite(float(run[m])) for m in MEASURES)
     with open(out / "summary.csv") as f:

@@ -40,8 +40,9 @@ def test_every_leaky_relu_of_the_vae_has_the_reference_slope():
     with torch.no_grad():
         layer = vae.encoder.in_layer
         pre = layer[0](torch.full((1, 784), -1.0))
-        torch.testing.assert_close(layer(torch.full((1, 784), -1.0)),
-                                   torch.where(pre < 0, 0.2 * pre, pre))  # fmt: skip
+        torch.testing.assert_close(
+            layer(torch.full((1, 784), -1.0)), torch.where(pre < 0, 0.2 * pre, pre)
+        )
 
 
 def test_linear_layer_drops_out_after_batchnorm_and_activation():

@@ -884,8 +884,13 @@ BAD_FIELDS = {
         ),
     ],
 }
-KIND = {MODEL_SIMPLE: "model", MODEL_COMPOSITE: "model", MODEL_COMPOSITE_MNIST: "model",
-        TRAIN_SIMPLE: "simple", TRAIN_COMPOSITE: "composite"}  # fmt: skip
+KIND = {
+    MODEL_SIMPLE: "model",
+    MODEL_COMPOSITE: "model",
+    MODEL_COMPOSITE_MNIST: "model",
+    TRAIN_SIMPLE: "simple",
+    TRAIN_COMPOSITE: "composite",
+}
 
 
 @pytest.mark.parametrize(
@@ -999,20 +1004,34 @@ def train_cli_runs(tmp_path_factory, fake_mnist):
             _repo_relative(train),
             root / "no_data",
             root / f"run_{name}",
-        )  # fmt: skip
+        )
         for name, (scheme, model, train, _) in cases.items()
     }
     # A bad --seed on a good command line over real files, in a folder of its own.
     (root / "seed").mkdir()
-    commands["bad_seed"] = train_argv("simple", MODEL_SIMPLE, TRAIN_SIMPLE, fake_mnist,
-                                      root / "seed" / "run", "--epochs", "1", "--subset", "64",
-                                      "--seed", "-5")  # fmt: skip
+    commands["bad_seed"] = train_argv(
+        "simple",
+        MODEL_SIMPLE,
+        TRAIN_SIMPLE,
+        fake_mnist,
+        root / "seed" / "run",
+        "--epochs",
+        "1",
+        "--subset",
+        "64",
+        "--seed",
+        "-5",
+    )
     cases["bad_seed"] = (None, None, None, "error: --seed -5: must be in [0, 2**32)")
     mnist_before = sorted(p.relative_to(fake_mnist) for p in fake_mnist.rglob("*"))
-    done = {name: run_script(*argv) if name == "bad_seed" else run_main(*argv)
-            for name, argv in commands.items()}  # fmt: skip
-    results = {name: (r.returncode, r.stdout, r.stderr, root / f"run_{name}", cases[name][3])
-               for name, r in done.items()}  # fmt: skip
+    done = {
+        name: run_script(*argv) if name == "bad_seed" else run_main(*argv)
+        for name, argv in commands.items()
+    }
+    results = {
+        name: (r.returncode, r.stdout, r.stderr, root / f"run_{name}", cases[name][3])
+        for name, r in done.items()
+    }
     assert not (root / "no_data").exists()
     assert sorted(p.relative_to(fake_mnist) for p in fake_mnist.rglob("*")) == mnist_before
     results["bad_seed"] = (*results["bad_seed"][:3], root / "seed" / "run", cases["bad_seed"][3])

@@ -24,12 +24,17 @@ from utils.config import (
 from utils.errors import ConfigError
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.sampled_from([0, -1, 10**400]) | st.floats()
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.sampled_from([0, -1, 10**400])
+    | st.floats()
     | st.text(max_size=10),
-    lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
     max_leaves=12,
-)  # fmt: skip
+)
 
 # kind: the shipped file mutated, and what a valid result must be.
 SHIPPED = {
@@ -44,8 +49,13 @@ LOADED_TYPE = {"model": ModelConfig, "simple": TrainConfig, "composite": Composi
 def field_paths(tree: object, prefix: tuple = ()) -> list[tuple]:
     """Every path to a value inside a JSON tree (dict keys and list indices)."""
     paths = [prefix] if prefix else []
-    children = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(
-        tree, list) else []  # fmt: skip
+    children = (
+        tree.items()
+        if isinstance(tree, dict)
+        else enumerate(tree)
+        if isinstance(tree, list)
+        else []
+    )
     for key, child in children:
         paths += field_paths(child, (*prefix, key))
     return paths

@@ -18,10 +18,15 @@ COMPOSITE_MODEL = REPO / "configs/model_composite_config.json"
 
 def test_settings_are_routed_by_their_first_key_and_read_as_json():
     model, train = parse_settings(
-        ["loss.params.beta=2", "model_config.latent_features=16", 'save_dir="runs/b2"',
-         "scheduler.params=null", "pips_config.backbone=\"mnist_cnn\""],
+        [
+            "loss.params.beta=2",
+            "model_config.latent_features=16",
+            'save_dir="runs/b2"',
+            "scheduler.params=null",
+            'pips_config.backbone="mnist_cnn"',
+        ],
         "simple",
-    )  # fmt: skip
+    )
     assert model == {"model_config.latent_features": 16, "pips_config.backbone": "mnist_cnn"}
     assert train == {"loss.params.beta": 2, "save_dir": "runs/b2", "scheduler.params": None}
 
@@ -32,11 +37,14 @@ def test_settings_are_routed_by_their_first_key_and_read_as_json():
         ("loss.params.beta", "--set loss.params.beta: write KEY=VALUE with KEY a dotted field"),
         ("=2", "--set =2: write KEY=VALUE"),
         ("loss..beta=2", "--set loss..beta=2: write KEY=VALUE"),
-        ("save_dir=runs/b2", "--set save_dir=runs/b2: the value 'runs/b2' is not JSON; write "
-                             "strings in double quotes, e.g. --set 'save_dir=\"runs/b2\"'"),
+        (
+            "save_dir=runs/b2",
+            "--set save_dir=runs/b2: the value 'runs/b2' is not JSON; write "
+            "strings in double quotes, e.g. --set 'save_dir=\"runs/b2\"'",
+        ),
         ("betta=2", "--set betta=2: 'betta' is neither a training config field (seed, "),
     ],
-)  # fmt: skip
+)
 def test_a_malformed_setting_is_one_line_saying_how_to_write_it(text, message):
     with pytest.raises(ConfigError) as caught:
         parse_settings([text], "simple")
@@ -62,17 +70,26 @@ def test_settings_change_the_file_before_its_checks():
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"loss.params.beta": -1}, "--set loss.params.beta=-1: field 'loss.params.beta' = -1.0 "
-                                  "must be >= 0"),
+        (
+            {"loss.params.beta": -1},
+            "--set loss.params.beta=-1: field 'loss.params.beta' = -1.0 must be >= 0",
+        ),
         ({"seed": -5}, "--set seed=-5: field 'seed' = -5 must be in [0, 2**32)"),
-        ({"data.train_bs": "64"}, "--set data.train_bs=\"64\": field 'data.train_bs' = \"64\" "
-                                  "must be an integer"),
-        ({"loss.params.betta": 2}, "--set loss.params.betta=2: field 'loss.params.betta' = 2 "
-                                   "unknown key; did you mean 'beta'?"),
-        ({"seed.x": 1}, "--set seed.x=...: field 'seed' is 42, not an object, so it has no "
-                        "field 'x'"),
+        (
+            {"data.train_bs": "64"},
+            '--set data.train_bs="64": field \'data.train_bs\' = "64" must be an integer',
+        ),
+        (
+            {"loss.params.betta": 2},
+            "--set loss.params.betta=2: field 'loss.params.betta' = 2 "
+            "unknown key; did you mean 'beta'?",
+        ),
+        (
+            {"seed.x": 1},
+            "--set seed.x=...: field 'seed' is 42, not an object, so it has no field 'x'",
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_bad_setting_fails_its_check_naming_the_setting(settings, message):
     with pytest.raises(ConfigError) as caught:
         load_train_config(SIMPLE_TRAIN, "simple", settings)
@@ -90,23 +107,40 @@ def test_a_file_problem_is_still_named_by_the_file(tmp_path):
 @pytest.mark.parametrize(
     ("epochs", "line"),
     [
-        (10, "note: num_epochs 10 < loss.params.warmup_epochs 15, so beta ends at 2.67 of 4 "
-             "(the warm-up counts epochs; --epochs does not shorten it)"),
+        (
+            10,
+            "note: num_epochs 10 < loss.params.warmup_epochs 15, so beta ends at 2.67 of 4 "
+            "(the warm-up counts epochs; --epochs does not shorten it)",
+        ),
         (15, None),
         (40, None),
     ],
-)  # fmt: skip
+)
 def test_a_run_shorter_than_beta_warmup_says_so(epochs, line):
     cfg = load_train_config(SIMPLE_TRAIN, "simple", {"num_epochs": epochs})
     assert short_warmup(cfg) == line
 
 
 def test_train_records_settings_in_the_run_folder_and_refuses_a_bad_one(tmp_path, fake_mnist):
-    common = ["train.py", "--scheme", "simple", "--model_config",
-              "configs/model_simple_config.json", "--train_config",
-              "configs/train_simple_config.json", "--data_root", str(fake_mnist), "--subset",
-              "128", "--device", "cpu", "--set", "num_epochs=1", "--set",
-              "model_config.latent_features=3"]  # fmt: skip
+    common = [
+        "train.py",
+        "--scheme",
+        "simple",
+        "--model_config",
+        "configs/model_simple_config.json",
+        "--train_config",
+        "configs/train_simple_config.json",
+        "--data_root",
+        str(fake_mnist),
+        "--subset",
+        "128",
+        "--device",
+        "cpu",
+        "--set",
+        "num_epochs=1",
+        "--set",
+        "model_config.latent_features=3",
+    ]
     run = tmp_path / "run"
     done = run_main(*common, "--set", f'save_dir="{run}"', "--set", "loss.params.beta=2")
     assert done.returncode == 0, done.stderr
@@ -141,9 +175,19 @@ def test_a_key_given_twice_is_refused_not_silently_the_last(tmp_path):
 def test_a_fifo_as_config_is_refused_at_once_not_waited_on(tmp_path, fake_mnist):
     fifo = tmp_path / "config.json"
     os.mkfifo(fifo)
-    result = run_script("train.py", "--scheme", "simple", "--model_config", str(fifo),
-                        "--train_config", "configs/train_simple_config.json", "--data_root",
-                        str(fake_mnist), "--save_dir", str(tmp_path / "run"),
-                        timeout=60)  # fmt: skip
+    result = run_script(
+        "train.py",
+        "--scheme",
+        "simple",
+        "--model_config",
+        str(fifo),
+        "--train_config",
+        "configs/train_simple_config.json",
+        "--data_root",
+        str(fake_mnist),
+        "--save_dir",
+        str(tmp_path / "run"),
+        timeout=60,
+    )
     assert result.returncode == 2
     assert result.stderr == f"error: {fifo}: is not a regular file; point at a .json config\n"

@@ -119,9 +119,17 @@ def test_two_classes_alone_have_low_recall_and_a_large_class_kl(tmp_path, real_m
     commands = {}
     for name, images in files.items():
         torch.save(images, tmp_path / f"{name}.pt")
-        commands[name] = ["evaluate.py", "--images", str(tmp_path / f"{name}.pt"), "--data_root",
-                          str(real_mnist), "--device", "cpu", "--out",
-                          str(tmp_path / f"{name}.json")]  # fmt: skip
+        commands[name] = [
+            "evaluate.py",
+            "--images",
+            str(tmp_path / f"{name}.pt"),
+            "--data_root",
+            str(real_mnist),
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / f"{name}.json"),
+        ]
     graded = {}
     for name, result in {name: run_main(*argv) for name, argv in commands.items()}.items():
         assert result.returncode == 0, result.stderr

@@ -57,10 +57,13 @@ def test_missing_files_name_the_dataset_its_folder_and_both_forms(tmp_path):
     [
         (lambda data: data[: len(data) // 2], "not a whole gzip file", "original file"),
         (lambda data: b"not gzip at all", "not a whole gzip file", "original file"),
-        (lambda data: gzip.compress(gzip.decompress(data)[:-5], mtime=0), "bytes but its header",
-         "original Fashion-MNIST file"),
+        (
+            lambda data: gzip.compress(gzip.decompress(data)[:-5], mtime=0),
+            "bytes but its header",
+            "original Fashion-MNIST file",
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_damaged_gz_file_is_one_line_naming_it_and_the_dataset(tmp_path, damage, says, fix):
     root = make_mnist_root(tmp_path, n_train=16, n_test=8, folder="FashionMNIST", gz=True)
     path = root / "FashionMNIST" / "raw" / "train-images-idx3-ubyte.gz"
@@ -78,8 +81,11 @@ def test_a_label_past_9_names_a_class_of_fashion_mnist(tmp_path):
     data = bytearray(path.read_bytes())
     data[8 + 3] = 12  # the fourth label
     path.write_bytes(bytes(data))
-    with pytest.raises(DataError, match="label 12 at index 3 is not a class 0-9; replace it "
-                                        "with the original Fashion-MNIST file"):  # fmt: skip
+    with pytest.raises(
+        DataError,
+        match="label 12 at index 3 is not a class 0-9; replace it "
+        "with the original Fashion-MNIST file",
+    ):
         load_mnist(root, "train", download=False, dataset="fashion_mnist")
 
 
@@ -162,49 +168,109 @@ def test_fashion_mnist_trains_grades_and_is_refused_where_it_does_not_belong(tmp
     backbone, is one line."""
     root = make_mnist_root(tmp_path / "data", n_train=256, n_test=64, flat=True, gz=True)
     run = tmp_path / "run"
-    argv = train_argv("simple", "configs/model_simple_config.json",
-                      "configs/train_simple_config.json", root, run, "--epochs", "1",
-                      "--dataset", "fashion_mnist", "--set", "save_every=1")  # fmt: skip
+    argv = train_argv(
+        "simple",
+        "configs/model_simple_config.json",
+        "configs/train_simple_config.json",
+        root,
+        run,
+        "--epochs",
+        "1",
+        "--dataset",
+        "fashion_mnist",
+        "--set",
+        "save_every=1",
+    )
     result = run_script(*argv)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("simple scheme on cpu: 256 Fashion-MNIST training images")
     assert json.loads((run / "train_config.json").read_text())["data"]["dataset"] == "fashion_mnist"
     assert load_checkpoint(run / "final_model.pth")["dataset"] == "fashion_mnist"
 
-    graded = run_main("evaluate.py", "--model_config", run / "model_config.json", "--ckpt_path",
-                      run / "final_model.pth", "--data_root", root, "--eval_net",
-                      tmp_path / "eval.pth", "--num_samples", "100", "--out",
-                      tmp_path / "eval.json")  # fmt: skip
+    graded = run_main(
+        "evaluate.py",
+        "--model_config",
+        run / "model_config.json",
+        "--ckpt_path",
+        run / "final_model.pth",
+        "--data_root",
+        root,
+        "--eval_net",
+        tmp_path / "eval.pth",
+        "--num_samples",
+        "100",
+        "--out",
+        tmp_path / "eval.json",
+    )
     assert graded.returncode == 0, graded.stderr
-    assert ("training the evaluation CNN (4 epochs on half 1 of the Fashion-MNIST training "
-            "split: 128 of 256 images") in graded.stdout  # fmt: skip
+    assert (
+        "training the evaluation CNN (4 epochs on half 1 of the Fashion-MNIST training "
+        "split: 128 of 256 images"
+    ) in graded.stdout
     assert json.loads((tmp_path / "eval.json").read_text())["dataset"] == "fashion_mnist"
     assert load_checkpoint(tmp_path / "eval.pth")["dataset"] == "fashion_mnist"
 
     pips = tmp_path / "pips.pth"  # the composite scheme makes its backbone on Fashion-MNIST
-    argv = train_argv("composite", "configs/model_composite_fashion_mnist_config.json",
-                      "configs/train_composite_config.json", root, tmp_path / "composite",
-                      "--epochs", "1", "--dataset", "fashion_mnist",
-                      "--set", f'pips_config.weights_path="{pips}"')  # fmt: skip
+    argv = train_argv(
+        "composite",
+        "configs/model_composite_fashion_mnist_config.json",
+        "configs/train_composite_config.json",
+        root,
+        tmp_path / "composite",
+        "--epochs",
+        "1",
+        "--dataset",
+        "fashion_mnist",
+        "--set",
+        f'pips_config.weights_path="{pips}"',
+    )
     composite = run_main(*argv)
     assert composite.returncode == 0, composite.stderr
-    assert ("training the PIPS backbone CNN (4 epochs on half 0 of the Fashion-MNIST training "
-            "split") in composite.stdout  # fmt: skip
+    assert (
+        "training the PIPS backbone CNN (4 epochs on half 0 of the Fashion-MNIST training split"
+    ) in composite.stdout
     assert load_checkpoint(pips)["dataset"] == "fashion_mnist"
     assert load_checkpoint(tmp_path / "composite/final_model.pth")["dataset"] == "fashion_mnist"
 
     refused = {
-        "evaluate as MNIST": ("evaluate.py", "--model_config", run / "model_config.json",
-                              "--ckpt_path", run / "final_model.pth", "--data_root", root,
-                              "--dataset", "mnist", "--out", tmp_path / "mnist.json"),
-        "resume as MNIST": (*train_argv("simple", "configs/model_simple_config.json",
-                                        "configs/train_simple_config.json", root, run,
-                                        "--epochs", "2", "--set", "save_every=1"),
-                            "--resume", "auto"),
-        "MNIST PIPS": train_argv("composite", "configs/model_composite_mnist_config.json",
-                                 "configs/train_composite_config.json", root, tmp_path / "c",
-                                 "--dataset", "fashion_mnist"),
-    }  # fmt: skip
+        "evaluate as MNIST": (
+            "evaluate.py",
+            "--model_config",
+            run / "model_config.json",
+            "--ckpt_path",
+            run / "final_model.pth",
+            "--data_root",
+            root,
+            "--dataset",
+            "mnist",
+            "--out",
+            tmp_path / "mnist.json",
+        ),
+        "resume as MNIST": (
+            *train_argv(
+                "simple",
+                "configs/model_simple_config.json",
+                "configs/train_simple_config.json",
+                root,
+                run,
+                "--epochs",
+                "2",
+                "--set",
+                "save_every=1",
+            ),
+            "--resume",
+            "auto",
+        ),
+        "MNIST PIPS": train_argv(
+            "composite",
+            "configs/model_composite_mnist_config.json",
+            "configs/train_composite_config.json",
+            root,
+            tmp_path / "c",
+            "--dataset",
+            "fashion_mnist",
+        ),
+    }
     says = {
         "evaluate as MNIST": f"error: --dataset mnist: {run / 'final_model.pth'} was trained on "
         "Fashion-MNIST; pass --dataset fashion_mnist, or leave --dataset out",
@@ -225,9 +291,19 @@ def test_fashion_mnist_trains_grades_and_is_refused_where_it_does_not_belong(tmp
 def fashion_run(tmp_path_factory, real_fashion_mnist):
     """A short simple-scheme run on the real Fashion-MNIST (torchvision's layout)."""
     run = tmp_path_factory.mktemp("fashion") / "run"
-    argv = train_argv("simple", "configs/model_simple_config.json",
-                      "configs/train_simple_config.json", real_fashion_mnist, run, "--epochs", "1",
-                      "--subset", "256", "--dataset", "fashion_mnist")  # fmt: skip
+    argv = train_argv(
+        "simple",
+        "configs/model_simple_config.json",
+        "configs/train_simple_config.json",
+        real_fashion_mnist,
+        run,
+        "--epochs",
+        "1",
+        "--subset",
+        "256",
+        "--dataset",
+        "fashion_mnist",
+    )
     result = run_main(*argv)
     assert result.returncode == 0, result.stderr
     assert load_checkpoint(run / "final_model.pth")["dataset"] == "fashion_mnist"
@@ -236,10 +312,21 @@ def fashion_run(tmp_path_factory, real_fashion_mnist):
 
 def test_the_shipped_fashion_mnist_grader_grades_a_real_run(fashion_run, real_fashion_mnist):
     shipped = evaluate.shipped_eval_net("fashion_mnist")
-    result = run_main("evaluate.py", "--model_config", fashion_run / "model_config.json",
-                      "--ckpt_path", fashion_run / "final_model.pth", "--data_root",
-                      real_fashion_mnist, "--dataset", "fashion_mnist", "--num_samples", "200",
-                      "--out", fashion_run / "eval.json")  # fmt: skip
+    result = run_main(
+        "evaluate.py",
+        "--model_config",
+        fashion_run / "model_config.json",
+        "--ckpt_path",
+        fashion_run / "final_model.pth",
+        "--data_root",
+        real_fashion_mnist,
+        "--dataset",
+        "fashion_mnist",
+        "--num_samples",
+        "200",
+        "--out",
+        fashion_run / "eval.json",
+    )
     assert result.returncode == 0, result.stderr
     assert "training the" not in result.stdout
     graded = json.loads((fashion_run / "eval.json").read_text())
@@ -266,7 +353,8 @@ def test_every_view_draws_a_real_fashion_mnist_run_from_either_layout(
         flags = ["--run_dir", str(run)] if mode == "curves" else []
         flags += ["--ckpt_path_b", str(run / "final_model.pth")] * (mode == "compare")
         flags += ["--image_index", "3"] if mode == "traverse" else []
-        result = run_main("infer.py", "--mode", mode, "--data_root", root,
-                          *infer_argv(run, png, *flags))  # fmt: skip
+        result = run_main(
+            "infer.py", "--mode", mode, "--data_root", root, *infer_argv(run, png, *flags)
+        )
         assert result.returncode == 0, (mode, result.stderr)
         assert_png(png)

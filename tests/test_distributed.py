@@ -55,14 +55,26 @@ ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
 
 
 def torchrun_argv(*train_argv: str) -> list[str]:
-    return ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(PROCESSES),
-            *train_argv]  # fmt: skip
+    return [
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(PROCESSES),
+        *train_argv,
+    ]
 
 
 def torchrun(*train_argv: str) -> subprocess.CompletedProcess:
     """train.py under torchrun in real processes, one thread each, as CI runs it."""
-    return subprocess.run([sys.executable, *torchrun_argv(*train_argv)], cwd=REPO, env=ONE_THREAD,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, *torchrun_argv(*train_argv)],
+        cwd=REPO,
+        env=ONE_THREAD,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -74,14 +86,29 @@ def mnist(tmp_path_factory) -> Path:
 def train_config(tmp_path_factory) -> Path:
     # The linear backend set (not "auto", whose timing may choose differently in two runs that
     # are compared bit for bit); aten where oneDNN's op fails its check.
-    return config_variant(tmp_path_factory.mktemp("cfg"), "configs/train_simple_config.json",
-                          {"data.train_bs": BATCH, "save_every": 1,
-                           "keep_checkpoints": None, "linear_backend": "onednn"})  # fmt: skip
+    return config_variant(
+        tmp_path_factory.mktemp("cfg"),
+        "configs/train_simple_config.json",
+        {
+            "data.train_bs": BATCH,
+            "save_every": 1,
+            "keep_checkpoints": None,
+            "linear_backend": "onednn",
+        },
+    )
 
 
 def simple_argv(mnist: Path, train_config: Path, run: Path, *extra: str) -> list[str]:
-    return train_argv("simple", "configs/model_simple_config.json", train_config, mnist, run,
-                      "--epochs", "2", *extra)  # fmt: skip
+    return train_argv(
+        "simple",
+        "configs/model_simple_config.json",
+        train_config,
+        mnist,
+        run,
+        "--epochs",
+        "2",
+        *extra,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +131,9 @@ def metrics_rows(run: Path) -> list[dict[str, str]]:
     leftover=st.integers(0, 40),
     seed=st.integers(0, 2**31),
 )
-def test_rank_shares_are_disjoint_and_make_up_the_full_batches(batches, world_size, per_rank,
-                                                               leftover, seed):  # fmt: skip
+def test_rank_shares_are_disjoint_and_make_up_the_full_batches(
+    batches, world_size, per_rank, leftover, seed
+):
     batch_size = world_size * per_rank
     n = batches * batch_size + leftover % batch_size  # a partial last batch, dropped
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
@@ -166,24 +194,30 @@ def test_two_processes_train_one_model_that_infer_loads(tmp_path, mnist, two_pro
     train_cfg = load_train_config(run / "train_config.json", "simple")
     val_set = load_mnist(mnist, "test")
     loss_fn = BetaVAELoss(train_cfg.loss.params, STEPS_PER_EPOCH)
-    alone = validate(vae, loss_fn, val_set, train_cfg.data.val_bs, 64,
-                     Cluster(torch.device("cpu")))  # fmt: skip
+    alone = validate(vae, loss_fn, val_set, train_cfg.data.val_bs, 64, Cluster(torch.device("cpu")))
     for name, value in alone.items():
         assert float(rows[1][f"val_{name}"]) == pytest.approx(value, rel=2e-5), name
 
     png = tmp_path / "grid.png"
-    shown = subprocess.run([sys.executable, "infer.py", *infer_argv(run, png)], cwd=REPO,
-                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    shown = subprocess.run(
+        [sys.executable, "infer.py", *infer_argv(run, png)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert shown.returncode == 0, shown.stdout + shown.stderr
     assert_png(png)
 
 
-def test_interrupted_two_process_run_resumes_bit_identical(tmp_path, mnist, train_config,
-                                                          two_process_run):  # fmt: skip
+def test_interrupted_two_process_run_resumes_bit_identical(
+    tmp_path, mnist, train_config, two_process_run
+):
     reference, _ = two_process_run
     run = tmp_path / "run"
-    proc, received = run_with_terminal(torchrun_argv(*simple_argv(mnist, train_config, run)),
-                                       env=ONE_THREAD)  # fmt: skip
+    proc, received = run_with_terminal(
+        torchrun_argv(*simple_argv(mnist, train_config, run)), env=ONE_THREAD
+    )
     # Ctrl-C reaches torchrun, which forwards it to both processes, once rank 0's bar shows
     # epoch 2 a few steps in.
     pattern = re.compile(rf"epoch 2/2:.*?\b([0-9]+)/{STEPS_PER_EPOCH}\b")
@@ -217,12 +251,17 @@ def test_interrupted_two_process_run_resumes_bit_identical(tmp_path, mnist, trai
 def test_composite_critic_is_wrapped_too_and_early_stopping_ends_every_rank(tmp_path, mnist):
     model_path = small_composite_model(tmp_path)
     # A tolerance no epoch can beat: epoch 1 is the best, epoch 2 uses up patience 1.
-    train_path = config_variant(tmp_path, "configs/train_composite_config.json",
-                                {"data.train_bs": BATCH,
-                                 "early_stopping": {"patience": 1, "tol": 1e9}})  # fmt: skip
+    train_path = config_variant(
+        tmp_path,
+        "configs/train_composite_config.json",
+        {"data.train_bs": BATCH, "early_stopping": {"patience": 1, "tol": 1e9}},
+    )
     run = tmp_path / "run"
-    result = torchrun(*train_argv("composite", model_path, train_path, mnist, run, "--epochs",
-                                  "4", "--subset", "128"))  # fmt: skip
+    result = torchrun(
+        *train_argv(
+            "composite", model_path, train_path, mnist, run, "--epochs", "4", "--subset", "128"
+        )
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("early stop after epoch 2") == 1
     assert result.stdout.count("finished 2 epochs (8 steps)") == 1
@@ -239,8 +278,9 @@ def test_composite_critic_is_wrapped_too_and_early_stopping_ends_every_rank(tmp_
     assert ckpt["replica_fingerprint"] == parameter_fingerprint([vae, critic])
 
 
-def test_a_run_of_two_processes_resumes_only_with_two(tmp_path, mnist, train_config,
-                                                      two_process_run):  # fmt: skip
+def test_a_run_of_two_processes_resumes_only_with_two(
+    tmp_path, mnist, train_config, two_process_run
+):
     reference, _ = two_process_run
     run = tmp_path / "run"
     run.mkdir()

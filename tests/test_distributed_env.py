@@ -13,8 +13,10 @@ from tests.helpers import REPO, train_argv
 
 RANK0 = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2"}
 RANK1 = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
-FIX = ("start every process with torchrun, or unset WORLD_SIZE and RANK to train in one process "
-       "(RENDEZVOUS_TIMEOUT sets the wait)")  # fmt: skip
+FIX = (
+    "start every process with torchrun, or unset WORLD_SIZE and RANK to train in one process "
+    "(RENDEZVOUS_TIMEOUT sets the wait)"
+)
 
 
 def free_port() -> str:
@@ -37,26 +39,49 @@ def train_with_env(
         "MASTER_PORT",
     }
     base = {k: v for k, v in os.environ.items() if k not in torchrun}
-    argv = train_argv("simple", "configs/model_simple_config.json",
-                      "configs/train_simple_config.json", mnist, tmp_path / "run", "--subset",
-                      "128", "--epochs", "1")  # fmt: skip
+    argv = train_argv(
+        "simple",
+        "configs/model_simple_config.json",
+        "configs/train_simple_config.json",
+        mnist,
+        tmp_path / "run",
+        "--subset",
+        "128",
+        "--epochs",
+        "1",
+    )
     started = time.monotonic()
-    result = subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True,
-                            timeout=120, env={**base, **env})  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, *argv],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**base, **env},
+    )
     return result, time.monotonic() - started
 
 
 @pytest.mark.parametrize(
     ("env", "line"),
     [
-        ({"WORLD_SIZE": "abc"}, "WORLD_SIZE is 'abc': it must be a whole number of processes "
-                                ">= 1 (torchrun sets it); unset it to train in one process"),
-        ({**RANK0, "RANK": "x"}, "WORLD_SIZE is 2 but RANK is 'x'; start several processes with "
-                                 "torchrun, or unset WORLD_SIZE to train in one process"),
-        (RANK0, "WORLD_SIZE is 2 but MASTER_ADDR is unset; start several processes with torchrun "
-                "(it sets both), or unset WORLD_SIZE to train in one process"),
+        (
+            {"WORLD_SIZE": "abc"},
+            "WORLD_SIZE is 'abc': it must be a whole number of processes "
+            ">= 1 (torchrun sets it); unset it to train in one process",
+        ),
+        (
+            {**RANK0, "RANK": "x"},
+            "WORLD_SIZE is 2 but RANK is 'x'; start several processes with "
+            "torchrun, or unset WORLD_SIZE to train in one process",
+        ),
+        (
+            RANK0,
+            "WORLD_SIZE is 2 but MASTER_ADDR is unset; start several processes with torchrun "
+            "(it sets both), or unset WORLD_SIZE to train in one process",
+        ),
     ],
-)  # fmt: skip
+)
 def test_broken_torchrun_variables_are_one_line(tmp_path, fake_mnist, env, line):
     result, _ = train_with_env(tmp_path, fake_mnist, env)
     assert result.returncode == 2

@@ -91,9 +91,20 @@ def test_a_constant_image_has_zero_sharpness_and_a_set_against_itself_ratio_one(
 
 def evaluate_argv(config: Path, ckpt: Path, data_root: Path, eval_net: Path) -> list[str]:
     """evaluate.py's flags (without --out) for 500 prior samples on the CPU."""
-    return ["--model_config", str(config), "--ckpt_path", str(ckpt), "--data_root",
-            str(data_root), "--eval_net", str(eval_net), "--num_samples", "500", "--device",
-            "cpu"]  # fmt: skip
+    return [
+        "--model_config",
+        str(config),
+        "--ckpt_path",
+        str(ckpt),
+        "--data_root",
+        str(data_root),
+        "--eval_net",
+        str(eval_net),
+        "--num_samples",
+        "500",
+        "--device",
+        "cpu",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -141,8 +152,9 @@ def test_a_round1_run_folder_is_graded(evaluated, fake_mnist, tmp_path, monkeypa
     root, _, first = evaluated
     assert first.returncode == 0, first.stderr
     run = REPO / "tests" / "fixtures" / "round1_runs" / "simple"
-    argv = evaluate_argv(run / "model_config.json", run / "final_model.pth", fake_mnist,
-                         root / "eval_net.pth")  # fmt: skip
+    argv = evaluate_argv(
+        run / "model_config.json", run / "final_model.pth", fake_mnist, root / "eval_net.pth"
+    )
     monkeypatch.setattr(sys, "argv", ["evaluate.py", *argv, "--out", str(tmp_path / "eval.json")])
     evaluate.main()
     results = json.loads((tmp_path / "eval.json").read_text())
@@ -230,9 +242,17 @@ def test_images_are_graded_blurred_noisy_and_real_the_right_way_round(tmp_path, 
     commands = {}
     for name, images in files.items():
         torch.save(images if name != "real" else {"images": images}, tmp_path / f"{name}.pt")
-        commands[name] = ["evaluate.py", "--images", str(tmp_path / f"{name}.pt"), "--data_root",
-                          str(real_mnist), "--device", "cpu", "--out",
-                          str(tmp_path / f"{name}.json")]  # fmt: skip
+        commands[name] = [
+            "evaluate.py",
+            "--images",
+            str(tmp_path / f"{name}.pt"),
+            "--data_root",
+            str(real_mnist),
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / f"{name}.json"),
+        ]
     # One in a real process, the others in this one.
     done = {"real": run_script(*commands["real"])}
     done |= {name: run_main(*commands[name]) for name in ("blurred", "noisy")}
@@ -280,8 +300,11 @@ def test_the_rate_is_the_mean_posterior_kl_over_the_test_images(evaluated, fake_
     root, _, result = evaluated
     assert result.returncode == 0, result.stderr
     results = json.loads((root / "eval.json").read_text())
-    vae = load_vae(str(REPO / "configs/model_simple_config.json"), str(root / "final_model.pth"),
-                   torch.device("cpu"))  # fmt: skip
+    vae = load_vae(
+        str(REPO / "configs/model_simple_config.json"),
+        str(root / "final_model.pth"),
+        torch.device("cpu"),
+    )
     with torch.no_grad():
         _, mu, logvar = vae(load_mnist(fake_mnist, "test", download=False).images)
     rate = (-0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(1)).mean().item()

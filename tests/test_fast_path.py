@@ -34,9 +34,9 @@ def plain_epoch(
     batch = train_cfg.data.train_bs
     steps = len(images) // batch
     loss_fn = BetaVAELoss(train_cfg.loss.params, steps)
-    optimizer, scheduler = adam_with_schedule(vae.parameters(), train_cfg.optimizer.params,
-                                              train_cfg.scheduler.params, steps,
-                                              fused=fused)  # fmt: skip
+    optimizer, scheduler = adam_with_schedule(
+        vae.parameters(), train_cfg.optimizer.params, train_cfg.scheduler.params, steps, fused=fused
+    )
     order = epoch_order(len(images), train_cfg.seed, 1, "cpu").tolist()
     totals: dict[str, float] = {}
     vae.train()
@@ -71,15 +71,19 @@ def test_fast_and_plain_paths_agree(tmp_path, linear_backend):
     backend = choose(
         linear_backend, VAE(model_cfg.model_config), train_cfg.data.train_bs, torch.device("cpu")
     )
-    summary = train("simple", model_cfg, train_cfg, train_set, val_set, torch.device("cpu"),
-                    tmp_path / "run")  # fmt: skip
+    summary = train(
+        "simple", model_cfg, train_cfg, train_set, val_set, torch.device("cpu"), tmp_path / "run"
+    )
     fast_state = torch.load(summary.final_path, weights_only=True)["model_state_dict"]
     assert summary.steps == 32
-    assert load_checkpoint(summary.final_path.parent / "checkpoint_epoch_001.pth")[
-        "linear_backend"] == backend.backend  # fmt: skip
+    assert (
+        load_checkpoint(summary.final_path.parent / "checkpoint_epoch_001.pth")["linear_backend"]
+        == backend.backend
+    )
     # The same Adam kernel: the loop, batching and on-device sums change nothing but rounding.
-    same_terms, same_state = plain_epoch(model_cfg, train_cfg, train_set.images, fused=True,
-                                         linear_backend=backend.backend)  # fmt: skip
+    same_terms, same_state = plain_epoch(
+        model_cfg, train_cfg, train_set.images, fused=True, linear_backend=backend.backend
+    )
     for name, value in same_terms.items():
         assert summary.last_row[f"train_{name}"] == pytest.approx(value, rel=1e-6), name
     for name, tensor in same_state.items():
@@ -106,8 +110,15 @@ def test_bfloat16_autocast_keeps_float32_weights_and_tracks_the_float32_run(tmp_
     rows = {}
     for precision in ("float32", "bfloat16"):
         train_cfg.precision = precision
-        summary = train("simple", model_cfg, train_cfg, train_set, val_set, torch.device("cpu"),
-                        tmp_path / precision)  # fmt: skip
+        summary = train(
+            "simple",
+            model_cfg,
+            train_cfg,
+            train_set,
+            val_set,
+            torch.device("cpu"),
+            tmp_path / precision,
+        )
         state = torch.load(summary.final_path, weights_only=True)["model_state_dict"]
         assert {t.dtype for t in state.values() if t.is_floating_point()} == {torch.float32}
         rows[precision] = summary.last_row
@@ -147,8 +158,16 @@ def test_kept_memory_spares_the_page_faults_of_reallocating_activations():
     env.pop("LD_PRELOAD", None)
 
     def faults(mode: str) -> int:
-        return int(subprocess.run([sys.executable, "-c", CHURN, mode], cwd=REPO, env=env,
-                                  check=True, capture_output=True, text=True).stdout)  # fmt: skip
+        return int(
+            subprocess.run(
+                [sys.executable, "-c", CHURN, mode],
+                cwd=REPO,
+                env=env,
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+        )
 
     # Seen here: 18,000-28,000 faults with the defaults; kept, 0-1 in a quiet moment, but 784 and
     # 3,136 in one process each under full test runs (something outside the process touches its

@@ -58,16 +58,41 @@ def files(tmp_path_factory, fake_mnist) -> dict[str, Path]:
 
 
 def infer_args(files: dict[str, Path], save_path: Path | str, *flags: str) -> list[str]:
-    return ["infer.py", "--model_config", str(files["config"]), "--ckpt_path", str(files["ckpt"]),
-            "--data_root", str(files["data"]), "--save_path", str(save_path), "--device", "cpu",
-            *flags]  # fmt: skip
+    return [
+        "infer.py",
+        "--model_config",
+        str(files["config"]),
+        "--ckpt_path",
+        str(files["ckpt"]),
+        "--data_root",
+        str(files["data"]),
+        "--save_path",
+        str(save_path),
+        "--device",
+        "cpu",
+        *flags,
+    ]
 
 
 def evaluate_args(files: dict[str, Path], out: Path | str, *flags: str) -> list[str]:
-    return ["evaluate.py", "--model_config", str(files["config"]), "--ckpt_path",
-            str(files["ckpt"]), "--data_root", str(files["data"]), "--eval_net",
-            str(files["eval_net"]), "--num_samples", "100", "--device", "cpu", "--out", str(out),
-            *flags]  # fmt: skip
+    return [
+        "evaluate.py",
+        "--model_config",
+        str(files["config"]),
+        "--ckpt_path",
+        str(files["ckpt"]),
+        "--data_root",
+        str(files["data"]),
+        "--eval_net",
+        str(files["eval_net"]),
+        "--num_samples",
+        "100",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        *flags,
+    ]
 
 
 def one_line(result, *parts: str) -> str:
@@ -136,8 +161,15 @@ def test_a_pdf_save_path_writes_a_pdf(tmp_path, files):
 
 def test_curves_of_a_non_utf8_metrics_csv_is_one_line(tmp_path):
     (tmp_path / "metrics.csv").write_bytes(b"epoch,step,train_loss\n1,4,9\xff\xfe0\n")
-    result = run_main("infer.py", "--mode", "curves", "--run_dir", str(tmp_path),
-                        "--save_path", str(tmp_path / "curves.png"))  # fmt: skip
+    result = run_main(
+        "infer.py",
+        "--mode",
+        "curves",
+        "--run_dir",
+        str(tmp_path),
+        "--save_path",
+        str(tmp_path / "curves.png"),
+    )
     line = one_line(result)
     assert line == (
         f"error: {tmp_path / 'metrics.csv'}: not UTF-8 text (byte 0xff at offset 27); "
@@ -147,8 +179,15 @@ def test_curves_of_a_non_utf8_metrics_csv_is_one_line(tmp_path):
 
 def test_curves_of_a_row_longer_than_its_header_is_one_line(tmp_path):
     (tmp_path / "metrics.csv").write_text("epoch,step\n1,4\n2,8,5\n")
-    result = run_main("infer.py", "--mode", "curves", "--run_dir", str(tmp_path),
-                        "--save_path", str(tmp_path / "curves.png"))  # fmt: skip
+    result = run_main(
+        "infer.py",
+        "--mode",
+        "curves",
+        "--run_dir",
+        str(tmp_path),
+        "--save_path",
+        str(tmp_path / "curves.png"),
+    )
     one_line(result, f"{tmp_path / 'metrics.csv'}: line 3 has more cells than the header")
 
 
@@ -257,13 +296,17 @@ def bad_labels() -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize(
     ("split", "file", "problem"),
     [
-        (lambda: (torch.zeros(0, 28, 28, dtype=torch.uint8), torch.zeros(0, dtype=torch.uint8)),
-         "t10k-images-idx3-ubyte", "holds no images"),
+        (
+            lambda: (torch.zeros(0, 28, 28, dtype=torch.uint8), torch.zeros(0, dtype=torch.uint8)),
+            "t10k-images-idx3-ubyte",
+            "holds no images",
+        ),
         (bad_labels, "t10k-labels-idx1-ubyte", "label 10 at index 5 is not a digit 0-9"),
     ],
-)  # fmt: skip
-def test_an_idx_file_with_no_images_or_a_label_past_9_is_one_line(tmp_path, files, split, file,
-                                                                  problem):  # fmt: skip
+)
+def test_an_idx_file_with_no_images_or_a_label_past_9_is_one_line(
+    tmp_path, files, split, file, problem
+):
     raw = mnist_with_test_split(tmp_path, *split())
     argv = evaluate_args(files, tmp_path / "e.json")
     argv[argv.index(str(files["data"]))] = str(tmp_path)
@@ -350,11 +393,21 @@ def test_a_failed_results_write_names_out(files):
 
 def test_train_refuses_a_model_too_big_for_memory_before_reading_data(tmp_path, fake_mnist):
     run = tmp_path / "run"
-    result = run_script("train.py", "--scheme", "simple", "--model_config",
-                        "configs/model_simple_config.json", "--train_config",
-                        "configs/train_simple_config.json", "--data_root", str(tmp_path / "none"),
-                        "--save_dir", str(run), "--set",
-                        "model_config.latent_features=1000000000000")  # fmt: skip
+    result = run_script(
+        "train.py",
+        "--scheme",
+        "simple",
+        "--model_config",
+        "configs/model_simple_config.json",
+        "--train_config",
+        "configs/train_simple_config.json",
+        "--data_root",
+        str(tmp_path / "none"),
+        "--save_dir",
+        str(run),
+        "--set",
+        "model_config.latent_features=1000000000000",
+    )
     assert result.returncode == 2
     line = result.stderr
     assert line.startswith("error: configs/model_simple_config.json: the model has "), line
@@ -369,9 +422,19 @@ def test_traverse_of_more_latent_dimensions_than_rows_it_can_draw_is_one_line(tm
     save_checkpoint(
         {"model_state_dict": VAE(load_model_config(wide).model_config).state_dict()}, ckpt
     )
-    result = run_main("infer.py", "--mode", "traverse", "--model_config", str(wide),
-                        "--ckpt_path", str(ckpt), "--save_path", str(tmp_path / "t.png"),
-                        "--device", "cpu")  # fmt: skip
+    result = run_main(
+        "infer.py",
+        "--mode",
+        "traverse",
+        "--model_config",
+        str(wide),
+        "--ckpt_path",
+        str(ckpt),
+        "--save_path",
+        str(tmp_path / "t.png"),
+        "--device",
+        "cpu",
+    )
     assert one_line(result) == (
         f"error: {wide}: the model has 101 latent dimensions and traverse draws one row each, at "
         "most 100; draw it with --mode grid or samples"

@@ -140,10 +140,12 @@ def test_onednn_falls_back_where_its_op_computes_something_else(monkeypatch):
 
 
 @needs_onednn
-@pytest.mark.parametrize("ratio, expected", [(0.5, "onednn"), (0.94, "onednn"), (0.96, "aten"),
-                                             (1.3, "aten")])  # fmt: skip
-def test_auto_takes_onednn_only_where_it_is_timed_faster_by_the_margin(monkeypatch, ratio,
-                                                                       expected):  # fmt: skip
+@pytest.mark.parametrize(
+    "ratio, expected", [(0.5, "onednn"), (0.94, "onednn"), (0.96, "aten"), (1.3, "aten")]
+)
+def test_auto_takes_onednn_only_where_it_is_timed_faster_by_the_margin(
+    monkeypatch, ratio, expected
+):
     timed = []
 
     def times(shapes, batch):
@@ -158,9 +160,24 @@ def test_auto_takes_onednn_only_where_it_is_timed_faster_by_the_margin(monkeypat
     )
     # Timed on the VAE's own layers: encoder 784-784-512-256-128 and the mu / logvar heads,
     # decoder 2-128-256-512-784 and its output layer; the LinearLayers have no bias.
-    assert timed == [([(784, 784, True), (784, 512, False), (512, 256, False), (256, 128, False),
-                       (128, 2, True), (128, 2, True), (2, 128, True), (128, 256, False),
-                       (256, 512, False), (512, 784, False), (784, 784, True)], 64)]  # fmt: skip
+    assert timed == [
+        (
+            [
+                (784, 784, True),
+                (784, 512, False),
+                (512, 256, False),
+                (256, 128, False),
+                (128, 2, True),
+                (128, 2, True),
+                (2, 128, True),
+                (128, 256, False),
+                (256, 512, False),
+                (512, 784, False),
+                (784, 784, True),
+            ],
+            64,
+        )
+    ]
 
 
 @needs_onednn
@@ -202,8 +219,12 @@ def test_one_vae_step_agrees_between_backends():
         torch.manual_seed(1)
         x_hat, mu, logvar = vae(x)
         (x_hat.square().sum() + mu.square().sum() + logvar.sum()).backward()
-        results[backend] = {"x_hat": x_hat, "mu": mu, "logvar": logvar,
-                            **{name: p.grad for name, p in vae.named_parameters()}}  # fmt: skip
+        results[backend] = {
+            "x_hat": x_hat,
+            "mu": mu,
+            "logvar": logvar,
+            **{name: p.grad for name, p in vae.named_parameters()},
+        }
     for name, want in results["aten"].items():
         error = (results["onednn"][name] - want).abs().max()
         assert error <= 1e-4 * want.abs().max(), name

@@ -116,9 +116,15 @@ def composite_parts():
     vae = VAE(model_cfg.model_config)
     critic = PatchDiscriminator(model_cfg.discriminator_config)
     pips = build_pips(PIPSConfig(weights="random", input_size=32))
-    loss_fn = CompositeLoss(CompositeLossParams(), 468, total_steps=18720, critic_start_ratio=0.05,
-                            discriminator=critic, pips=pips,
-                            last_layer=lambda: vae.decoder.last_layer)  # fmt: skip
+    loss_fn = CompositeLoss(
+        CompositeLossParams(),
+        468,
+        total_steps=18720,
+        critic_start_ratio=0.05,
+        discriminator=critic,
+        pips=pips,
+        last_layer=lambda: vae.decoder.last_layer,
+    )
     return vae, critic, loss_fn
 
 
@@ -178,11 +184,23 @@ class Constant(nn.Module):
 def stub_composite_loss(lambda_pips: float, lambda_disc: float) -> CompositeLoss:
     """A composite loss over a PIPS that always answers 0.3 and a critic whose every logit is 2,
     beta 1 from the first step, no free bits; the critic is on from step 10."""
-    params = CompositeLossParams(beta=1.0, warmup_epochs=0, free_bits=0.0, lambda_recon=1.0,
-                                 lambda_pips=lambda_pips, lambda_disc=lambda_disc)  # fmt: skip
-    return CompositeLoss(params, 10, total_steps=100, critic_start_ratio=0.1,
-                         discriminator=Constant(2.0, (1, 1, 7, 7)), pips=Constant(0.3),
-                         last_layer=lambda: None)  # fmt: skip
+    params = CompositeLossParams(
+        beta=1.0,
+        warmup_epochs=0,
+        free_bits=0.0,
+        lambda_recon=1.0,
+        lambda_pips=lambda_pips,
+        lambda_disc=lambda_disc,
+    )
+    return CompositeLoss(
+        params,
+        10,
+        total_steps=100,
+        critic_start_ratio=0.1,
+        discriminator=Constant(2.0, (1, 1, 7, 7)),
+        pips=Constant(0.3),
+        last_layer=lambda: None,
+    )
 
 
 def hand_inputs() -> tuple[torch.Tensor, ...]:
@@ -246,11 +264,24 @@ def composite_on_a_weight(**options) -> tuple[CompositeLoss, nn.Parameter, tuple
     norm 0.1), a critic whose logits are 1 + 0.1 * sum(x_hat) (hinge generator -mean D: gradient
     norm 0.2), beta 1, KL 1, the critic on from step 10."""
     w = nn.Parameter(torch.full((4,), 0.5))
-    params = CompositeLossParams(beta=1.0, warmup_epochs=0, free_bits=0.0, lambda_pips=2.0,
-                                 lambda_disc=0.5, gan_loss="hinge", **options)  # fmt: skip
-    loss_fn = CompositeLoss(params, 10, total_steps=100, critic_start_ratio=0.1,
-                            discriminator=Affine(1.0, 0.1, (1, 1, 7, 7)), pips=Affine(0.3, 0.05),
-                            last_layer=lambda: w)  # fmt: skip
+    params = CompositeLossParams(
+        beta=1.0,
+        warmup_epochs=0,
+        free_bits=0.0,
+        lambda_pips=2.0,
+        lambda_disc=0.5,
+        gan_loss="hinge",
+        **options,
+    )
+    loss_fn = CompositeLoss(
+        params,
+        10,
+        total_steps=100,
+        critic_start_ratio=0.1,
+        discriminator=Affine(1.0, 0.1, (1, 1, 7, 7)),
+        pips=Affine(0.3, 0.05),
+        last_layer=lambda: w,
+    )
     x_hat = w.view(1, 1, 2, 2)
     return (
         loss_fn,
@@ -305,8 +336,15 @@ def test_gradient_ratios_are_measured_every_n_steps_of_training_only():
 
 def test_lambda_disc_0_never_switches_the_critic_on():
     loss_fn, _, inputs = composite_on_a_weight(grad_ratio_every=0)
-    loss_fn = CompositeLoss(dataclasses.replace(loss_fn.config, lambda_disc=0.0), 10, 100, 0.1,
-                            loss_fn.discriminator, loss_fn.pips, loss_fn.last_layer)  # fmt: skip
+    loss_fn = CompositeLoss(
+        dataclasses.replace(loss_fn.config, lambda_disc=0.0),
+        10,
+        100,
+        0.1,
+        loss_fn.discriminator,
+        loss_fn.pips,
+        loss_fn.last_layer,
+    )
     assert not loss_fn.discriminator_on(10**9)
     _, terms = loss_fn.generator_loss(*inputs, step=50)
     assert "adv" not in terms and "disc_weight" not in terms

@@ -12,8 +12,7 @@ def test_makes_one_network_into_path_then_keeps_it_unless_forced(tmp_path):
     # A small synthetic MNIST: the network is trained twice (made, then forced).
     mnist = make_mnist_root(tmp_path / "mnist", n_train=128, n_test=64)
     path = tmp_path / "nets" / "pips.pth"
-    argv = ["--network", "pips", "--path", str(path), "--data_root", str(mnist),
-            "--device", "cpu"]  # fmt: skip
+    argv = ["--network", "pips", "--path", str(path), "--data_root", str(mnist), "--device", "cpu"]
     made = run_script("make_networks.py", *argv)  # a real process
     assert made.returncode == 0, made.stderr
     assert f"{path}: test accuracy" in made.stdout

@@ -415,14 +415,26 @@ def infer_runs(tmp_path_factory):
         "grid0": (simple, reference, ["--grid_size", "0"]),
     }
     commands = {
-        name: ["infer.py", "--model_config", cfg, "--ckpt_path", str(ckpt), "--save_path",
-               str(root / "out" / f"{name}.png"), "--device", "cpu", *extra]
+        name: [
+            "infer.py",
+            "--model_config",
+            cfg,
+            "--ckpt_path",
+            str(ckpt),
+            "--save_path",
+            str(root / "out" / f"{name}.png"),
+            "--device",
+            "cpu",
+            *extra,
+        ]
         for name, (cfg, ckpt, extra) in cases.items()
-    }  # fmt: skip
+    }
     # The reference checkpoint's picture in a real process; the other cases in this one, as the
     # script's __main__ runs them (tests/helpers.run_main).
-    done = {name: run_main(*argv) if name != "reference" else run_script(*argv)
-            for name, argv in commands.items()}  # fmt: skip
+    done = {
+        name: run_main(*argv) if name != "reference" else run_script(*argv)
+        for name, argv in commands.items()
+    }
     results = {}
     for name, result in done.items():
         results[name] = {

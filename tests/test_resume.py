@@ -55,8 +55,16 @@ def train_config(tmp_path_factory) -> Path:
 
 
 def train_args(mnist: Path, train_config: Path, save_dir: Path, *extra: str) -> list[str]:
-    return train_argv("simple", "configs/model_simple_config.json", train_config, mnist, save_dir,
-                      "--epochs", "3", *extra)  # fmt: skip
+    return train_argv(
+        "simple",
+        "configs/model_simple_config.json",
+        train_config,
+        mnist,
+        save_dir,
+        "--epochs",
+        "3",
+        *extra,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +93,9 @@ def assert_same_run(run: Path, reference: Path) -> None:
     assert rows(run) == rows(reference)
 
 
-def test_sigint_mid_epoch_then_resume_is_bit_identical(tmp_path, mnist, train_config,
-                                                       uninterrupted):  # fmt: skip
+def test_sigint_mid_epoch_then_resume_is_bit_identical(
+    tmp_path, mnist, train_config, uninterrupted
+):
     run = tmp_path / "run"
     proc, received = run_with_terminal(train_args(mnist, train_config, run))
     deadline = time.monotonic() + 120
@@ -116,8 +125,13 @@ def test_sigint_mid_epoch_then_resume_is_bit_identical(tmp_path, mnist, train_co
 
 def test_sigterm_writes_a_checkpoint_and_exits_143(tmp_path, mnist, train_config, uninterrupted):
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, *train_args(mnist, train_config, run)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, *train_args(mnist, train_config, run)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     while "epoch 1/3" not in proc.stdout.readline():
         pass
     proc.send_signal(signal.SIGTERM)
@@ -129,8 +143,9 @@ def test_sigterm_writes_a_checkpoint_and_exits_143(tmp_path, mnist, train_config
     assert_same_run(run, uninterrupted)
 
 
-def test_killed_run_resumes_from_its_last_epoch_checkpoint(tmp_path, mnist, train_config,
-                                                           uninterrupted):  # fmt: skip
+def test_killed_run_resumes_from_its_last_epoch_checkpoint(
+    tmp_path, mnist, train_config, uninterrupted
+):
     # What kill -9 after epoch 1 leaves: that epoch's checkpoint (written atomically) and no more.
     run = tmp_path / "run"
     run.mkdir()
@@ -151,22 +166,32 @@ def test_resume_is_bit_identical_on_each_linear_backend(tmp_path, mnist, monkeyp
     train_cfg.num_epochs, train_cfg.save_every, train_cfg.linear_backend = 2, 1, setting
     train_set, val_set = load_mnist(mnist, "train"), load_mnist(mnist, "test")
     train_set.images, train_set.labels = train_set.images[:1024], train_set.labels[:1024]
-    whole = train("simple", model_cfg, train_cfg, train_set, val_set, torch.device("cpu"),
-                  tmp_path / "whole")  # fmt: skip
+    whole = train(
+        "simple", model_cfg, train_cfg, train_set, val_set, torch.device("cpu"), tmp_path / "whole"
+    )
     first = load_checkpoint(tmp_path / "whole" / "checkpoint_epoch_001.pth")
     assert first["linear_backend"] == ("aten" if setting == "aten" else BACKEND)
 
     monkeypatch.setattr(lb, "time_backends", lambda *a: pytest.fail("timed again on resume"))
-    resumed = train("simple", model_cfg, train_cfg, train_set, val_set, torch.device("cpu"),
-                    tmp_path / "resumed", resume=first)  # fmt: skip
+    resumed = train(
+        "simple",
+        model_cfg,
+        train_cfg,
+        train_set,
+        val_set,
+        torch.device("cpu"),
+        tmp_path / "resumed",
+        resume=first,
+    )
     a = torch.load(whole.final_path, weights_only=True)["model_state_dict"]
     b = torch.load(resumed.final_path, weights_only=True)["model_state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.last_row == {**whole.last_row, "seconds": resumed.last_row["seconds"]}
 
 
-def test_resume_may_extend_the_epochs_but_nothing_else(tmp_path, mnist, train_config,
-                                                       uninterrupted):  # fmt: skip
+def test_resume_may_extend_the_epochs_but_nothing_else(
+    tmp_path, mnist, train_config, uninterrupted
+):
     run = tmp_path / "run"
     run.mkdir()
     shutil.copy(uninterrupted / "checkpoint_epoch_003.pth", run)
@@ -186,14 +211,13 @@ def test_resume_may_extend_the_epochs_but_nothing_else(tmp_path, mnist, train_co
         assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2", "3", "4"]
 
 
-def test_resume_may_switch_tensorboard_on_and_the_run_stays_the_same(tmp_path, mnist,
-                                                                      train_config,
-                                                                      uninterrupted):  # fmt: skip
+def test_resume_may_switch_tensorboard_on_and_the_run_stays_the_same(
+    tmp_path, mnist, train_config, uninterrupted
+):
     run = tmp_path / "run"
     run.mkdir()
     shutil.copy(uninterrupted / "checkpoint_epoch_002.pth", run)
-    resumed = run_script(*train_args(mnist, train_config, run, "--resume", "auto",
-                                     "--tensorboard"))  # fmt: skip
+    resumed = run_script(*train_args(mnist, train_config, run, "--resume", "auto", "--tensorboard"))
     assert resumed.returncode == 0, resumed.stderr
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert json.loads((run / "train_config.json").read_text())["tensorboard"] is True
@@ -214,10 +238,14 @@ def test_a_checkpoint_from_before_a_config_field_existed_resumes_with_its_defaul
     assert_same_run(run, uninterrupted)
 
 
-def test_resume_refuses_weights_only_and_missing_checkpoints(tmp_path, mnist, train_config,
-                                                             uninterrupted):  # fmt: skip
-    weights_only = run_main(*train_args(mnist, train_config, tmp_path / "a", "--resume",
-                                          str(uninterrupted / "final_model.pth")))  # fmt: skip
+def test_resume_refuses_weights_only_and_missing_checkpoints(
+    tmp_path, mnist, train_config, uninterrupted
+):
+    weights_only = run_main(
+        *train_args(
+            mnist, train_config, tmp_path / "a", "--resume", str(uninterrupted / "final_model.pth")
+        )
+    )
     assert weights_only.returncode == 2
     assert "holds weights only" in weights_only.stderr and weights_only.stderr.count("\n") == 1
     nothing = run_main(*train_args(mnist, train_config, tmp_path / "b", "--resume", "auto"))
@@ -232,7 +260,9 @@ def test_periodic_checkpoints_are_pruned_to_the_newest_few(tmp_path, mnist):
     result = run_main(*train_args(mnist, cfg, tmp_path / "run", "--subset", "256"))
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint_*.pth")) == [
-        "checkpoint_epoch_002.pth", "checkpoint_epoch_003.pth"]  # fmt: skip
+        "checkpoint_epoch_002.pth",
+        "checkpoint_epoch_003.pth",
+    ]
 
 
 def test_a_checkpoint_write_killed_half_way_leaves_the_old_file(tmp_path):
@@ -251,8 +281,9 @@ def test_a_checkpoint_write_killed_half_way_leaves_the_old_file(tmp_path):
         "    time.sleep(60)\n"
         "atomic_write(path, slow)\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", writer, str(path)], cwd=REPO,
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", writer, str(path)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline() == "half written\n"
     proc.kill()
     proc.wait()
@@ -279,8 +310,16 @@ def test_non_finite_loss_names_the_step_and_keeps_the_last_good_checkpoint(
     first = epoch_order(len(train_set), train_cfg.seed, 2, "cpu")[0]
     train_set.images[first, 0, 5, 5] = float("nan")
     with pytest.raises(NonFiniteLossError) as err:
-        train("simple", model_cfg, train_cfg, train_set, val_set, torch.device("cpu"), run,
-              resume=resume)  # fmt: skip
+        train(
+            "simple",
+            model_cfg,
+            train_cfg,
+            train_set,
+            val_set,
+            torch.device("cpu"),
+            run,
+            resume=resume,
+        )
     assert str(err.value).startswith("step 32: loss term 'recon' is not finite")
     assert (run / "checkpoint_epoch_001.pth").read_bytes() == before
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint_epoch_001.pth"]
@@ -301,12 +340,23 @@ def composite_args(tmp_path, mnist):
     initial weights in its own file, batches of 32, 8 steps an epoch) with a checkpoint every
     epoch: composite_args(run_folder, *extra)."""
     model_path = small_composite_model(tmp_path)
-    train_path = config_variant(tmp_path, "configs/train_composite_config.json",
-                                {"save_every": 1, "data.train_bs": 32})  # fmt: skip
+    train_path = config_variant(
+        tmp_path, "configs/train_composite_config.json", {"save_every": 1, "data.train_bs": 32}
+    )
 
     def args(run: Path, *extra: str) -> list[str]:
-        return train_argv("composite", model_path, train_path, mnist, run, "--epochs", "2",
-                          "--subset", "256", *extra)  # fmt: skip
+        return train_argv(
+            "composite",
+            model_path,
+            train_path,
+            mnist,
+            run,
+            "--epochs",
+            "2",
+            "--subset",
+            "256",
+            *extra,
+        )
 
     return args
 
@@ -319,8 +369,12 @@ def test_composite_run_resumes_bit_identical(tmp_path, composite_args):
     shutil.copy(tmp_path / "whole" / "checkpoint_epoch_001.pth", resumed_dir)
     resumed = run_script(*composite_args(resumed_dir, "--resume", "auto"))
     assert resumed.returncode == 0, resumed.stderr
-    for key in ("model_state_dict", "discriminator_state_dict", "optimizer_d_state_dict",
-                "scheduler_d_state_dict"):  # fmt: skip
+    for key in (
+        "model_state_dict",
+        "discriminator_state_dict",
+        "optimizer_d_state_dict",
+        "scheduler_d_state_dict",
+    ):
         a = load_checkpoint(tmp_path / "whole" / "checkpoint_epoch_002.pth")[key]
         b = load_checkpoint(resumed_dir / "checkpoint_epoch_002.pth")[key]
         flat_a, flat_b = (
@@ -371,8 +425,9 @@ def test_a_round1_simple_run_resumes_bit_identical_to_how_it_ended(tmp_path, fak
     # Bit-identical needs the thread count the fixture ran with: 2 (a product summed in other
     # chunks rounds differently), whatever this test process runs with.
     two_threads = {**os.environ, "OMP_NUM_THREADS": "2"}
-    resumed = run_script(*round1_args("simple", run, fake_mnist), "--resume", "auto",
-                         env=two_threads)  # fmt: skip
+    resumed = run_script(
+        *round1_args("simple", run, fake_mnist), "--resume", "auto", env=two_threads
+    )
     assert resumed.returncode == 0, resumed.stderr
     ended = load_checkpoint(ROUND1 / "simple" / "final_model.pth")["model_state_dict"]
     now = load_checkpoint(run / "final_model.pth")["model_state_dict"]
@@ -380,7 +435,8 @@ def test_a_round1_simple_run_resumes_bit_identical_to_how_it_ended(tmp_path, fak
     with open(ROUND1 / "simple" / "metrics.csv") as f, open(run / "metrics.csv") as g:
         old, new = list(csv.DictReader(f)), list(csv.DictReader(g))
     assert [{k: v for k, v in r.items() if k != "seconds"} for r in new] == [
-        {k: v for k, v in r.items() if k != "seconds"} for r in old]  # fmt: skip
+        {k: v for k, v in r.items() if k != "seconds"} for r in old
+    ]
     # Written again with the reference's keys and configs in the current layout.
     payload = torch.load(run / "checkpoint_epoch_002.pth", weights_only=True)
     assert "optimizer_state_dict" in payload and "optimizer_g_state_dict" not in payload
@@ -388,8 +444,7 @@ def test_a_round1_simple_run_resumes_bit_identical_to_how_it_ended(tmp_path, fak
     assert payload["model_config"]["model_config"]["latent_features"] == 2
 
 
-def test_a_round1_composite_run_resumes_under_the_reference_critic_schedule(tmp_path,
-                                                                           fake_mnist):  # fmt: skip
+def test_a_round1_composite_run_resumes_under_the_reference_critic_schedule(tmp_path, fake_mnist):
     run = tmp_path / "run"
     run.mkdir()
     shutil.copy(ROUND1 / "composite" / "checkpoint_epoch_001.pth", run)
@@ -409,9 +464,17 @@ def test_a_round1_composite_run_resumes_under_the_reference_critic_schedule(tmp_
 @pytest.mark.parametrize("scheme", ["simple", "composite"])
 def test_round1_run_folders_render(tmp_path, scheme):
     png = tmp_path / "grid.png"
-    argv = ["infer.py", "--model_config", str(ROUND1 / scheme / "model_config.json"),
-            "--ckpt_path", str(ROUND1 / scheme / "checkpoint_epoch_001.pth"), "--save_path",
-            str(png), "--device", "cpu"]  # fmt: skip
+    argv = [
+        "infer.py",
+        "--model_config",
+        str(ROUND1 / scheme / "model_config.json"),
+        "--ckpt_path",
+        str(ROUND1 / scheme / "checkpoint_epoch_001.pth"),
+        "--save_path",
+        str(png),
+        "--device",
+        "cpu",
+    ]
     result = run_script(*argv)
     assert result.returncode == 0, result.stderr
     assert_png(png)

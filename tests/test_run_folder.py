@@ -24,8 +24,16 @@ from utils.errors import UserError
 
 def simple_args(mnist, run, *flags: str, train_config="configs/train_simple_config.json"):
     """The simple scheme on the first 128 images (one step an epoch), into `run`."""
-    return train_argv("simple", "configs/model_simple_config.json", train_config, mnist, run,
-                      "--subset", "128", *flags)  # fmt: skip
+    return train_argv(
+        "simple",
+        "configs/model_simple_config.json",
+        train_config,
+        mnist,
+        run,
+        "--subset",
+        "128",
+        *flags,
+    )
 
 
 def contents(folder) -> dict[str, bytes]:
@@ -65,8 +73,9 @@ def test_a_checkpoint_resumes_only_in_its_own_folder(tmp_path, fake_mnist, finis
 def test_a_finished_run_is_not_trained_on_unless_given_more_epochs(fake_mnist, finished):
     run, cfg = finished
     before = contents(run)
-    again = run_main(*simple_args(fake_mnist, run, "--epochs", "2", "--resume", "auto",
-                                    train_config=cfg))  # fmt: skip
+    again = run_main(
+        *simple_args(fake_mnist, run, "--epochs", "2", "--resume", "auto", train_config=cfg)
+    )
     assert again.returncode == 2
     assert again.stderr == (
         f"error: {run / 'checkpoint_epoch_002.pth'}: the run has finished its 2 epochs; to train "
@@ -107,8 +116,9 @@ time.sleep(120)
 def test_one_process_at_a_time_owns_a_run_folder(tmp_path, fake_mnist):
     run = tmp_path / "run"
     run.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run)], cwd=REPO,
-                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(run)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline() == "locked\n"
         with pytest.raises(UserError) as caught:
@@ -142,8 +152,11 @@ def test_pruning_keeps_the_newest_by_step_and_only_touches_the_runs_own_files(tm
     write_checkpoint(tmp_path / INTERRUPT_CHECKPOINT, "this", 500)
     prune_checkpoints(tmp_path, 2, "this", 1000)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "checkpoint_epoch_001.pth", "checkpoint_epoch_005.pth", "checkpoint_epoch_1000.pth",
-        "checkpoint_epoch_999.pth"]  # fmt: skip
+        "checkpoint_epoch_001.pth",
+        "checkpoint_epoch_005.pth",
+        "checkpoint_epoch_1000.pth",
+        "checkpoint_epoch_999.pth",
+    ]
     # Another run's interrupt checkpoint stays, whatever its step.
     write_checkpoint(tmp_path / INTERRUPT_CHECKPOINT, "another run", 3)
     prune_checkpoints(tmp_path, None, "this", 1000)
@@ -157,8 +170,9 @@ def test_the_run_id_and_why_its_backend_was_chosen_survive_a_resume(tmp_path, fa
     assert len(ids) == 1 and len(ids.pop()) == 32
     chosen = (run / "linear_backend.json").read_text()  # and why its linear backend was chosen
     assert "the run's own" not in chosen
-    extended = run_main(*simple_args(fake_mnist, run, "--epochs", "3", "--resume", "auto",
-                                     train_config=cfg))  # fmt: skip
+    extended = run_main(
+        *simple_args(fake_mnist, run, "--epochs", "3", "--resume", "auto", train_config=cfg)
+    )
     assert extended.returncode == 0, extended.stderr
     ids = {torch.load(p, weights_only=True)["run_id"] for p in run.glob("checkpoint_*.pth")}
     assert len(ids) == 1
@@ -209,10 +223,17 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_and_the_older_one_stays
 ):
     run = shutil.copytree(finished[0], tmp_path / "run")
     before = contents(run)
-    argv = simple_args(fake_mnist, run, "--epochs", "3", "--resume", "auto",
-                       train_config=finished[1])  # fmt: skip
-    result = subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True,
-                            timeout=300, preexec_fn=limit_file_size)  # fmt: skip
+    argv = simple_args(
+        fake_mnist, run, "--epochs", "3", "--resume", "auto", train_config=finished[1]
+    )
+    result = subprocess.run(
+        [sys.executable, *argv],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limit_file_size,
+    )
     assert result.returncode == 2
     assert result.stderr == (
         f"error: {run / 'checkpoint_epoch_003.pth'}: cannot write checkpoint (File too large); "
@@ -234,8 +255,9 @@ def test_a_damaged_newest_checkpoint_is_passed_over_for_the_older_intact_one(
     damaged[len(damaged) // 2] ^= 0xFF  # a bit flip inside the tensors' data
     newest.write_bytes(bytes(damaged))
     (run / ".checkpoint_epoch_002.pth.abc123.tmp").write_bytes(b"left by a kill -9")
-    resumed = run_main(*simple_args(fake_mnist, run, "--epochs", "3", "--resume", "auto",
-                                    train_config=finished[1]))  # fmt: skip
+    resumed = run_main(
+        *simple_args(fake_mnist, run, "--epochs", "3", "--resume", "auto", train_config=finished[1])
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert (
         f"note: passing over {newest}: its content no longer matches the hash written with it "
@@ -251,19 +273,23 @@ def test_a_damaged_newest_checkpoint_is_passed_over_for_the_older_intact_one(
     ("drop", "message"),
     [
         ("scheme", "lacks 'scheme', which a resumable checkpoint holds"),
-        ("optimizer_state_dict", "lacks 'optimizer_state_dict', which a simple run's checkpoint "
-                                 "holds"),
+        (
+            "optimizer_state_dict",
+            "lacks 'optimizer_state_dict', which a simple run's checkpoint holds",
+        ),
     ],
-)  # fmt: skip
-def test_a_hand_made_checkpoint_missing_keys_is_one_line(tmp_path, fake_mnist, finished, drop,
-                                                         message):  # fmt: skip
+)
+def test_a_hand_made_checkpoint_missing_keys_is_one_line(
+    tmp_path, fake_mnist, finished, drop, message
+):
     run = tmp_path / "run"
     run.mkdir()
     payload = torch.load(finished[0] / "checkpoint_epoch_001.pth", weights_only=True)
     del payload[drop], payload["content_sha256"]
     torch.save(payload, run / "checkpoint_epoch_001.pth")
-    refused = run_main(*simple_args(fake_mnist, run, "--epochs", "2", "--resume", "auto",
-                                      train_config=finished[1]))  # fmt: skip
+    refused = run_main(
+        *simple_args(fake_mnist, run, "--epochs", "2", "--resume", "auto", train_config=finished[1])
+    )
     assert refused.returncode == 2
     assert refused.stderr == (
         f"error: {run / 'checkpoint_epoch_001.pth'}: {message}; resume from a checkpoint_*.pth "

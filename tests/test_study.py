@@ -72,8 +72,11 @@ def test_the_smoke_study_runs_every_arm_and_writes_its_report(smoke):
     assert (out / "study.db").is_file()
     # Cost: each arm's counted float operations per epoch, the critic and PIPS arm the dearer.
     cost = report.split("## Cost")[1].split("##")[0]
-    gflop = {row.split(" | ")[0].strip("| "): float(row.split(" | ")[1])
-             for row in cost.splitlines() if row.startswith(("| simple |", "| both_"))}  # fmt: skip
+    gflop = {
+        row.split(" | ")[0].strip("| "): float(row.split(" | ")[1])
+        for row in cost.splitlines()
+        if row.startswith(("| simple |", "| both_"))
+    }
     assert 0 < gflop["simple"] < gflop["both_adaptive_hinge"]
     assert len(json.loads((out / "flops.json").read_text())) == 2
 
@@ -180,15 +183,18 @@ def test_report_writes_an_interim_report_from_the_runs_finished_so_far(smoke, tm
     assert result.returncode == 0, result.stderr
     assert "epoch 1/1" not in result.stdout + result.stderr  # it trains nothing
     report = (interim / "REPORT.md").read_text()
-    assert ("**Interim** (`--report`): 2 of 6 runs have finished; not yet late/seed 1, "
-            "simple/seed 2, both_adaptive_hinge/seed 2, late/seed 2. Each arm is compared over "
-            "the seeds it and its baseline have both finished, so its verdicts are provisional"
-            ) in report  # fmt: skip
+    assert (
+        "**Interim** (`--report`): 2 of 6 runs have finished; not yet late/seed 1, "
+        "simple/seed 2, both_adaptive_hinge/seed 2, late/seed 2. Each arm is compared over "
+        "the seeds it and its baseline have both finished, so its verdicts are provisional"
+    ) in report
     assert "Not compared yet (no seed finished in both the arm and its baseline): late." in report
     assert "| late |" not in report.split("## Arms")[0] and "## late against" not in report
     with open(interim / "runs.csv") as f:
         assert [(r["arm"], r["seed"]) for r in csv.DictReader(f)] == [
-            ("simple", "1"), ("both_adaptive_hinge", "1")]  # fmt: skip
+            ("simple", "1"),
+            ("both_adaptive_hinge", "1"),
+        ]
     assert "| both_adaptive_hinge | " in report.split("## Headline")[1].split("## Arms")[0]
     assert f"--data_root {argv[2]} --report` (2 runs)." in report
     assert not (interim / "runs").exists()  # no run was started
@@ -210,9 +216,11 @@ def test_report_before_any_run_has_finished_is_one_line(tmp_path):
     result = run_main("study.py", str(SMOKE), "--out", str(out), "--report")
     assert result.returncode == 2
     (line,) = result.stderr.splitlines()
-    assert line == (f"error: --storage sqlite:///{out.resolve() / 'study.db'}: holds no study "
-                    "'smoke', so nothing of it has run; run the study first, or pass the "
-                    "--storage it ran in")  # fmt: skip
+    assert line == (
+        f"error: --storage sqlite:///{out.resolve() / 'study.db'}: holds no study "
+        "'smoke', so nothing of it has run; run the study first, or pass the "
+        "--storage it ran in"
+    )
     optuna.create_study(storage=f"sqlite:///{out / 'study.db'}", study_name="smoke")
     result = run_main("study.py", str(SMOKE), "--out", str(out), "--report")
     assert result.returncode == 2
@@ -232,19 +240,41 @@ def test_two_arms_that_train_alike_share_one_measurement(tmp_path):
     keys = {a.name: study.arm_key(spec, a.name, budget) for a in spec.arms}
     assert keys["simple_again"] == keys["simple"] != keys["both_adaptive_hinge"]
     seconds = {keys["simple"]: 0.05, keys["both_adaptive_hinge"]: 1.5}
-    (tmp_path / "bench.json").write_text(json.dumps({
-        "device": "cpu", "processor": "some CPU", "threads": 1, "torch": "2.x", "rounds": 3,
-        "arms": {k: {"arms": [], "steps": 1, "each": [v], "seconds_per_step": v}
-                 for k, v in seconds.items()}}))  # fmt: skip
+    (tmp_path / "bench.json").write_text(
+        json.dumps(
+            {
+                "device": "cpu",
+                "processor": "some CPU",
+                "threads": 1,
+                "torch": "2.x",
+                "rounds": 3,
+                "arms": {
+                    k: {"arms": [], "steps": 1, "each": [v], "seconds_per_step": v}
+                    for k, v in seconds.items()
+                },
+            }
+        )
+    )
     bench = study.read_bench(spec, tmp_path, budget)
-    assert bench.seconds_per_step == {"simple": 0.05, "both_adaptive_hinge": 1.5,
-                                      "simple_again": 0.05}  # fmt: skip
-    assert (bench.device, bench.processor, bench.threads, bench.rounds) == (
-        "cpu", "some CPU", 1, 3)  # fmt: skip
+    assert bench.seconds_per_step == {
+        "simple": 0.05,
+        "both_adaptive_hinge": 1.5,
+        "simple_again": 0.05,
+    }
+    assert (bench.device, bench.processor, bench.threads, bench.rounds) == ("cpu", "some CPU", 1, 3)
     del seconds[keys["both_adaptive_hinge"]]  # an arm not measured: measure again, all together
-    (tmp_path / "bench.json").write_text(json.dumps({
-        "device": "cpu", "processor": "some CPU", "threads": 1, "torch": "2.x", "rounds": 3,
-        "arms": {k: {"seconds_per_step": v} for k, v in seconds.items()}}))  # fmt: skip
+    (tmp_path / "bench.json").write_text(
+        json.dumps(
+            {
+                "device": "cpu",
+                "processor": "some CPU",
+                "threads": 1,
+                "torch": "2.x",
+                "rounds": 3,
+                "arms": {k: {"seconds_per_step": v} for k, v in seconds.items()},
+            }
+        )
+    )
     assert study.read_bench(spec, tmp_path, budget) is None
 
 
@@ -287,11 +317,22 @@ def test_the_headline_judges_each_arm_by_its_intervals_in_plain_words():
     except background_speckle, which has no smallest effect stated."""
     base = {m: 1.0 for m in MEASURES}
     rows = []
-    for seed, edge, kl, recon in ((1, 0.20, 0.50, 3.0), (2, 0.21, 0.60, -1.0),
-                                  (3, 0.19, 0.55, 0.5)):  # fmt: skip
+    for seed, edge, kl, recon in (
+        (1, 0.20, 0.50, 3.0),
+        (2, 0.21, 0.60, -1.0),
+        (3, 0.19, 0.55, 0.5),
+    ):
         rows.append({"arm": "simple", "seed": seed, **base})
-        rows.append({"arm": "sharp", "seed": seed, **base, "edge_sharpness": 1.0 + edge,
-                     "class_kl": 1.0 + kl, "recon_mse": 1.0 + recon})  # fmt: skip
+        rows.append(
+            {
+                "arm": "sharp",
+                "seed": seed,
+                **base,
+                "edge_sharpness": 1.0 + edge,
+                "class_kl": 1.0 + kl,
+                "recon_mse": 1.0 + recon,
+            }
+        )
     summaries = summarise_contrasts({"sharp": contrast(rows, "simple", "sharp")})
     bench = study.Bench({"simple": 0.02, "sharp": 0.5}, "cpu", "some CPU", 1, "2.x", 3)
     cost = study.Cost({"simple": 1e9, "sharp": 3.7e10}, bench)
@@ -302,12 +343,13 @@ def test_the_headline_judges_each_arm_by_its_intervals_in_plain_words():
     assert "| sharp | **+0.200 [+0.175, +0.225]** | 0 [0, 0] | ≈ 0 [0, 0] |" in text
     # recon: mean 0.833, sd 2.021, se 1.167, half-width 5.02
     assert "| ≈ 0 [0, 0] | **+0.55 [+0.43, +0.67]** | +0.8 [-4.2, +5.9] | 37x | 25x |" in text
-    assert ("- **sharp** against simple: sharper samples (edge_sharpness +0.200 [+0.175, +0.225]); "
-            "speckle not settled (background_speckle 0 [0, 0]); as realistic (fid_samples 0 "
-            "[0, 0], precision 0 [0, 0]); loses coverage (recall 0 [0, 0], class_kl +0.55 "
-            "[+0.43, +0.67]); reconstruction not settled (recon_mse +0.8 [-4.2, +5.9]); at 37x "
-            "the float operations per epoch and 25x the seconds per training step."
-            ) in text  # fmt: skip
+    assert (
+        "- **sharp** against simple: sharper samples (edge_sharpness +0.200 [+0.175, +0.225]); "
+        "speckle not settled (background_speckle 0 [0, 0]); as realistic (fid_samples 0 "
+        "[0, 0], precision 0 [0, 0]); loses coverage (recall 0 [0, 0], class_kl +0.55 "
+        "[+0.43, +0.67]); reconstruction not settled (recon_mse +0.8 [-4.2, +5.9]); at 37x "
+        "the float operations per epoch and 25x the seconds per training step."
+    ) in text
 
 
 def test_an_arm_with_its_own_baseline_is_a_cell_of_its_own_and_equal_seeds_read_as_same():
@@ -315,15 +357,18 @@ def test_an_arm_with_its_own_baseline_is_a_cell_of_its_own_and_equal_seeds_read_
     rows = [{"arm": arm, "seed": seed, **base} for seed in (1, 2) for arm in ("a", "b", "c")]
     contrasts = {"b": contrast(rows, "a", "b"), "c": contrast(rows, "b", "c")}
     cost = study.Cost({"a": 1.0, "b": 2.0, "c": 8.0}, None)
-    text = "\n".join(study.headline_lines({"a": "a", "b": "a", "c": "b"},
-                                          summarise_contrasts(contrasts), cost))  # fmt: skip
+    text = "\n".join(
+        study.headline_lines({"a": "a", "b": "a", "c": "b"}, summarise_contrasts(contrasts), cost)
+    )
     assert text.index("Against `a`:") < text.index("| b | ") < text.index("Against `b`:")
     assert text.index("Against `b`:") < text.index("| c | ")
     assert "seconds per step |" not in text  # not measured: no column
-    assert ("- **c** against b: samples as sharp (edge_sharpness 0 [0, 0]); speckle not settled "
-            "(background_speckle 0 [0, 0]); as realistic (fid_samples 0 [0, 0], precision 0 "
-            "[0, 0]); keeps coverage (recall 0 [0, 0], class_kl 0 [0, 0]); reconstructions as "
-            "good (recon_mse 0 [0, 0]); at 4x the float operations per epoch.") in text  # fmt: skip
+    assert (
+        "- **c** against b: samples as sharp (edge_sharpness 0 [0, 0]); speckle not settled "
+        "(background_speckle 0 [0, 0]); as realistic (fid_samples 0 [0, 0], precision 0 "
+        "[0, 0]); keeps coverage (recall 0 [0, 0], class_kl 0 [0, 0]); reconstructions as "
+        "good (recon_mse 0 [0, 0]); at 4x the float operations per epoch."
+    ) in text
 
 
 # Which way is better in each measure the words judge, as the question has it: sharper edges,
@@ -345,8 +390,12 @@ def test_each_verdict_reads_the_right_way_for_each_measure(measure):
     up = 1.0 if HIGHER_IS_BETTER[measure] else -1.0
 
     def row(verdict, difference=up, p_holm=0.01):
-        return {"verdict": verdict.value, "difference": difference, "p_holm": p_holm,
-                "interval": "+1 [+0.5, +1.5]"}  # fmt: skip
+        return {
+            "verdict": verdict.value,
+            "difference": difference,
+            "p_holm": p_holm,
+            "interval": "+1 [+0.5, +1.5]",
+        }
 
     cases = [
         (row(Verdict.DIFFERENT), "better", "**+1 [+0.5, +1.5]**"),
@@ -415,8 +464,9 @@ def test_a_dataset_goes_to_every_arm_and_a_mismatched_backbone_stops_the_study_f
     """The study's dataset reaches each arm as train.py's data.dataset, before every other
     setting (an arm's own dataset wins); the smoke's composite arm keeps the MNIST PIPS backbone,
     which Fashion-MNIST runs refuse, so the study stops before its first run."""
-    spec = study.config_from_dict({**json.loads(SMOKE.read_text()), "dataset": "fashion_mnist"},
-                                  study.StudySpec, "smoke")  # fmt: skip
+    spec = study.config_from_dict(
+        {**json.loads(SMOKE.read_text()), "dataset": "fashion_mnist"}, study.StudySpec, "smoke"
+    )
     spec.arms[0].dataset = "mnist"
     assert study.arm_of(spec, "simple").settings == ('data.dataset="mnist"',)
     assert study.arm_of(spec, "both_adaptive_hinge").settings[0] == 'data.dataset="fashion_mnist"'
@@ -442,8 +492,10 @@ def test_every_shipped_study_passes_its_checks(name):
     assert spec.name == name and spec.baseline in [a.name for a in spec.arms]
     if name == "fashion":
         assert spec.dataset == "fashion_mnist"
-        assert all(a.model_config.endswith(("simple_config.json", "fashion_mnist_config.json"))
-                   for a in spec.arms)  # fmt: skip
+        assert all(
+            a.model_config.endswith(("simple_config.json", "fashion_mnist_config.json"))
+            for a in spec.arms
+        )
 
 
 def test_without_optuna_the_study_says_how_to_install_it(monkeypatch):
@@ -466,17 +518,33 @@ def test_a_study_killed_or_terminated_mid_run_continues_that_run_from_its_checkp
     path.write_text(json.dumps(spec))
     mnist = make_mnist_root(tmp_path / "mnist", n_train=256, n_test=128)
     out, run = tmp_path / "out", tmp_path / "out" / "runs" / "simple_seed1"
-    argv = [sys.executable, str(REPO / "study.py"), str(path), "--data_root", str(mnist),
-            "--out", str(out), "--threads", "1"]  # fmt: skip
+    argv = [
+        sys.executable,
+        str(REPO / "study.py"),
+        str(path),
+        "--data_root",
+        str(mnist),
+        "--out",
+        str(out),
+        "--threads",
+        "1",
+    ]
     env = {**os.environ, "STUDY_GRACE_PERIOD": "2"}
 
     def start_and_wait_for_epoch(epoch: int) -> subprocess.Popen:
-        proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            argv,
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 120
-        while not any(int(p.stem.rsplit("_", 1)[1]) >= epoch
-                      for p in run.glob("checkpoint_epoch_*.pth")):  # fmt: skip
+        while not any(
+            int(p.stem.rsplit("_", 1)[1]) >= epoch for p in run.glob("checkpoint_epoch_*.pth")
+        ):
             assert time.monotonic() < deadline, f"no checkpoint of epoch {epoch} in 120 s"
             time.sleep(0.02)
         return proc
@@ -558,14 +626,23 @@ def test_a_run_that_fails_is_named_and_the_study_ends_in_one_line(tmp_path):
         del spec["search"]
 
     mnist = make_mnist_root(tmp_path / "mnist", n_train=256, n_test=128)
-    result = run_script(str(REPO / "study.py"), write_spec(tmp_path, big_batch), "--data_root",
-                        str(mnist), "--out", str(tmp_path / "o"), "--threads", "1",
-                        cwd=tmp_path)  # fmt: skip
+    result = run_script(
+        str(REPO / "study.py"),
+        write_spec(tmp_path, big_batch),
+        "--data_root",
+        str(mnist),
+        "--out",
+        str(tmp_path / "o"),
+        "--threads",
+        "1",
+        cwd=tmp_path,
+    )
     assert result.returncode == 2, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     # train.py's own line, then the study's naming the run, then the study's last word
-    assert errors[0] == ("error: --subset 128: must be between train_bs (256) and the 256 "
-                         "training images")  # fmt: skip
+    assert errors[0] == (
+        "error: --subset 128: must be between train_bs (256) and the 256 training images"
+    )
     assert errors[1].startswith("error: arm 'both_adaptive_hinge', seed 1: train.py ")
     assert errors[-1].startswith("error: 1 of 2 runs did not finish (both_adaptive_hinge/seed 1)")
     assert "Traceback" not in result.stderr
@@ -582,8 +659,10 @@ def test_an_edited_arm_is_a_new_run_and_its_old_folder_is_refused(smoke, tmp_pat
     edited = [write_spec(tmp_path, two_epochs), *argv[1:]]
     result = run_script(str(REPO / "study.py"), *edited, cwd=root)
     assert result.returncode == 2
-    assert "runs/simple_seed1: was made with epochs = 1, not 2; give the changed arm a new " \
-           "name, or use another --out" in result.stderr  # fmt: skip
+    assert (
+        "runs/simple_seed1: was made with epochs = 1, not 2; give the changed arm a new "
+        "name, or use another --out" in result.stderr
+    )
 
 
 def test_the_studys_settings_come_before_each_arms_own(tmp_path):

@@ -84,11 +84,21 @@ def test_simple_scheme_trains_checkpoints_and_renders(tmp_path, fake_mnist):
 
 def test_composite_scheme_with_a_small_random_backbone(tmp_path, fake_mnist):
     random_vgg16 = {"backbone": "vgg16", "input_size": 16, "weights": "random"}  # the smallest
-    model_path = config_variant(tmp_path, "configs/model_composite_config.json",
-                                {"pips_config": random_vgg16})  # fmt: skip
+    model_path = config_variant(
+        tmp_path, "configs/model_composite_config.json", {"pips_config": random_vgg16}
+    )
     run = tmp_path / "run"
-    argv = train_argv("composite", model_path, "configs/train_composite_config.json", fake_mnist,
-                      run, "--epochs", "2", "--subset", "256")  # fmt: skip
+    argv = train_argv(
+        "composite",
+        model_path,
+        "configs/train_composite_config.json",
+        fake_mnist,
+        run,
+        "--epochs",
+        "2",
+        "--subset",
+        "256",
+    )
     result = run_main(*argv)
     assert result.returncode == 0, result.stderr
     rows = read_metrics(run)
@@ -102,11 +112,23 @@ def test_composite_scheme_with_a_small_random_backbone(tmp_path, fake_mnist):
 
 def test_composite_scheme_with_the_mnist_backbone_makes_it_first(tmp_path, fake_mnist):
     backbone = tmp_path / "mnist_pips_cnn.pth"
-    model_path = config_variant(tmp_path, "configs/model_composite_mnist_config.json",
-                                {"pips_config.weights_path": str(backbone)})  # fmt: skip
+    model_path = config_variant(
+        tmp_path,
+        "configs/model_composite_mnist_config.json",
+        {"pips_config.weights_path": str(backbone)},
+    )
     run = tmp_path / "run"
-    argv = train_argv("composite", model_path, "configs/train_composite_config.json", fake_mnist,
-                      run, "--epochs", "1", "--subset", "256")  # fmt: skip
+    argv = train_argv(
+        "composite",
+        model_path,
+        "configs/train_composite_config.json",
+        fake_mnist,
+        run,
+        "--epochs",
+        "1",
+        "--subset",
+        "256",
+    )
     result = run_main(*argv)
     assert result.returncode == 0, result.stderr
     # Trained once, on its half of the whole (512-image) training split rather than the subset.
@@ -138,16 +160,26 @@ def refused_runs(tmp_path_factory, fake_mnist) -> tuple[Path, dict]:
     for name in ("model_config.json", "train_config.json", "metrics.csv"):
         (left / name).write_text("left by a run that died\n")
     commands["left"] = [*simple_argv(fake_mnist, left), "--resume", "auto"]
-    commands["nowhere"] = train_argv("simple", MODEL_SIMPLE, TRAIN_SIMPLE, root / "nowhere",
-                                     root / "run", "--no_download", device=None)  # fmt: skip
-    return root, {name: run_script(*argv) if name == "nowhere" else run_main(*argv)
-                  for name, argv in commands.items()}  # fmt: skip
+    commands["nowhere"] = train_argv(
+        "simple",
+        MODEL_SIMPLE,
+        TRAIN_SIMPLE,
+        root / "nowhere",
+        root / "run",
+        "--no_download",
+        device=None,
+    )
+    return root, {
+        name: run_script(*argv) if name == "nowhere" else run_main(*argv)
+        for name, argv in commands.items()
+    }
 
 
 def simple_argv(data_root: Path, run: Path) -> list[str]:
     """train.py for one epoch of the simple scheme into `run`, on the default device."""
-    return train_argv("simple", MODEL_SIMPLE, TRAIN_SIMPLE, data_root, run, "--epochs", "1",
-                      device=None)  # fmt: skip
+    return train_argv(
+        "simple", MODEL_SIMPLE, TRAIN_SIMPLE, data_root, run, "--epochs", "1", device=None
+    )
 
 
 @pytest.mark.parametrize("saved", SAVED)
@@ -185,8 +217,9 @@ def test_missing_mnist_files_are_one_clear_line(refused_runs):
     assert "train-images-idx3-ubyte" in line and str(root / "nowhere" / "MNIST" / "raw") in line
 
 
-def _train_in_process(fake_mnist: Path, save_dir: Path, epochs: int, early_stopping=None,
-                      linear_backend: str = "auto"):  # fmt: skip
+def _train_in_process(
+    fake_mnist: Path, save_dir: Path, epochs: int, early_stopping=None, linear_backend: str = "auto"
+):
     model_cfg = load_model_config(REPO / "configs/model_simple_config.json")
     train_cfg = load_train_config(REPO / "configs/train_simple_config.json", "simple")
     train_cfg.num_epochs, train_cfg.early_stopping = epochs, early_stopping
@@ -238,8 +271,18 @@ def test_one_real_epoch_and_a_grid(tmp_path, real_mnist):
     """An epoch on the first 16,384 real training images (128 steps), validated on the whole
     real test split, then infer.py's grid of it."""
     run = tmp_path / "run"
-    argv = train_argv("simple", MODEL_SIMPLE, TRAIN_SIMPLE, real_mnist, run, "--epochs", "1",
-                      "--subset", "16384", device=None)  # fmt: skip
+    argv = train_argv(
+        "simple",
+        MODEL_SIMPLE,
+        TRAIN_SIMPLE,
+        real_mnist,
+        run,
+        "--epochs",
+        "1",
+        "--subset",
+        "16384",
+        device=None,
+    )
     result = run_script(*argv)
     assert result.returncode == 0, result.stderr
     assert "16384 MNIST training images, 128 steps x 1 epochs, 10000 validation images" in (
@@ -251,8 +294,15 @@ def test_one_real_epoch_and_a_grid(tmp_path, real_mnist):
     # image (measured: about 42).
     assert float(row["val_recon"]) < 48
     png = tmp_path / "grid.png"
-    result = run_main("infer.py", "--model_config", MODEL_SIMPLE, "--ckpt_path",
-                      run / "final_model.pth", "--save_path", png)  # fmt: skip
+    result = run_main(
+        "infer.py",
+        "--model_config",
+        MODEL_SIMPLE,
+        "--ckpt_path",
+        run / "final_model.pth",
+        "--save_path",
+        png,
+    )
     assert result.returncode == 0, result.stderr
     assert_png(png)
 
@@ -264,9 +314,15 @@ REFERENCE = REPO / "tests" / "fixtures" / "reference_configs"
 
 def test_the_reference_simple_files_train_as_they_are(tmp_path, fake_mnist):
     # Their save_dir is the reference author's Google Drive; --save_dir puts the run here.
-    argv = train_argv("simple", REFERENCE / "model_simple_config.json",
-                      REFERENCE / "train_simple_config.json", fake_mnist, tmp_path / "run",
-                      "--epochs", "1")  # fmt: skip
+    argv = train_argv(
+        "simple",
+        REFERENCE / "model_simple_config.json",
+        REFERENCE / "train_simple_config.json",
+        fake_mnist,
+        tmp_path / "run",
+        "--epochs",
+        "1",
+    )
     result = run_main(*argv)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(
@@ -285,9 +341,15 @@ def test_the_reference_composite_files_offline_stop_at_one_vgg16_line(
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     for name in ("https_proxy", "HTTPS_PROXY"):
         monkeypatch.setenv(name, "http://127.0.0.1:9")
-    argv = train_argv(None, REFERENCE / "model_composite_config.json",
-                      REFERENCE / "train_composite_config.json", fake_mnist, tmp_path / "run",
-                      "--epochs", "1")  # fmt: skip
+    argv = train_argv(
+        None,
+        REFERENCE / "model_composite_config.json",
+        REFERENCE / "train_composite_config.json",
+        fake_mnist,
+        tmp_path / "run",
+        "--epochs",
+        "1",
+    )
     for attempt in range(2):
         result = run_script(*argv, timeout=300) if attempt == 0 else run_main(*argv)
         assert result.returncode == 2, result.stderr
@@ -311,11 +373,17 @@ def small_composite_run(tmp_path: Path, fake_mnist: Path, critic_schedule) -> Pa
     """4 epochs x 4 steps of the composite scheme (narrow networks, the MNIST CNN at its initial
     weights as PIPS), in-process: the critic from step int(0.25 * 16) = 4, its schedule
     `critic_schedule` (a warm-up ratio, or None)."""
-    narrow = {"model_config.encoder.hidden_features": [64, 32],
-              "model_config.decoder.hidden_features": [32, 64],
-              "discriminator_config": {"im_channels": 1, "hidden_channels": [8, 16],
-                                       "kernel_size": [4], "stride": [2],
-                                       "padding": [1]}}  # fmt: skip
+    narrow = {
+        "model_config.encoder.hidden_features": [64, 32],
+        "model_config.decoder.hidden_features": [32, 64],
+        "discriminator_config": {
+            "im_channels": 1,
+            "hidden_channels": [8, 16],
+            "kernel_size": [4],
+            "stride": [2],
+            "padding": [1],
+        },
+    }
     model = small_composite_model(tmp_path, "configs/model_composite_config.json", narrow)
     model_cfg = check_scheme("composite", load_model_config(model), str(model))
     train_cfg = load_train_config(REPO / "configs/train_composite_config.json", "composite")
@@ -324,8 +392,15 @@ def small_composite_run(tmp_path: Path, fake_mnist: Path, critic_schedule) -> Pa
     train_cfg.scheduler.params_d = critic_schedule and ScheduleParams(critic_schedule)
     run = tmp_path / "run"
     run.mkdir()
-    train("composite", model_cfg, train_cfg, load_mnist(fake_mnist, "train", download=False),
-          load_mnist(fake_mnist, "test", download=False), torch.device("cpu"), run)  # fmt: skip
+    train(
+        "composite",
+        model_cfg,
+        train_cfg,
+        load_mnist(fake_mnist, "train", download=False),
+        load_mnist(fake_mnist, "test", download=False),
+        torch.device("cpu"),
+        run,
+    )
     return run
 
 

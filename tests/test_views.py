@@ -95,14 +95,25 @@ def cli_views(tmp_path_factory, tiny_run, fake_mnist) -> tuple[Path, dict]:
     flags += ["--data_root", str(fake_mnist), "--grid_size", "6"]
     commands = {
         "grid": ["infer.py", *infer_argv(tiny_run, root / "grid.png", "--grid_size", "5")],
-        "curves": ["infer.py", "--mode", "curves", "--run_dir", str(run), "--save_path",
-                   str(root / "curves.png")],
-        "compare": ["infer.py", *infer_argv(tiny_run, root / "compare.png", "--mode", "compare",
-                                            *flags)],
-    }  # fmt: skip
+        "curves": [
+            "infer.py",
+            "--mode",
+            "curves",
+            "--run_dir",
+            str(run),
+            "--save_path",
+            str(root / "curves.png"),
+        ],
+        "compare": [
+            "infer.py",
+            *infer_argv(tiny_run, root / "compare.png", "--mode", "compare", *flags),
+        ],
+    }
     # The default view in a real process, the others in this one (tests/helpers.run_main).
-    return root, {name: run_script(*argv) if name == "grid" else run_main(*argv)
-                  for name, argv in commands.items()}  # fmt: skip
+    return root, {
+        name: run_script(*argv) if name == "grid" else run_main(*argv)
+        for name, argv in commands.items()
+    }
 
 
 def test_grid_is_the_default_view(cli_views):
@@ -128,8 +139,9 @@ def test_the_grid_is_drawn_in_the_reference_orientation_and_its_axes_say_so(tiny
     """The reference's grid has z[1] = -3 in its top row; the tick labels read that way."""
     from utils import views
 
-    vae = views.load_vae(str(tiny_run / "model_config.json"), str(tiny_run / "final_model.pth"),
-                         torch.device("cpu"))  # fmt: skip
+    vae = views.load_vae(
+        str(tiny_run / "model_config.json"), str(tiny_run / "final_model.pth"), torch.device("cpu")
+    )
     fig = views.new_figure(4, 4)
     ax = fig.subplots()
     views.draw_latent_grid(ax, vae, 5)
@@ -250,8 +262,9 @@ def test_tensorboard_logs_scalars_and_images(tmp_path, fake_mnist, monkeypatch):
     (tmp_path / "train.json").write_text(json.dumps({**config, "data": {"train_bs": 16}}))
     run = tmp_path / "run"
     model = narrow_model_config(tmp_path / "model.json")
-    argv = train_argv("simple", model, tmp_path / "train.json", fake_mnist, run, "--epochs", "1",
-                      "--tensorboard")  # fmt: skip
+    argv = train_argv(
+        "simple", model, tmp_path / "train.json", fake_mnist, run, "--epochs", "1", "--tensorboard"
+    )
     monkeypatch.setattr(sys, "argv", argv)
     train_script.main()
 

@@ -28,9 +28,23 @@ from utils.stats import describe, equivalence, holm, interval_text, paired_diffe
 
 REPO = Path(__file__).resolve().parent.parent
 # The grades a run is compared by, in table order: evaluate.py's, then the cost.
-MEASURES = ("recon_mse", "rate_kl", "fid_samples", "fid_recon", "precision", "recall", "class_kl",
-            "edge_sharpness", "background_speckle", "sharpness_ratio", "recon_accuracy",
-            "grid_confident_share", "grid_classes", "seconds_per_epoch", "peak_rss_mb")  # fmt: skip
+MEASURES = (
+    "recon_mse",
+    "rate_kl",
+    "fid_samples",
+    "fid_recon",
+    "precision",
+    "recall",
+    "class_kl",
+    "edge_sharpness",
+    "background_speckle",
+    "sharpness_ratio",
+    "recon_accuracy",
+    "grid_confident_share",
+    "grid_classes",
+    "seconds_per_epoch",
+    "peak_rss_mb",
+)
 # The smallest differences that would matter, arm minus baseline, in each measure's units:
 # "equivalent" needs the 90 % interval inside ±delta (utils/stats.equivalence). About 3 % of a
 # 40-epoch recon_mse; FID moves by more than 10 between seeds; a tenth of the sharpness ratio's
@@ -54,8 +68,20 @@ SMALLEST_EFFECTS = {
 # What the composite loss logs about its balance (metrics.csv's train_ columns): a run's row
 # carries the last epoch's, where its run logged them.
 DIAGNOSTICS = ("disc_weight", "grad_ratio_pips", "grad_ratio_adv")
-SUMMARY_FIELDS = ("measure", "n", "baseline_mean", "arm_mean", "difference", "ci_low", "ci_high",
-                  "d_z", "p", "p_holm", "verdict", "smallest_effect")  # fmt: skip
+SUMMARY_FIELDS = (
+    "measure",
+    "n",
+    "baseline_mean",
+    "arm_mean",
+    "difference",
+    "ci_low",
+    "ci_high",
+    "d_z",
+    "p",
+    "p_holm",
+    "verdict",
+    "smallest_effect",
+)
 
 
 @dataclass(frozen=True)
@@ -156,10 +182,23 @@ def train_and_grade(
     model_config, train_config = arm.config_paths()
     cost = run / "cost.json"
     if not (run / "final_model.pth").exists():
-        command = ["train.py", "--scheme", arm.scheme, "--model_config", str(model_config),
-                   "--train_config", str(train_config), "--data_root", budget.data_root,
-                   "--save_dir", str(run), "--epochs", str(budget.epochs),
-                   "--seed", str(seed)]  # fmt: skip
+        command = [
+            "train.py",
+            "--scheme",
+            arm.scheme,
+            "--model_config",
+            str(model_config),
+            "--train_config",
+            str(train_config),
+            "--data_root",
+            budget.data_root,
+            "--save_dir",
+            str(run),
+            "--epochs",
+            str(budget.epochs),
+            "--seed",
+            str(seed),
+        ]
         for setting in arm.settings:
             command += ["--set", setting]
         if budget.subset:
@@ -170,9 +209,17 @@ def train_and_grade(
         before = json.loads(cost.read_text())["peak_rss_mb"] if cost.exists() else 0.0
         write_json(cost, {"peak_rss_mb": max(before, peak_mb)})
     if not (run / "eval.json").exists():
-        command = ["evaluate.py", "--model_config", str(run / "model_config.json"),
-                   "--ckpt_path", str(run / "final_model.pth"), "--data_root", budget.data_root,
-                   "--out", str(run / "eval.json")]  # fmt: skip
+        command = [
+            "evaluate.py",
+            "--model_config",
+            str(run / "model_config.json"),
+            "--ckpt_path",
+            str(run / "final_model.pth"),
+            "--data_root",
+            budget.data_root,
+            "--out",
+            str(run / "eval.json"),
+        ]
         if budget.num_samples:
             command += ["--num_samples", str(budget.num_samples)]
         run_process(command, env)
@@ -180,20 +227,34 @@ def train_and_grade(
     with open(run / "metrics.csv") as f:
         epochs = list(csv.DictReader(f))
     last = epochs[-1]
-    return {"arm": arm.name, "scheme": arm.scheme, "seed": seed, "epochs": len(epochs),
-            "seconds_per_epoch": statistics.median(float(e["seconds"]) for e in epochs),
-            "peak_rss_mb": json.loads(cost.read_text())["peak_rss_mb"],
-            **{k: grades[k] for k in MEASURES if k in grades},
-            **{k: float(last[f"train_{k}"]) for k in DIAGNOSTICS
-               if last.get(f"train_{k}") not in (None, "")}}  # fmt: skip
+    return {
+        "arm": arm.name,
+        "scheme": arm.scheme,
+        "seed": seed,
+        "epochs": len(epochs),
+        "seconds_per_epoch": statistics.median(float(e["seconds"]) for e in epochs),
+        "peak_rss_mb": json.loads(cost.read_text())["peak_rss_mb"],
+        **{k: grades[k] for k in MEASURES if k in grades},
+        **{
+            k: float(last[f"train_{k}"])
+            for k in DIAGNOSTICS
+            if last.get(f"train_{k}") not in (None, "")
+        },
+    }
 
 
 def recipe_of(arm: Arm, seed: int, budget: Budget) -> dict:
     """Everything that makes a run what it is (its folder's name aside)."""
-    return {"scheme": arm.scheme, "model_config": arm.model_config,
-            "train_config": arm.train_config, "settings": list(arm.settings), "seed": seed,
-            "epochs": budget.epochs, "subset": budget.subset,
-            "num_samples": budget.num_samples}  # fmt: skip
+    return {
+        "scheme": arm.scheme,
+        "model_config": arm.model_config,
+        "train_config": arm.train_config,
+        "settings": list(arm.settings),
+        "seed": seed,
+        "epochs": budget.epochs,
+        "subset": budget.subset,
+        "num_samples": budget.num_samples,
+    }
 
 
 def check_recipe(run: Path, arm: Arm, seed: int, budget: Budget) -> None:
@@ -284,9 +345,12 @@ def summarise_contrasts(
 
 
 def summarise(
-    rows: list[dict], baseline: str, arm: str, key: str = "arm",
+    rows: list[dict],
+    baseline: str,
+    arm: str,
+    key: str = "arm",
     smallest_effects: dict[str, float] | None = None,
-) -> list[dict]:  # fmt: skip
+) -> list[dict]:
     """Per measure, `arm` minus `baseline` paired by seed, Holm's correction across the
     measures (summarise_contrasts with this one contrast)."""
     contrasts = {arm: contrast(rows, baseline, arm, key)}

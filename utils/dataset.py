@@ -62,7 +62,7 @@ DATASETS = {
             "Bag",
             "Ankle boot",
         ),
-    ),  # fmt: skip
+    ),
 }
 
 
@@ -110,11 +110,15 @@ def _file_bytes(path: Path) -> bytes:
 # The SHA-256 (first 16 hex digits) of the first 4096 bytes of each original file, per dataset:
 # the two datasets share file names, so a folder holding one may be taken for the other.
 FINGERPRINTS = {
-    "3578fc65cebc6314": "mnist", "026c1f9224bc82a8": "mnist",
-    "52a0245ca77e0d85": "mnist", "465726f2d32f64df": "mnist",
-    "73fda24d90a4689a": "fashion_mnist", "f99483a0d2b949c8": "fashion_mnist",
-    "ca71e055028bc426": "fashion_mnist", "8999b541bcbea5ef": "fashion_mnist",
-}  # fmt: skip
+    "3578fc65cebc6314": "mnist",
+    "026c1f9224bc82a8": "mnist",
+    "52a0245ca77e0d85": "mnist",
+    "465726f2d32f64df": "mnist",
+    "73fda24d90a4689a": "fashion_mnist",
+    "f99483a0d2b949c8": "fashion_mnist",
+    "ca71e055028bc426": "fashion_mnist",
+    "8999b541bcbea5ef": "fashion_mnist",
+}
 
 
 def _check_dataset(data: bytes, path: Path, dataset: str) -> None:
@@ -210,9 +214,12 @@ def _fetch_missing(root: Path, missing: list[str], dataset: str) -> None:
 
 
 def load_mnist(
-    root: str | Path, split: str, device: torch.device | str = "cpu", download: bool = True,
+    root: str | Path,
+    split: str,
+    device: torch.device | str = "cpu",
+    download: bool = True,
     dataset: str = "mnist",
-) -> MNISTSplit:  # fmt: skip
+) -> MNISTSplit:
     """Load `split` ("train" or "test") of `dataset` (DATASETS) from `root` (find_files says
     where); download only missing files."""
     raw, found = find_files(root, dataset)

@@ -123,13 +123,15 @@ class Cluster:
             return averager
         zero = torch.zeros((), device=self.device)
         sums = torch.stack([averager.sums.get(name, zero) for name in names])
-        weights = torch.tensor([float(averager.weights.get(name, 0)) for name in names],
-                               device=self.device)  # fmt: skip
+        weights = torch.tensor(
+            [float(averager.weights.get(name, 0)) for name in names], device=self.device
+        )
         both = torch.cat([sums, weights])
         dist.all_reduce(both)
         total = TermAverager()
-        for name, value, weight in zip(names, both[: len(names)], both[len(names) :].tolist(),
-                                       strict=True):  # fmt: skip
+        for name, value, weight in zip(
+            names, both[: len(names)], both[len(names) :].tolist(), strict=True
+        ):
             if weight > 0:
                 total.sums[name], total.weights[name] = value, int(weight)
         return total
@@ -309,8 +311,9 @@ def join(device: torch.device) -> Iterator[Cluster]:
             )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-        dist.init_process_group("nccl", store=store, rank=rank, world_size=world_size,
-                                device_id=device)  # fmt: skip
+        dist.init_process_group(
+            "nccl", store=store, rank=rank, world_size=world_size, device_id=device
+        )
     else:
         dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size)
     try:

@@ -53,9 +53,13 @@ class BetaVAELoss(nn.Module):
         return min(self.config.beta, step * (self.config.beta / self.beta_warmup_steps))
 
     def vae_terms(
-        self, x_hat: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+        self,
+        x_hat: torch.Tensor,
+        x: torch.Tensor,
+        mu: torch.Tensor,
+        logvar: torch.Tensor,
         step: int,
-    ) -> tuple[torch.Tensor, torch.Tensor, Terms]:  # fmt: skip
+    ) -> tuple[torch.Tensor, torch.Tensor, Terms]:
         """(lambda_recon * recon, the simple loss, its detached named terms), in float32 also
         when the forward pass ran under a bfloat16 autocast."""
         x_hat, mu, logvar = x_hat.float(), mu.float(), logvar.float()
@@ -64,8 +68,12 @@ class BetaVAELoss(nn.Module):
         kl_free = kl.clamp(min=self.config.free_bits).mean()
         recon_term = self.config.lambda_recon * recon
         loss = recon_term + self.beta(step) * kl_free
-        terms = {"loss": loss.detach(), "recon": recon.detach(), "kl": kl_free.detach(),
-                 "kl_raw": kl.mean().detach()}  # fmt: skip
+        terms = {
+            "loss": loss.detach(),
+            "recon": recon.detach(),
+            "kl": kl_free.detach(),
+            "kl_raw": kl.mean().detach(),
+        }
         return recon_term, loss, terms
 
     def generator_loss(
@@ -174,8 +182,10 @@ class CompositeLoss(BetaVAELoss):
         weighted reconstruction term's: how much each one steers the decoder (device tensors,
         read with the epoch's means)."""
         recon_norm = self.gradient_norm(recon_term)
-        return {f"grad_ratio_{name}": (self.gradient_norm(term) / recon_norm).detach()
-                for name, term in extra.items()}  # fmt: skip
+        return {
+            f"grad_ratio_{name}": (self.gradient_norm(term) / recon_norm).detach()
+            for name, term in extra.items()
+        }
 
     def discriminator_loss(
         self, x_hat: torch.Tensor, x: torch.Tensor, critic: nn.Module | None = None

@@ -71,10 +71,17 @@ def train_classifier(net: StagedCNN, train_set: MNISTSplit, seed: int, epochs: i
     net.train()
     for epoch in range(1, epochs + 1):
         order = epoch_order(len(train_set), seed, epoch, train_set.images.device)
-        bar = tqdm(zip(train_batches(train_set.images, BATCH_SIZE, order),
-                       train_batches(train_set.labels, BATCH_SIZE, order), strict=True),
-                   total=steps, leave=False, desc=f"epoch {epoch}/{epochs}",
-                   disable=not sys.stderr.isatty())  # fmt: skip
+        bar = tqdm(
+            zip(
+                train_batches(train_set.images, BATCH_SIZE, order),
+                train_batches(train_set.labels, BATCH_SIZE, order),
+                strict=True,
+            ),
+            total=steps,
+            leave=False,
+            desc=f"epoch {epoch}/{epochs}",
+            disable=not sys.stderr.isatty(),
+        )
         for x, y in bar:
             loss = F.cross_entropy(net(x), y)
             optimizer.zero_grad(set_to_none=True)
@@ -103,13 +110,19 @@ def make_network(
     seconds = time.perf_counter() - started
     test_accuracy = accuracy(net, test_set)
     save_checkpoint(
-        {"network": name, "dataset": dataset, "state_dict": net.state_dict(),
-         "test_accuracy": test_accuracy,
-         "epochs": epochs, "seed": spec.seed, "train_half": spec.half,
-         "train_size": len(train_set),
-         "seconds": seconds},
+        {
+            "network": name,
+            "dataset": dataset,
+            "state_dict": net.state_dict(),
+            "test_accuracy": test_accuracy,
+            "epochs": epochs,
+            "seed": spec.seed,
+            "train_half": spec.half,
+            "train_size": len(train_set),
+            "seconds": seconds,
+        },
         path,
-    )  # fmt: skip
+    )
     return test_accuracy
 
 

@@ -106,8 +106,10 @@ def manifold_radii(features: torch.Tensor, k: int = NEIGHBOURS) -> torch.Tensor:
     of it counts as a neighbour at distance 0."""
     if not 1 <= k < len(features):
         raise ValueError(f"k = {k} needs 1 <= k < the number of points ({len(features)})")
-    radii = [d.topk(k + 1, dim=1, largest=False).values[:, k] for _, d in
-             _pairwise_distances(features, features)]  # fmt: skip
+    radii = [
+        d.topk(k + 1, dim=1, largest=False).values[:, k]
+        for _, d in _pairwise_distances(features, features)
+    ]
     return torch.cat(radii)
 
 
