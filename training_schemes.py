@@ -482,7 +482,7 @@ def train(
         batch = train_cfg.data.train_bs // cluster.world_size
         choice = (
             linear_backend_choice(train_cfg, model_cfg, batch, device, resume)
-            if (cluster.is_main)
+            if cluster.is_main
             else None
         )
         linear_backend = cluster.broadcast(choice).backend
@@ -549,7 +549,7 @@ def start_run(
     progress = Progress(MetricsLog(save_dir / "metrics.csv", columns), stopper)
     board = (
         TensorBoardLog(save_dir, model_cfg, train_cfg)
-        if (train_cfg.tensorboard and cluster.is_main)
+        if train_cfg.tensorboard and cluster.is_main
         else None
     )
     show_bar = cluster.is_main and sys.stderr.isatty()
