@@ -118,7 +118,7 @@ def test_the_other_datasets_original_files_are_refused(tmp_path, real_mnist):
         load_mnist(tmp_path, "train", download=False, dataset="fashion_mnist")
     assert str(err.value) == (
         f"{tmp_path / 'train-images-idx3-ubyte'}: is MNIST's file, not Fashion-MNIST's; pass "
-        "--data_root DIR whose FashionMNIST/raw/ holds Fashion-MNIST's files (or --dataset mnist)"
+        "--data_root DIR whose FashionMNIST/raw/ holds Fashion-MNIST's files"
     )
     assert len(load_mnist(tmp_path, "test", download=False)) == 10_000  # as MNIST: taken
 

@@ -122,13 +122,14 @@ FINGERPRINTS = {
 
 
 def _check_dataset(data: bytes, path: Path, dataset: str) -> None:
-    """Refuse a file that is the original of the other dataset (files of neither pass)."""
+    """Refuse a file that is the original of the other dataset (files of neither pass). The fix
+    named is another data root: where a checkpoint fixes the dataset, --dataset is none."""
     found = FINGERPRINTS.get(hashlib.sha256(data[:4096]).hexdigest()[:16], dataset)
     if found != dataset:
         raise DataError(
             f"{path}: is {DATASETS[found].title}'s file, not {DATASETS[dataset].title}'s; pass "
             f"--data_root DIR whose {DATASETS[dataset].folder}/raw/ holds "
-            f"{DATASETS[dataset].title}'s files (or --dataset {found})"
+            f"{DATASETS[dataset].title}'s files"
         )
 
 
