@@ -33,8 +33,8 @@ Writes into --out (default results/studies/<name>/):
     runs/<arm>_seed<S>/         run folders (configs, metrics.csv, eval.json, checkpoints)
     runs.csv                    one row per finished run: arm, seed, cost, every grade
     summary.csv                 per arm and measure, arm minus baseline over the shared seeds
-                                (95 % t-interval, d_z, p, Holm's correction across every arm
-                                and measure, verdict)
+                                (95 % t-interval, d_z, p, Holm's correction across the
+                                measures of each arm's comparison, verdict)
     <arm>_grid.png, <arm>_samples.png, <arm>_recon.png   the first seed's latent grid, prior
                                 samples (the same z in every arm) and reconstructions
     arms.png                    those figures side by side, an arm per row
@@ -829,8 +829,7 @@ def report_text(
             f"**Interim** (`--report`): {len(rows)} of {len(rows) + len(missing)} runs have "
             f"finished; not yet {', '.join(missing)}. Each arm is compared over the seeds "
             "it and its baseline have both finished, so its verdicts are provisional: "
-            "fewer seeds, and a smaller family for Holm's correction than the final "
-            f"report's.{uncompared}",
+            f"fewer seeds than the final report's.{uncompared}",
             "",
         ]
     lines += [
@@ -841,7 +840,8 @@ def report_text(
         f"{data}, seeds {', '.join(map(str, spec.seeds))}, "
         f"{budget.num_samples or 10_000} prior samples graded per run. Each arm is compared "
         f"with `{spec.baseline}` (or the baseline it names) seed by seed: paired 95 % "
-        't-intervals, Holm\'s correction across every arm and measure, and "equivalent" '
+        "t-intervals, Holm's correction across the measures of each arm's comparison "
+        '(one question per arm), and "equivalent" '
         "only where the 90 % interval lies inside the smallest effect that matters "
         "(utils/comparison.py).",
         "",

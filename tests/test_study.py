@@ -309,6 +309,29 @@ def test_a_damaged_cost_file_is_one_line_saying_to_delete_it(tmp_path, name, tex
     assert (out / name).read_text() == text  # left as it was
 
 
+def test_each_arms_comparison_is_its_own_holm_family():
+    """Two arms, each with one tested measure: edge +0.20, +0.21, +0.19 (t = 34.64, two-sided
+    p = 1 - t / sqrt(t^2 + 2) = 0.000833 at 2 degrees of freedom) and recon +1, +2, +3 (t = 3.464,
+    p = 0.0742). Each arm's family holds its one test, so Holm leaves each p as it is; one
+    family for both would double the smaller (0.00167)."""
+    base = {m: 1.0 for m in MEASURES}
+    rows = [{"arm": "simple", "seed": seed, **base} for seed in (1, 2, 3)]
+    for seed, edge, recon in ((1, 0.20, 1.0), (2, 0.21, 2.0), (3, 0.19, 3.0)):
+        rows.append({"arm": "sharp", "seed": seed, **base, "edge_sharpness": 1.0 + edge})
+        rows.append({"arm": "blurred", "seed": seed, **base, "recon_mse": 1.0 + recon})
+    summaries = summarise_contrasts(
+        {arm: contrast(rows, "simple", arm) for arm in ("sharp", "blurred")}
+    )
+    tested = {
+        arm: [(r["measure"], r["p"], r["p_holm"]) for r in summary if r["p"] != ""]
+        for arm, summary in summaries.items()
+    }
+    (sharp,), (blurred,) = tested["sharp"], tested["blurred"]
+    assert sharp[0] == "edge_sharpness" and sharp[1] == pytest.approx(0.000833, abs=1e-6)
+    assert blurred[0] == "recon_mse" and blurred[1] == pytest.approx(0.0742, abs=1e-4)
+    assert sharp[2] == sharp[1] and blurred[2] == blurred[1]
+
+
 def test_the_headline_judges_each_arm_by_its_intervals_in_plain_words():
     """Three seeds made up so that the verdicts are known: the edge grade rises by 0.20 with sd
     0.01 (t = 34.6, p 0.00083) and class KL by 0.55 with sd 0.05 (t = 19.1, p 0.0027), each
