@@ -46,179 +46,44 @@ Writes into --out (default results/studies/<name>/):
 
 import argparse
 import hashlib
-import io
 import json
-import math
 import os
 import statistics
 import sys
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from utils.cli import OneLineParser, pick_device, run_cli
 from utils.comparison import (
-    DIAGNOSTICS,
     MEASURES,
-    REPO,
     SMALLEST_EFFECTS,
     SUMMARY_FIELDS,
     Arm,
     Budget,
     contrast,
-    markdown_table,
-    recipe_of,
     stop_on_sigterm,
     summarise_contrasts,
     train_and_grade,
     write_csv,
     write_json,
 )
-from utils.config import (
-    TRAIN_CONFIGS,
-    check_same_dataset,
-    config_from_dict,
-    load_model_config,
-    load_train_config,
-    need,
-    parse_settings,
-    read_json,
-)
-from utils.dataset import DATA_ROOT_HELP, DATASETS, load_mnist
+from utils.config import load_model_config, load_train_config, parse_settings
+from utils.dataset import DATA_ROOT_HELP, load_mnist
 from utils.errors import UserError, first_line
 from utils.networks import make_network, pips_backbone_to_make
 from utils.outputs import write_output
-from utils.stats import Verdict
-
-
-@dataclass
-class ArmSpec:
-    """One arm: `scheme` with two config files (relative to the repo) and train.py --set
-    changes, each "KEY=VALUE" with VALUE JSON."""
-
-    name: str
-    scheme: str
-    model_config: str
-    train_config: str
-    settings: list[str] = field(default_factory=list)
-    # The arm this one is compared with, when not the study's baseline (another cell's own).
-    baseline: str | None = None
-    # The data it trains on (train.py --dataset), when not the study's.
-    dataset: str | None = None
-
-    def check(self) -> None:
-        ok = self.name.replace("_", "").replace("-", "").isalnum()
-        need(ok, "name", self.name, "must be letters, digits, - and _ (a folder name)")
-        need(
-            self.scheme in TRAIN_CONFIGS,
-            "scheme",
-            self.scheme,
-            f"must be one of {', '.join(TRAIN_CONFIGS)}",
-        )
-        check_dataset(self.dataset)
-
-
-def check_dataset(dataset: str | None) -> None:
-    need(
-        dataset in (None, *DATASETS),
-        "dataset",
-        dataset,
-        f"must be one of {', '.join(map(json.dumps, DATASETS))}",
-    )
-
-
-@dataclass
-class SearchParam:
-    """One config field the sampler varies: a dotted --set key, its range, log scale or not."""
-
-    key: str
-    low: float
-    high: float
-    log: bool = False
-
-    def check(self) -> None:
-        ok = self.low < self.high and (self.low > 0 or not self.log)
-        need(ok, "low", self.low, "must be below high (and > 0 on a log scale)")
-
-
-@dataclass
-class SearchSpec:
-    """--search: vary `params` of arm `arm` over `trials` runs to minimise grade `minimise`."""
-
-    arm: str
-    minimise: str
-    trials: int
-    params: list[SearchParam]
-    seed: int = 0
-
-    def check(self) -> None:
-        need(
-            self.minimise in MEASURES,
-            "minimise",
-            self.minimise,
-            f"must be one of {', '.join(MEASURES)}",
-        )
-        need(self.trials >= 1, "trials", self.trials, "must be >= 1")
-
-
-@dataclass
-class StudySpec:
-    """A study file: see studies/README.md."""
-
-    name: str
-    baseline: str
-    seeds: list[int]
-    epochs: int
-    arms: list[ArmSpec]
-    subset: int | None = None
-    num_samples: int | None = None
-    # train.py --set changes every arm takes before its own (a budget's schedules, say).
-    settings: list[str] = field(default_factory=list)
-    # The data every arm trains on (train.py --dataset); left out, each train config's.
-    dataset: str | None = None
-    objective: str = "fid_samples"
-    search: SearchSpec | None = None
-
-    def check(self) -> None:
-        names = [a.name for a in self.arms]
-        need(len(set(names)) == len(names), "arms", names, "names an arm twice; rename one")
-        need(
-            self.baseline in names,
-            "baseline",
-            self.baseline,
-            f"must be one of the arms: {', '.join(names)}",
-        )
-        need(
-            len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds),
-            "seeds",
-            self.seeds,
-            "must be distinct seeds, at least one",
-        )
-        need(self.epochs >= 1, "epochs", self.epochs, "must be >= 1")
-        check_dataset(self.dataset)
-        need(self.subset is None or self.subset >= 1, "subset", self.subset, "must be >= 1")
-        need(
-            self.objective in MEASURES,
-            "objective",
-            self.objective,
-            f"must be one of {', '.join(MEASURES)}",
-        )
-        for arm in self.arms:
-            need(
-                arm.baseline in (None, *names),
-                f"arms.{arm.name}.baseline",
-                arm.baseline,
-                f"must be one of the arms: {', '.join(names)}",
-            )
-        if self.search is not None:
-            need(
-                self.search.arm in names,
-                "search.arm",
-                self.search.arm,
-                f"must be one of the arms: {', '.join(names)}",
-            )
+from utils.study_report import (
+    Cost,
+    cache_error,
+    positive,
+    read_bench,
+    read_cache,
+    report_text,
+    side_by_side,
+)
+from utils.study_spec import StudySpec, arm_key, arm_of, load_study, wanted_runs
 
 
 def parse_args() -> argparse.Namespace:
@@ -251,41 +116,6 @@ def parse_args() -> argparse.Namespace:
     if args.threads is not None and args.threads < 1:
         p.error(f"--threads {args.threads}: must be >= 1")
     return args
-
-
-def load_study(path: str) -> StudySpec:
-    """The study file, checked, with every arm's configs and settings checked as train.py would
-    check them, so that a mistake stops the study before its first run."""
-    spec = config_from_dict(read_json(path), StudySpec, path)
-    for arm in spec.arms:
-        where = f"{path}: arm {arm.name!r}"
-        for config in (arm.model_config, arm.train_config):
-            if not (REPO / config).is_file():
-                raise UserError(f"{where}: no config file {config} in the repo")
-        check_arm(where, arm, list(arm_of(spec, arm.name).settings))
-    search = spec.search
-    if search is not None:
-        arm = next(a for a in spec.arms if a.name == search.arm)
-        for end in ("low", "high"):  # each searched field at both ends of its range
-            extra = [f"{p.key}={json.dumps(getattr(p, end))}" for p in search.params]
-            check_arm(
-                f"{path}: search.params at their {end} ends",
-                arm,
-                list(arm_of(spec, arm.name, tuple(extra)).settings),
-            )
-    return spec
-
-
-def check_arm(where: str, arm: ArmSpec, settings: list[str]) -> None:
-    """Refuse, in one line starting `where`, an arm train.py would refuse with `settings`."""
-    try:
-        model_settings, train_settings = parse_settings(settings, arm.scheme)
-        model_cfg = load_model_config(REPO / arm.model_config, model_settings)
-        train_cfg = load_train_config(REPO / arm.train_config, arm.scheme, train_settings)
-        if arm.scheme == "composite":
-            check_same_dataset(model_cfg, train_cfg, arm.model_config)
-    except UserError as e:
-        raise UserError(f"{where}: {e}") from None
 
 
 def import_optuna():
@@ -392,11 +222,6 @@ def run_workers(study, objective, workers: int, more) -> None:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def recipe_hash(arm: Arm, seed: int, budget: Budget) -> str:
-    text = json.dumps(recipe_of(arm, seed, budget), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def graded(arm: Arm, seed: int, budget: Budget, run: Path, env: dict[str, str]) -> dict:
     """train_and_grade; a run that fails says so in one line before its trial fails."""
     try:
@@ -404,17 +229,6 @@ def graded(arm: Arm, seed: int, budget: Budget, run: Path, env: dict[str, str]) 
     except UserError as e:
         print(f"error: arm {arm.name!r}, seed {seed}: {e}", file=sys.stderr, flush=True)
         raise
-
-
-def arm_of(spec: StudySpec, name: str, extra: tuple[str, ...] = ()) -> Arm:
-    """Arm `name` as it runs: its dataset (when the study or the arm names one), the study's
-    settings, then its own, then `extra`."""
-    a = next(a for a in spec.arms if a.name == name)
-    dataset = a.dataset or spec.dataset
-    settings = (*spec.settings, *a.settings, *extra)
-    if dataset is not None:
-        settings = (f"data.dataset={json.dumps(dataset)}", *settings)
-    return Arm(a.name, a.scheme, a.model_config, a.train_config, settings)
 
 
 def run_grid(optuna, spec: StudySpec, args: argparse.Namespace, out: Path, budget: Budget) -> None:
@@ -480,15 +294,6 @@ def report_so_far(
     report(spec, args, out, budget, rows, missing)
 
 
-def wanted_runs(spec: StudySpec, budget: Budget) -> list[dict]:
-    """Every arm x seed the study file asks for, named as its trial is: arm, seed, recipe."""
-    return [
-        {"arm": a.name, "seed": s, "recipe": recipe_hash(arm_of(spec, a.name), s, budget)}
-        for s in spec.seeds
-        for a in spec.arms
-    ]
-
-
 def finished_rows(study, TrialState, wanted: list[dict]) -> tuple[list[dict], list[str]]:
     """The finished runs' rows in the study's order, and the runs not finished ("arm/seed S")."""
 
@@ -534,7 +339,9 @@ def report(
     )
     figures = draw_figures(spec, out, budget)
     cost = Cost(arm_flops(spec, out, budget), read_bench(spec, out, budget))
-    text = report_text(spec, args, budget, rows, baselines, summaries, figures, cost, missing)
+    mode = "--report" if args.report else f"--workers {args.workers}"
+    command = f"python study.py {args.study} --data_root {args.data_root} {mode}"
+    text = report_text(spec, command, budget, rows, baselines, summaries, figures, cost, missing)
     write_output(out / "REPORT.md", text.encode(), "--out")
     print(f"-> {out / 'REPORT.md'}, {out / 'runs.csv'}, {out / 'summary.csv'}")
 
@@ -575,47 +382,6 @@ def draw_figures(spec: StudySpec, out: Path, budget: Budget) -> dict[str, list[s
     return figures
 
 
-def side_by_side(out: Path, figures: dict[str, list[str]]) -> None:
-    """arms.png: each arm's views (the files in `figures`, from `out`) in a row, the arm named;
-    the columns as wide as their images, at the scale that makes the first one a row high."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    images = {name: [plt.imread(out / file) for file in files] for name, files in figures.items()}
-    longest = max(images.values(), key=len)
-    widths = [image.shape[1] / longest[0].shape[0] for image in longest]
-    fig, axes = plt.subplots(
-        len(images),
-        len(widths),
-        squeeze=False,
-        figsize=(3 * sum(widths), 3 * len(images)),
-        gridspec_kw={"width_ratios": widths},
-    )
-    for row, (name, shown) in zip(axes, images.items(), strict=True):
-        for ax in row:
-            ax.axis("off")
-        for ax, image in zip(row, shown, strict=False):
-            ax.imshow(image)
-        row[0].set_title(name, loc="left", fontsize=12, fontweight="bold")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    write_output(out / "arms.png", buffer.getvalue(), "--out")
-
-
-# The cost. Two arms that train alike (scheme, configs, settings, images) cost alike: flops.json
-# and bench.json are keyed by that, not by the arm's name.
-
-
-def arm_key(spec: StudySpec, name: str, budget: Budget) -> str:
-    """What an arm's cost depends on: its scheme, configs, settings and training images."""
-    arm = arm_of(spec, name)
-    return json.dumps([arm.scheme, arm.model_config, arm.train_config, arm.settings, budget.subset])
-
-
 def arm_flops(spec: StudySpec, out: Path, budget: Budget) -> dict[str, float]:
     """Per arm, the float operations of one epoch at the study's budget (bench.epoch_flops over
     real steps of the arm's configs and settings), kept in flops.json so a report made again
@@ -642,407 +408,6 @@ def arm_flops(spec: StudySpec, out: Path, budget: Budget) -> dict[str, float]:
         flops[a.name] = known[key]
     write_json(cache, known)
     return flops
-
-
-def read_cache(path: Path) -> dict:
-    """A file study.py keeps so as to count or measure nothing twice (flops.json, bench.json):
-    its JSON object, {} when there is none, one line when it is not one."""
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise cache_error(path, f"unreadable ({e})") from None
-    if not isinstance(data, dict):
-        raise cache_error(path)
-    return data
-
-
-def cache_error(path: Path, why: str = "not as study.py writes it") -> UserError:
-    return UserError(f"{path}: {why}; delete it and study.py makes it again")
-
-
-def positive(value: object) -> bool:
-    """A count or a time as study.py writes one: a finite number above 0."""
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and (math.isfinite(value) and value > 0)
-    )
-
-
-@dataclass(frozen=True)
-class Bench:
-    """What --bench measured (bench.json): each arm's seconds per training step, and how."""
-
-    seconds_per_step: dict[str, float]
-    device: str
-    processor: str  # the CPU's model, or the GPU's name on CUDA
-    threads: int
-    torch: str
-    rounds: int
-
-
-# bench.json's fields besides "arms" ({arm key: {"arms": names, "steps", "each",
-# "seconds_per_step"}}): how it measured.
-BENCH_FIELDS = ("device", "processor", "threads", "torch", "rounds")
-
-
-def read_bench(spec: StudySpec, out: Path, budget: Budget) -> Bench | None:
-    """bench.json's measurement, when it holds every arm as it is now (None otherwise)."""
-    path = out / "bench.json"
-    bench = read_cache(path)
-    if not bench:
-        return None
-    measured = bench.get("arms")
-    if (
-        not isinstance(measured, dict)
-        or not all(k in bench for k in BENCH_FIELDS)
-        or not all(
-            isinstance(v, dict) and positive(v.get("seconds_per_step")) for v in measured.values()
-        )
-    ):
-        raise cache_error(path)
-    keys = {a.name: arm_key(spec, a.name, budget) for a in spec.arms}
-    if set(keys.values()) != set(measured):
-        return None
-    seconds = {name: measured[key]["seconds_per_step"] for name, key in keys.items()}
-    return Bench(seconds, **{k: bench[k] for k in BENCH_FIELDS})
-
-
-@dataclass(frozen=True)
-class Cost:
-    """Per arm, float operations per epoch; --bench's measurement when there is one."""
-
-    flops: dict[str, float]
-    bench: Bench | None
-
-
-# The report's text. The headline: the question's measures, in the order it asks them: are
-# samples sharper (by the edge grade, and is the speckle that could fake it lower), as realistic,
-# as varied, at what reconstruction.
-HEADLINE = (
-    "edge_sharpness",
-    "background_speckle",
-    "fid_samples",
-    "precision",
-    "recall",
-    "class_kl",
-    "recon_mse",
-)
-# Which way is better in each of them: +1 higher, -1 lower.
-BETTER = {
-    "edge_sharpness": 1,
-    "background_speckle": -1,
-    "fid_samples": -1,
-    "precision": 1,
-    "recall": 1,
-    "class_kl": -1,
-    "recon_mse": -1,
-}
-# The plain words: each aspect of the answer, the measures that judge it, and what to say when
-# they are, taken together, better, worse, mixed (some each way), the same (equivalent), open
-# (not shown either way) or untested (one seed).
-ASPECTS = (
-    (
-        ("edge_sharpness",),
-        {
-            "better": "sharper samples",
-            "worse": "blurrier samples",
-            "same": "samples as sharp",
-            "open": "sharpness not settled",
-            "untested": "sharpness untested",
-        },
-    ),
-    (
-        ("background_speckle",),
-        {
-            "better": "less speckle",
-            "worse": "more speckle",
-            "same": "as much speckle",
-            "open": "speckle not settled",
-            "untested": "speckle untested",
-        },
-    ),
-    (
-        ("fid_samples", "precision"),
-        {
-            "better": "more realistic",
-            "worse": "less realistic",
-            "mixed": "realism mixed",
-            "same": "as realistic",
-            "open": "realism not settled",
-            "untested": "realism untested",
-        },
-    ),
-    (
-        ("recall", "class_kl"),
-        {
-            "better": "wider coverage",
-            "worse": "loses coverage",
-            "mixed": "coverage mixed",
-            "same": "keeps coverage",
-            "open": "coverage not settled",
-            "untested": "coverage untested",
-        },
-    ),
-    (
-        ("recon_mse",),
-        {
-            "better": "better reconstructions",
-            "worse": "worse reconstructions",
-            "same": "reconstructions as good",
-            "open": "reconstruction not settled",
-            "untested": "reconstruction untested",
-        },
-    ),
-)
-
-
-def report_text(
-    spec: StudySpec,
-    args: argparse.Namespace,
-    budget: Budget,
-    rows: list[dict],
-    baselines: dict[str, str],
-    summaries: dict[str, list[dict]],
-    figures: dict[str, list[str]],
-    cost: Cost,
-    missing: list[str] | None = None,
-) -> str:
-    """REPORT.md: what ran (and, for an interim report, what has not), the headline, the arms,
-    what they cost, every arm against its baseline, the figures."""
-    data = DATASETS[spec.dataset].title if spec.dataset else "each train config's dataset"
-    mode = "--report" if args.report else f"--workers {args.workers}"
-    lines = [f"# Study `{spec.name}`", ""]
-    if missing:
-        apart = [
-            a.name for a in spec.arms if a.name not in summaries and baselines[a.name] != a.name
-        ]
-        uncompared = (
-            f" Not compared yet (no seed finished in both the arm and its baseline): "
-            f"{', '.join(apart)}."
-            if apart
-            else ""
-        )
-        lines += [
-            f"**Interim** (`--report`): {len(rows)} of {len(rows) + len(missing)} runs have "
-            f"finished; not yet {', '.join(missing)}. Each arm is compared over the seeds "
-            "it and its baseline have both finished, so its verdicts are provisional: "
-            f"fewer seeds than the final report's.{uncompared}",
-            "",
-        ]
-    lines += [
-        f"Written by `python study.py {args.study} --data_root {args.data_root} {mode}` "
-        f"({len(rows)} runs).",
-        "",
-        f"Budget: {spec.epochs} epochs, {budget.subset or 'all'} training images of "
-        f"{data}, seeds {', '.join(map(str, spec.seeds))}, "
-        f"{budget.num_samples or 10_000} prior samples graded per run. Each arm is compared "
-        f"with `{spec.baseline}` (or the baseline it names) seed by seed: paired 95 % "
-        "t-intervals, Holm's correction across the measures of each arm's comparison "
-        '(one question per arm), and "equivalent" '
-        "only where the 90 % interval lies inside the smallest effect that matters "
-        "(utils/comparison.py).",
-        "",
-    ]
-    lines += headline_lines(baselines, summaries, cost)
-    lines += ["", "## Arms", ""]
-    if spec.settings:
-        lines += ["Every arm also takes " + ", ".join(f"`{s}`" for s in spec.settings) + ".", ""]
-    lines += [
-        "| arm | scheme | model config | training config | changes |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for a in spec.arms:
-        own = [f"`dataset {a.dataset}`"] if a.dataset else []
-        changes = ", ".join(own + [f"`{s}`" for s in a.settings]) or "—"
-        lines.append(
-            f"| {a.name} | {a.scheme} | `{a.model_config}` | `{a.train_config}` | {changes} |"
-        )
-    lines += cost_lines(spec, rows, cost)
-    logged = [
-        a.name
-        for a in spec.arms
-        if any(k in r for r in rows if r["arm"] == a.name for k in DIAGNOSTICS)
-    ]
-    if logged:
-        lines += [
-            "",
-            "## Balance of the extra terms (last epoch, median over seeds)",
-            "",
-            "grad_ratio_X: the gradient of the weighted term X at the decoder's last layer "
-            "over the weighted reconstruction's; disc_weight: the adversarial weight "
-            "(lambda_disc, or the adaptive one).",
-            "",
-            "| arm | " + " | ".join(DIAGNOSTICS) + " |",
-            "| --- |" + " --- |" * len(DIAGNOSTICS),
-        ]
-        for name in logged:
-            mine = [r for r in rows if r["arm"] == name]
-            cells = [median_text([r[k] for r in mine if k in r]) for k in DIAGNOSTICS]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    for name, summary in summaries.items():
-        lines += [
-            "",
-            f"## {name} against {baselines[name]}",
-            "",
-            markdown_table(summary, baselines[name], name).rstrip(),
-        ]
-    lines += ["", "## Figures", ""]
-    if figures:
-        lines += [
-            "Each arm's first seed: latent grid, prior samples (the same z in every arm), "
-            "reconstructions of the same test images.",
-            "",
-            "![arms.png](arms.png)",
-            "",
-        ]
-    for name, files in figures.items():
-        lines.append(f"{name}: " + " · ".join(f"![{f}]({f})" for f in files))
-    return "\n".join(lines) + "\n"
-
-
-def headline_lines(
-    baselines: dict[str, str], summaries: dict[str, list[dict]], cost: Cost
-) -> list[str]:
-    """## Headline: per cell of the study (a baseline and the arms compared with it), a table of
-    the arms' differences in the question's measures, and each arm's answer in plain words."""
-    lines = [
-        "## Headline",
-        "",
-        "Arm minus baseline, paired by seed, with the 95 % t-interval: **bold** is different "
-        "from 0 after Holm's correction; ≈ is equivalent within the smallest effect that "
-        'matters (a real but negligible difference included); "no spread" marks a '
-        "difference every seed gave alike, which no test can judge; neither is not shown "
-        "either way. Cost: the arm's over the baseline's (float operations per epoch; "
-        "seconds per training step where `--bench` measured them).",
-    ]
-    bench = cost.bench
-    for base in dict.fromkeys(baselines[name] for name in summaries):
-        arms = [name for name in summaries if baselines[name] == base]
-        header = ["arm", *HEADLINE, "float operations", *(["seconds per step"] if bench else [])]
-        lines += [
-            "",
-            f"Against `{base}`:",
-            "",
-            "| " + " | ".join(header) + " |",
-            "| --- |" + " --- |" * (len(header) - 1),
-        ]
-        words = []
-        for name in arms:
-            by_measure = {r["measure"]: r for r in summaries[name]}
-            ratios = {"float operations per epoch": cost.flops[name] / cost.flops[base]}
-            if bench:
-                ratios["seconds per training step"] = (
-                    bench.seconds_per_step[name] / bench.seconds_per_step[base]
-                )
-            cells = [marked(by_measure[m]) if m in by_measure else "—" for m in HEADLINE]
-            cells += [f"{ratio:.3g}x" for ratio in ratios.values()]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-            words.append(f"- {plain_words(name, base, by_measure, ratios)}")
-        lines += ["", *words]
-    return lines
-
-
-def untested_spread(row: dict) -> bool:
-    """A difference every seed gave alike: "different" by its zero-width interval, untested."""
-    return row["verdict"] == Verdict.DIFFERENT.value and row["p_holm"] == ""
-
-
-def marked(row: dict) -> str:
-    """A summary row's difference and interval: bold where different after Holm's correction,
-    ≈ where equivalent (or negligible), "(no spread)" where every seed differed alike."""
-    if untested_spread(row):
-        return f"{row['interval']} (no spread)"
-    if row["verdict"] == Verdict.DIFFERENT.value:
-        return f"**{row['interval']}**"
-    if row["verdict"] in (Verdict.EQUIVALENT.value, Verdict.NEGLIGIBLE.value):
-        return f"≈ {row['interval']}"
-    return row["interval"]
-
-
-def judged(row: dict | None, measure: str) -> str:
-    """What a summary row says of the arm in `measure`: "better", "worse", "same" (equivalent
-    or negligible), "open" (not shown either way, or alike in every seed without a test) or
-    "untested" (one seed, or no such measure)."""
-    if row is None or row["verdict"] == Verdict.NO_TEST.value:
-        return "untested"
-    if row["verdict"] == Verdict.DIFFERENT.value and not untested_spread(row):
-        return "better" if row["difference"] * BETTER[measure] > 0 else "worse"
-    if row["verdict"] in (Verdict.EQUIVALENT.value, Verdict.NEGLIGIBLE.value):
-        return "same"
-    return "open"
-
-
-def together(judgements: list[str]) -> str:
-    """What several measures of one aspect say at once: mixed when some are better and some
-    worse; else worse if any is; better if each is better or the same; the same, or untested,
-    if all are; open otherwise."""
-    seen = set(judgements)
-    if {"better", "worse"} <= seen:
-        return "mixed"
-    if "worse" in seen:
-        return "worse"
-    if seen in ({"better"}, {"better", "same"}):
-        return "better"
-    if seen in ({"same"}, {"untested"}):
-        return seen.pop()
-    return "open"
-
-
-def plain_words(name: str, base: str, rows: dict[str, dict], ratios: dict[str, float]) -> str:
-    """One sentence from the verdicts: `name` against `base` in each aspect of ASPECTS (sharper,
-    less speckle, as realistic, coverage kept, reconstructions), each with its intervals, and
-    the cost."""
-
-    def quoted(measure: str) -> str:
-        return f"{measure} {rows[measure]['interval']}" if measure in rows else f"no {measure}"
-
-    parts = []
-    for measures, words in ASPECTS:
-        verdict = together([judged(rows.get(m), m) for m in measures])
-        parts.append(f"{words[verdict]} ({', '.join(map(quoted, measures))})")
-    costs = " and ".join(f"{ratio:.3g}x the {what}" for what, ratio in ratios.items())
-    return f"**{name}** against {base}: " + "; ".join(parts) + f"; at {costs}."
-
-
-def cost_lines(spec: StudySpec, rows: list[dict], cost: Cost) -> list[str]:
-    """## Cost: per arm, counted float operations per epoch, --bench's seconds per training
-    step (or how to measure them), the runs' own seconds per epoch and peak memory."""
-    bench = cost.bench
-    how = (
-        f"seconds per step: `--bench`, every arm in one process on {bench.device} "
-        f"({bench.processor}) at --threads {bench.threads}, torch {bench.torch}, the median "
-        f"of {bench.rounds} rounds that take the arms in turn"
-        if bench
-        else "seconds per step: not measured (`python study.py ... --bench` on a quiet machine "
-        "measures them)"
-    )
-    lines = [
-        "",
-        "## Cost",
-        "",
-        "GFLOP per epoch: counted over real steps of the arm (bench.epoch_flops, training at "
-        f"the study's budget and validation); {how}; seconds per epoch: the runs' own, on "
-        "whatever else the machine ran.",
-        "",
-        "| arm | GFLOP per epoch | seconds per step (bench) | seconds per epoch (median "
-        "over runs) | peak RSS, MB |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for a in spec.arms:
-        mine = [r for r in rows if r["arm"] == a.name]
-        seconds = median_text([r["seconds_per_epoch"] for r in mine])
-        peak = f"{max(float(r['peak_rss_mb']) for r in mine):.0f}" if mine else "—"
-        step = f"{bench.seconds_per_step[a.name]:.3g}" if bench else "—"
-        lines.append(f"| {a.name} | {cost.flops[a.name] / 1e9:.4g} | {step} | {seconds} | {peak} |")
-    return lines
-
-
-def median_text(values: list) -> str:
-    finite = [float(v) for v in values if v not in (None, "") and math.isfinite(float(v))]
-    return f"{statistics.median(finite):.3g}" if finite else "—"
 
 
 def search_folder(settings: dict[str, float]) -> str:

@@ -14,7 +14,9 @@ import pytest
 
 import study
 from tests.helpers import REPO, make_mnist_root, run_main, run_script
-from utils.comparison import MEASURES, SUMMARY_FIELDS, contrast, summarise_contrasts
+from utils import study_report, study_spec
+from utils.comparison import MEASURES, SUMMARY_FIELDS, Budget, contrast, summarise_contrasts
+from utils.config import config_from_dict
 from utils.errors import UserError
 from utils.stats import Verdict
 
@@ -235,9 +237,9 @@ def test_two_arms_that_train_alike_share_one_measurement(tmp_path):
     def twin(spec):
         spec["arms"].append({**spec["arms"][0], "name": "simple_again"})
 
-    spec = study.load_study(write_spec(tmp_path, twin))
-    budget = study.Budget(str(tmp_path), 1, 128)
-    keys = {a.name: study.arm_key(spec, a.name, budget) for a in spec.arms}
+    spec = study_spec.load_study(write_spec(tmp_path, twin))
+    budget = Budget(str(tmp_path), 1, 128)
+    keys = {a.name: study_spec.arm_key(spec, a.name, budget) for a in spec.arms}
     assert keys["simple_again"] == keys["simple"] != keys["both_adaptive_hinge"]
     seconds = {keys["simple"]: 0.05, keys["both_adaptive_hinge"]: 1.5}
     (tmp_path / "bench.json").write_text(
@@ -255,7 +257,7 @@ def test_two_arms_that_train_alike_share_one_measurement(tmp_path):
             }
         )
     )
-    bench = study.read_bench(spec, tmp_path, budget)
+    bench = study_report.read_bench(spec, tmp_path, budget)
     assert bench.seconds_per_step == {
         "simple": 0.05,
         "both_adaptive_hinge": 1.5,
@@ -275,7 +277,7 @@ def test_two_arms_that_train_alike_share_one_measurement(tmp_path):
             }
         )
     )
-    assert study.read_bench(spec, tmp_path, budget) is None
+    assert study_report.read_bench(spec, tmp_path, budget) is None
 
 
 @pytest.mark.parametrize(
@@ -300,9 +302,9 @@ def test_a_damaged_cost_file_is_one_line_saying_to_delete_it(tmp_path, name, tex
         assert result.returncode == 2 and "Traceback" not in result.stderr
         (line,) = result.stderr.splitlines()
     else:  # read when the report counts each arm's float operations
-        spec = study.load_study(str(SMOKE))
+        spec = study_spec.load_study(str(SMOKE))
         with pytest.raises(UserError) as e:
-            study.arm_flops(spec, out, study.Budget(str(tmp_path), 1, 128))
+            study.arm_flops(spec, out, Budget(str(tmp_path), 1, 128))
         line = f"error: {e.value}"
     assert line.startswith(f"error: {out / name}") and says in line
     assert line.endswith("; delete it and study.py makes it again")
@@ -357,10 +359,10 @@ def test_the_headline_judges_each_arm_by_its_intervals_in_plain_words():
             }
         )
     summaries = summarise_contrasts({"sharp": contrast(rows, "simple", "sharp")})
-    bench = study.Bench({"simple": 0.02, "sharp": 0.5}, "cpu", "some CPU", 1, "2.x", 3)
-    cost = study.Cost({"simple": 1e9, "sharp": 3.7e10}, bench)
+    bench = study_report.Bench({"simple": 0.02, "sharp": 0.5}, "cpu", "some CPU", 1, "2.x", 3)
+    cost = study_report.Cost({"simple": 1e9, "sharp": 3.7e10}, bench)
     baselines = {"simple": "simple", "sharp": "simple"}
-    text = "\n".join(study.headline_lines(baselines, summaries, cost))
+    text = "\n".join(study_report.headline_lines(baselines, summaries, cost))
     assert text.count("Against `") == 1 and "Against `simple`:" in text
     # mean 0.2, se 0.01 / sqrt(3) = 0.005774, t_.975,2 4.30265: half-width 0.02484
     assert "| sharp | **+0.200 [+0.175, +0.225]** | 0 [0, 0] | ≈ 0 [0, 0] |" in text
@@ -379,9 +381,11 @@ def test_an_arm_with_its_own_baseline_is_a_cell_of_its_own_and_equal_seeds_read_
     base = {m: 1.0 for m in MEASURES}
     rows = [{"arm": arm, "seed": seed, **base} for seed in (1, 2) for arm in ("a", "b", "c")]
     contrasts = {"b": contrast(rows, "a", "b"), "c": contrast(rows, "b", "c")}
-    cost = study.Cost({"a": 1.0, "b": 2.0, "c": 8.0}, None)
+    cost = study_report.Cost({"a": 1.0, "b": 2.0, "c": 8.0}, None)
     text = "\n".join(
-        study.headline_lines({"a": "a", "b": "a", "c": "b"}, summarise_contrasts(contrasts), cost)
+        study_report.headline_lines(
+            {"a": "a", "b": "a", "c": "b"}, summarise_contrasts(contrasts), cost
+        )
     )
     assert text.index("Against `a`:") < text.index("| b | ") < text.index("Against `b`:")
     assert text.index("Against `b`:") < text.index("| c | ")
@@ -430,9 +434,9 @@ def test_each_verdict_reads_the_right_way_for_each_measure(measure):
         (row(Verdict.NO_TEST, p_holm=""), "untested", "+1 [+0.5, +1.5]"),
     ]
     for summary_row, judgement, cell in cases:
-        assert study.judged(summary_row, measure) == judgement, summary_row
-        assert study.marked(summary_row) == cell, summary_row
-    assert study.judged(None, measure) == "untested"
+        assert study_report.judged(summary_row, measure) == judgement, summary_row
+        assert study_report.marked(summary_row) == cell, summary_row
+    assert study_report.judged(None, measure) == "untested"
 
 
 @pytest.mark.parametrize(
@@ -449,7 +453,7 @@ def test_each_verdict_reads_the_right_way_for_each_measure(measure):
     ],
 )
 def test_an_aspect_of_several_measures_reads_them_together(judgements, together):
-    assert study.together(judgements) == together
+    assert study_report.together(judgements) == together
 
 
 @pytest.mark.parametrize(
@@ -487,12 +491,14 @@ def test_a_dataset_goes_to_every_arm_and_a_mismatched_backbone_stops_the_study_f
     """The study's dataset reaches each arm as train.py's data.dataset, before every other
     setting (an arm's own dataset wins); the smoke's composite arm keeps the MNIST PIPS backbone,
     which Fashion-MNIST runs refuse, so the study stops before its first run."""
-    spec = study.config_from_dict(
-        {**json.loads(SMOKE.read_text()), "dataset": "fashion_mnist"}, study.StudySpec, "smoke"
+    spec = config_from_dict(
+        {**json.loads(SMOKE.read_text()), "dataset": "fashion_mnist"}, study_spec.StudySpec, "smoke"
     )
     spec.arms[0].dataset = "mnist"
-    assert study.arm_of(spec, "simple").settings == ('data.dataset="mnist"',)
-    assert study.arm_of(spec, "both_adaptive_hinge").settings[0] == 'data.dataset="fashion_mnist"'
+    assert study_spec.arm_of(spec, "simple").settings == ('data.dataset="mnist"',)
+    assert (
+        study_spec.arm_of(spec, "both_adaptive_hinge").settings[0] == 'data.dataset="fashion_mnist"'
+    )
 
     def fashion(spec):
         spec["dataset"] = "fashion_mnist"
@@ -511,7 +517,7 @@ def test_a_dataset_goes_to_every_arm_and_a_mismatched_backbone_stops_the_study_f
 @pytest.mark.parametrize("name", ["smoke", "pilot", "main", "fashion"])
 def test_every_shipped_study_passes_its_checks(name):
     """Each arm's configs and settings as train.py checks them (load_study), before any run."""
-    spec = study.load_study(str(REPO / "studies" / f"{name}.json"))
+    spec = study_spec.load_study(str(REPO / "studies" / f"{name}.json"))
     assert spec.name == name and spec.baseline in [a.name for a in spec.arms]
     if name == "fashion":
         assert spec.dataset == "fashion_mnist"
@@ -693,8 +699,8 @@ def test_the_studys_settings_come_before_each_arms_own(tmp_path):
         spec["settings"] = ["loss.params.warmup_epochs=0.25"]
         spec["arms"][1]["settings"].append("loss.params.warmup_epochs=0.5")
 
-    spec = study.load_study(write_spec(tmp_path, scaled_warmup))
-    simple, composite = (study.arm_of(spec, a.name) for a in spec.arms)
+    spec = study_spec.load_study(write_spec(tmp_path, scaled_warmup))
+    simple, composite = (study_spec.arm_of(spec, a.name) for a in spec.arms)
     assert simple.settings == ("loss.params.warmup_epochs=0.25",)
     assert composite.settings[0] == "loss.params.warmup_epochs=0.25"
     assert composite.settings[-1] == "loss.params.warmup_epochs=0.5"  # the arm's own wins
