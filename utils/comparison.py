@@ -322,7 +322,8 @@ def summarise_contrasts(
     """Each contrast's rows (SUMMARY_FIELDS, plus `text`, the difference as utils/stats.describe
     writes it, `interval`, as interval_text writes it, and `sentence`, the verdict's), with
     Holm's correction taken across the measures of each contrast: an arm against its baseline
-    is one question, asked in every measure at once. (One family for a whole study would ask
+    is one question, asked in every measure at once, so each arm's verdicts hold at 5 %
+    together (all arms' at once do not). (One family for a whole study would ask
     more than a few seeds can give: at 3 seeds the t-test has 2 degrees of freedom, and Holm
     over the main study's 90 tests (6 comparisons x 15 measures) wants the strongest effect 24
     times its seeds' SD before anything counts.)"""

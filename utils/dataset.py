@@ -123,7 +123,7 @@ FINGERPRINTS = {
 
 def _check_dataset(data: bytes, path: Path, dataset: str) -> None:
     """Refuse a file that is the original of the other dataset (files of neither pass). The fix
-    named is another data root: where a checkpoint fixes the dataset, --dataset is none."""
+    named is another data root: where a checkpoint fixes the dataset, --dataset is no fix."""
     found = FINGERPRINTS.get(hashlib.sha256(data[:4096]).hexdigest()[:16], dataset)
     if found != dataset:
         raise DataError(

@@ -1,6 +1,6 @@
 """Paired comparisons of two arms over shared seeds: the difference with a t-interval and an
-effect size, Holm's correction across contrasts, and equivalence against a smallest effect of
-interest. Pure Python (no scipy): the Student t distribution comes from the regularized
+effect size, Holm's correction across a family of tests, and equivalence against a smallest
+effect of interest. Pure Python (no scipy): the Student t distribution comes from the regularized
 incomplete beta function.
 
     d = paired_difference(simple, composite)          # arm B minus arm A, seed by seed

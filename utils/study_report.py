@@ -1,6 +1,7 @@
-"""What a study writes from its finished runs: runs.csv, summary.csv, each arm's figures and
-arms.png, and REPORT.md (the headline in the question's measures with plain words per arm, the
-arms, what they cost, the balance of the extra terms, every arm against its baseline).
+"""A study's report from its finished runs: REPORT.md's text (the headline in the question's
+measures with plain words per arm, the arms, what they cost, the balance of the extra terms,
+every arm against its baseline), arms.png from the arms' figures, and the cost files it reads
+(flops.json, bench.json). study.py counts, draws and writes them.
 
 Two arms that train alike (scheme, configs, settings, images) cost alike: flops.json and
 bench.json are keyed by that (arm_key), not by the arm's name."""
