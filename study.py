@@ -350,17 +350,19 @@ def draw_figures(spec: StudySpec, out: Path, budget: Budget) -> dict[str, list[s
     """Per arm, infer.py's views of the first seed's run: its latent grid, prior samples
     (infer.py's seed: the same z in every arm) and reconstructions of the same test images,
     drawn in this process through infer.main; then arms.png, those views side by side, an arm
-    per row. Arms whose run another machine trained have none here."""
+    per row. A view already drawn is kept (a committed one needs no checkpoint); arms whose run
+    another machine trained, with no views here, have none."""
     import infer
 
     figures = {}
     for arm in spec.arms:
         run = out / "runs" / f"{arm.name}_seed{spec.seeds[0]}"
-        if not (run / "final_model.pth").exists():
+        paths = {mode: out / f"{arm.name}_{mode}.png" for mode in ("grid", "samples", "recon")}
+        drawn = all(path.exists() for path in paths.values())
+        if not drawn and not (run / "final_model.pth").exists():
             continue
         figures[arm.name] = []
-        for mode in ("grid", "samples", "recon"):
-            path = out / f"{arm.name}_{mode}.png"
+        for mode, path in paths.items():
             if not path.exists():
                 infer.main(
                     [

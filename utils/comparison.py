@@ -184,11 +184,12 @@ def train_and_grade(
     """One run of `arm` with `seed` into `run` (kept if finished), graded by evaluate.py: a row
     of the arm, seed, epochs, cost and every measure evaluate.py gave. The folder records how
     it was made (recipe.json); a folder made otherwise (another arm's settings, budget or seed,
-    from an edited study file) is refused rather than reused."""
+    from an edited study file) is refused rather than reused. A graded run (eval.json) is kept
+    as it is, also without its checkpoints (a run committed without them, in a fresh clone)."""
     check_recipe(run, arm, seed, budget)
     model_config, train_config = arm.config_paths()
     cost = run / "cost.json"
-    if not (run / "final_model.pth").exists():
+    if not (run / "final_model.pth").exists() and not (run / "eval.json").exists():
         command = [
             "train.py",
             "--scheme",
