@@ -168,6 +168,32 @@ def test_bench_times_every_arm_in_one_process_and_the_report_gives_the_ratio(smo
     assert (root / "out/bench.json").stat().st_mtime_ns == made
 
 
+def test_a_clone_of_the_committed_runs_continues_the_study_without_training_them(smoke, tmp_path):
+    """What git keeps of a study (no checkpoints, no Optuna storage): the runs are graded
+    already, so a fresh clone's study trains none of them again and keeps their views."""
+    root, argv, first = smoke
+    assert first.returncode == 0, first.stderr
+    clone = tmp_path / "clone"
+    shutil.copytree(
+        root / "out", clone, ignore=shutil.ignore_patterns("*.pth", "tensorboard", "study.db")
+    )
+    assert not list(clone.rglob("*.pth"))
+    views = sorted(clone.glob("*_*.png"))
+    drawn_at = [p.stat().st_mtime_ns for p in views]
+    flags = [*argv[:-4], "--out", str(clone), "--threads", "1"]
+    result = run_script(str(REPO / "study.py"), *flags, cwd=root)  # the real process
+    assert result.returncode == 0, result.stderr
+    assert "epoch 1/1" not in result.stdout + result.stderr  # nothing trained or graded again
+    assert not list(clone.rglob("*.pth"))
+    assert len(views) == 6 and [p.stat().st_mtime_ns for p in views] == drawn_at
+    for name in ("runs.csv", "summary.csv"):
+        assert (clone / name).read_text() == (root / "out" / name).read_text()
+    report = (clone / "REPORT.md").read_text()
+    for view in views:
+        assert f"({view.name})" in report
+    assert (clone / "arms.png").stat().st_size > 10_000
+
+
 def test_report_writes_an_interim_report_from_the_runs_finished_so_far(smoke, tmp_path):
     root, argv, first = smoke
     assert first.returncode == 0, first.stderr
