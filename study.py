@@ -231,6 +231,24 @@ def graded(arm: Arm, seed: int, budget: Budget, run: Path, env: dict[str, str]) 
         raise
 
 
+def make_backbone(arm: Arm, budget: Budget) -> None:
+    """The PIPS backbone file `arm` needs, made when it is missing, as train.py would make it,
+    so that the runs started together do not each make it."""
+    model_settings, train_settings = parse_settings(list(arm.settings), arm.scheme)
+    data = load_train_config(str(arm.config_paths()[1]), arm.scheme, train_settings).data
+    train_set = load_mnist(budget.data_root, "train", dataset=data.dataset)
+    if arm.scheme == "composite":
+        pips = load_model_config(str(arm.config_paths()[0]), model_settings).pips_config
+        backbone = pips_backbone_to_make(pips)
+        if backbone is not None:
+            make_network(
+                "pips",
+                backbone,
+                train_set,
+                load_mnist(budget.data_root, "test", dataset=data.dataset),
+            )
+
+
 def run_grid(optuna, spec: StudySpec, args: argparse.Namespace, out: Path, budget: Budget) -> None:
     """Every arm x seed as a queued trial; workers take them until none is left."""
     study = open_study(optuna, spec.name, args.storage, optuna.samplers.RandomSampler(seed=0))
@@ -248,6 +266,10 @@ def run_grid(optuna, spec: StudySpec, args: argparse.Namespace, out: Path, budge
         if run not in held:
             study.enqueue_trial({}, user_attrs=run)
     env = thread_env(args.threads)
+    for a in spec.arms:  # each backbone a run still to train needs, made once
+        runs = [out / "runs" / f"{a.name}_seed{seed}" for seed in spec.seeds]
+        if not all((run / "eval.json").exists() for run in runs):
+            make_backbone(arm_of(spec, a.name), budget)
 
     def objective(trial) -> float:
         name, seed = trial.user_attrs.get("arm"), trial.user_attrs.get("seed")
@@ -573,21 +595,11 @@ def measure_speed(spec: StudySpec, out: Path, budget: Budget, threads: int) -> N
 
 def bench_epoch(arm: Arm, budget: Budget) -> tuple[int, int]:
     """The steps and batch size of `arm`'s --bench epoch: BENCH_STEPS steps, or the study's
-    epoch where that is shorter. The PIPS backbone file the arm needs is made first when it is
-    missing, as train.py would make it."""
-    model_settings, train_settings = parse_settings(list(arm.settings), arm.scheme)
+    epoch where that is shorter. The PIPS backbone file the arm needs is made first."""
+    make_backbone(arm, budget)
+    train_settings = parse_settings(list(arm.settings), arm.scheme)[1]
     data = load_train_config(str(arm.config_paths()[1]), arm.scheme, train_settings).data
     train_set = load_mnist(budget.data_root, "train", dataset=data.dataset)
-    if arm.scheme == "composite":
-        pips = load_model_config(str(arm.config_paths()[0]), model_settings).pips_config
-        backbone = pips_backbone_to_make(pips)
-        if backbone is not None:
-            make_network(
-                "pips",
-                backbone,
-                train_set,
-                load_mnist(budget.data_root, "test", dataset=data.dataset),
-            )
     steps = (budget.subset or len(train_set)) // data.train_bs
     return max(1, min(BENCH_STEPS, steps)), data.train_bs
 

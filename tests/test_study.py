@@ -37,6 +37,8 @@ def smoke(tmp_path_factory):
 def test_the_smoke_study_runs_every_arm_and_writes_its_report(smoke):
     root, _, result = smoke
     assert result.returncode == 0, result.stderr
+    # The composite arm's PIPS backbone is made once, by study.py, before any run starts.
+    assert result.stdout.count("training the PIPS backbone CNN") == 1, result.stdout
     out = root / "out"
     spec = json.loads(SMOKE.read_text())
     arms = [a["name"] for a in spec["arms"]]
