@@ -234,19 +234,20 @@ def graded(arm: Arm, seed: int, budget: Budget, run: Path, env: dict[str, str]) 
 def make_backbone(arm: Arm, budget: Budget) -> None:
     """The PIPS backbone file `arm` needs, made when it is missing, as train.py would make it,
     so that the runs started together do not each make it."""
+    if arm.scheme != "composite":
+        return
     model_settings, train_settings = parse_settings(list(arm.settings), arm.scheme)
-    data = load_train_config(str(arm.config_paths()[1]), arm.scheme, train_settings).data
-    train_set = load_mnist(budget.data_root, "train", dataset=data.dataset)
-    if arm.scheme == "composite":
-        pips = load_model_config(str(arm.config_paths()[0]), model_settings).pips_config
-        backbone = pips_backbone_to_make(pips)
-        if backbone is not None:
-            make_network(
-                "pips",
-                backbone,
-                train_set,
-                load_mnist(budget.data_root, "test", dataset=data.dataset),
-            )
+    pips = load_model_config(str(arm.config_paths()[0]), model_settings).pips_config
+    backbone = pips_backbone_to_make(pips)
+    if backbone is None:
+        return
+    dataset = load_train_config(str(arm.config_paths()[1]), arm.scheme, train_settings).data.dataset
+    make_network(
+        "pips",
+        backbone,
+        load_mnist(budget.data_root, "train", dataset=dataset),
+        load_mnist(budget.data_root, "test", dataset=dataset),
+    )
 
 
 def run_grid(optuna, spec: StudySpec, args: argparse.Namespace, out: Path, budget: Budget) -> None:
