@@ -231,6 +231,11 @@ def graded(arm: Arm, seed: int, budget: Budget, run: Path, env: dict[str, str]) 
         raise
 
 
+def run_folder(out: Path, arm: str, seed: int) -> Path:
+    """Where the study keeps arm `arm`'s run with `seed`."""
+    return out / "runs" / f"{arm}_seed{seed}"
+
+
 def make_backbone(arm: Arm, budget: Budget) -> None:
     """The PIPS backbone file `arm` needs, made when it is missing, as train.py would make it,
     so that the runs started together do not each make it."""
@@ -268,7 +273,7 @@ def run_grid(optuna, spec: StudySpec, args: argparse.Namespace, out: Path, budge
             study.enqueue_trial({}, user_attrs=run)
     env = thread_env(args.threads)
     for a in spec.arms:  # each backbone a run still to train needs, made once
-        runs = [out / "runs" / f"{a.name}_seed{seed}" for seed in spec.seeds]
+        runs = [run_folder(out, a.name, seed) for seed in spec.seeds]
         if not all((run / "eval.json").exists() for run in runs):
             make_backbone(arm_of(spec, a.name), budget)
 
@@ -276,7 +281,7 @@ def run_grid(optuna, spec: StudySpec, args: argparse.Namespace, out: Path, budge
         name, seed = trial.user_attrs.get("arm"), trial.user_attrs.get("seed")
         if name is None:  # the queue emptied under us: nothing to run
             raise optuna.TrialPruned()
-        row = graded(arm_of(spec, name), seed, budget, out / "runs" / f"{name}_seed{seed}", env)
+        row = graded(arm_of(spec, name), seed, budget, run_folder(out, name, seed), env)
         trial.set_user_attr("row", row)
         return row[spec.objective]
 
@@ -379,7 +384,7 @@ def draw_figures(spec: StudySpec, out: Path, budget: Budget) -> dict[str, list[s
 
     figures = {}
     for arm in spec.arms:
-        run = out / "runs" / f"{arm.name}_seed{spec.seeds[0]}"
+        run = run_folder(out, arm.name, spec.seeds[0])
         paths = {mode: out / f"{arm.name}_{mode}.png" for mode in ("grid", "samples", "recon")}
         drawn = all(path.exists() for path in paths.values())
         if not drawn and not (run / "final_model.pth").exists():
