@@ -36,9 +36,9 @@ from utils.comparison import (
     SUMMARY_FIELDS,
     Arm,
     Budget,
+    forward_stop_signals,
     markdown_table,
     read_runs,
-    stop_on_sigterm,
     summarise,
     train_and_grade,
     write_csv,
@@ -100,7 +100,7 @@ def smallest_effect(text: str) -> tuple[str, float]:
 
 
 def main() -> None:
-    stop_on_sigterm()
+    forward_stop_signals()
     args = parse_args()
     out = Path(args.out)
     if args.summarise_only:

@@ -63,7 +63,7 @@ from utils.comparison import (
     Arm,
     Budget,
     contrast,
-    stop_on_sigterm,
+    forward_stop_signals,
     summarise_contrasts,
     train_and_grade,
     write_csv,
@@ -611,7 +611,7 @@ def bench_epoch(arm: Arm, budget: Budget) -> tuple[int, int]:
 
 
 def main() -> None:
-    stop_on_sigterm()
+    forward_stop_signals()
     args = parse_args()
     spec = load_study(args.study)
     optuna = None if args.bench else import_optuna()

@@ -2,6 +2,7 @@
 SQLite storage), a second call that trains nothing, a search, and one-line refusals."""
 
 import csv
+import fcntl
 import json
 import os
 import shutil
@@ -561,14 +562,19 @@ def test_without_optuna_the_study_says_how_to_install_it(monkeypatch):
         study.import_optuna()
 
 
-def test_a_study_killed_or_terminated_mid_run_continues_that_run_from_its_checkpoint(tmp_path):
-    """kill -9 of study.py and its train.py after an epoch checkpoint: the trial stays "running"
-    in the storage; the next call, once its heartbeat has been silent for the grace period,
-    retries it, and train.py continues the run folder from that checkpoint. A SIGTERM to that
-    call's study.py alone (kill PID) reaches its train.py, which checkpoints and stops, and the
-    study stops in one line with 143; the third call continues again and finishes the run."""
+def test_a_study_killed_interrupted_or_terminated_mid_run_continues_that_run(tmp_path):
+    """Each way study.py can be stopped mid-run, signalled alone (its pid, not its group), and
+    the next call continues the run from its checkpoint:
+    - kill -9: its train.py, in a session of its own, gets a SIGINT as the runner dies,
+      checkpoints and stops; the trial stays "running" in the storage, and the next call
+      retries it once its heartbeat has been silent for the grace period;
+    - SIGINT (`kill -INT PID`, before this a stop that waited for the run to end): train.py
+      checkpoints and stops, and the study stops in one line with 130;
+    - SIGINT to its process group, as Ctrl-C at a terminal: the same;
+    - SIGTERM: the same, with 143.
+    The last call finishes the run, each epoch trained once."""
     spec = json.loads(SMOKE.read_text())
-    spec["epochs"] = 16  # one step an epoch: long enough to be stopped twice mid-run
+    spec["epochs"] = 24  # one step an epoch: long enough to be stopped four times mid-run
     spec["arms"] = [{**spec["arms"][0], "settings": ["save_every=1"]}]
     del spec["search"]  # it names the arm left out
     path = tmp_path / "study.json"
@@ -587,8 +593,16 @@ def test_a_study_killed_or_terminated_mid_run_continues_that_run_from_its_checkp
         "1",
     ]
     env = {**os.environ, "STUDY_GRACE_PERIOD": "2"}
+    interrupted = run / "checkpoint_interrupted.pth"
 
-    def start_and_wait_for_epoch(epoch: int) -> subprocess.Popen:
+    def last_epoch() -> int:
+        return max(
+            (int(p.stem.rsplit("_", 1)[1]) for p in run.glob("checkpoint_epoch_*.pth")), default=0
+        )
+
+    def start_and_wait_for_an_epoch() -> subprocess.Popen:
+        """study.py started, once its train.py has checkpointed an epoch more than before."""
+        before = last_epoch()
         proc = subprocess.Popen(
             argv,
             cwd=tmp_path,
@@ -599,35 +613,56 @@ def test_a_study_killed_or_terminated_mid_run_continues_that_run_from_its_checkp
             start_new_session=True,
         )
         deadline = time.monotonic() + 120
-        while not any(
-            int(p.stem.rsplit("_", 1)[1]) >= epoch for p in run.glob("checkpoint_epoch_*.pth")
-        ):
-            assert time.monotonic() < deadline, f"no checkpoint of epoch {epoch} in 120 s"
+        while last_epoch() <= before:
+            assert time.monotonic() < deadline, f"no checkpoint after epoch {before} in 120 s"
             time.sleep(0.02)
         return proc
 
-    first = start_and_wait_for_epoch(1)
-    os.killpg(first.pid, signal.SIGKILL)
+    first = start_and_wait_for_an_epoch()
+    first.kill()
     first.wait()
-    assert list(run.glob("checkpoint_epoch_*.pth")) and not (run / "final_model.pth").exists()
+    with open(run / ".train.lock") as lock:  # released when its train.py has ended
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                assert time.monotonic() < deadline, "train.py went on after its runner's kill -9"
+                time.sleep(0.02)
+    assert interrupted.is_file() and not (run / "final_model.pth").exists()
 
     time.sleep(2.5)  # the killed trial's heartbeat is now older than the grace period
-    second = start_and_wait_for_epoch(3)
-    second.send_signal(signal.SIGTERM)  # study.py alone, not its process group
-    _, stderr = second.communicate(timeout=120)
-    assert second.returncode == 143, stderr
-    assert stderr.endswith("error: stopped by SIGTERM; no file was left half-written\n")
-    assert (run / "checkpoint_interrupted.pth").is_file()  # train.py checkpointed and stopped
-    assert not (run / "final_model.pth").exists()
+    ctrl_c = "error: interrupted (Ctrl-C); no file was left half-written\n"
+    for send, signum, code, line in (
+        (os.kill, signal.SIGINT, 130, ctrl_c),  # study.py alone
+        (os.killpg, signal.SIGINT, 130, ctrl_c),  # its process group, as a terminal's Ctrl-C
+        (
+            os.kill,
+            signal.SIGTERM,
+            143,
+            "error: stopped by SIGTERM; no file was left half-written\n",
+        ),
+    ):
+        stopped_before = interrupted.stat().st_mtime_ns if interrupted.exists() else None
+        proc = start_and_wait_for_an_epoch()
+        send(proc.pid, signum)
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == code, stderr
+        assert stderr.endswith(line)
+        # train.py checkpointed and stopped (it removes an older interrupt checkpoint on its
+        # next epoch checkpoint): this one is new
+        assert interrupted.stat().st_mtime_ns != stopped_before
+        assert not (run / "final_model.pth").exists()
 
     again = run_script(*argv[1:], cwd=tmp_path, env=env)
     assert again.returncode == 0, again.stderr
     assert "resuming " in again.stdout
     with open(run / "metrics.csv") as f:
         epochs = [row["epoch"] for row in csv.DictReader(f)]
-    assert epochs == [str(e) for e in range(1, 17)]  # each epoch once: continued, not redone
+    assert epochs == [str(e) for e in range(1, 25)]  # each epoch once: continued, not redone
     with open(out / "runs.csv") as f:
-        assert [(r["arm"], r["epochs"]) for r in csv.DictReader(f)] == [("simple", "16")]
+        assert [(r["arm"], r["epochs"]) for r in csv.DictReader(f)] == [("simple", "24")]
 
 
 def write_spec(tmp_path, change) -> str:

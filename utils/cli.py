@@ -2,7 +2,11 @@
 errors are one line, and the one place a UserError becomes one line on stderr and exit code 2."""
 
 import argparse
+import contextlib
+import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -35,6 +39,7 @@ def run_cli(main: Callable[[], None]) -> None:
     (SIGTERM, where the script turns it into Terminated: 143). Every file the scripts write is
     written whole or not at all, so an interruption leaves nothing half-written."""
     try:
+        stop_with_runner()
         main()
     except UserError as e:
         if not e.quiet:
@@ -46,3 +51,25 @@ def run_cli(main: Callable[[], None]) -> None:
     except KeyboardInterrupt:
         print("error: interrupted (Ctrl-C); no file was left half-written", file=sys.stderr)
         sys.exit(130)
+
+
+# The environment variable naming the pipe through which a script learns its runner has ended.
+RUNNER_PIPE = "RUNNER_PIPE"
+
+
+def stop_with_runner() -> None:
+    """A script that study.py or compare_schemes.py started (utils/comparison.run_process: it
+    runs in a session of its own, RUNNER_PIPE in its environment) gets one SIGINT when that
+    runner ends, kill -9 included, and stops as on Ctrl-C (train.py checkpoints) rather than
+    going on with no one waiting for it. The runner holds the pipe's other end, which the OS
+    closes on any exit; a thread here waits for that."""
+    pipe = os.environ.pop(RUNNER_PIPE, None)
+    if pipe is None:
+        return
+
+    def wait_for_the_runner() -> None:
+        with contextlib.suppress(OSError):
+            os.read(int(pipe), 1)  # returns when the runner's end closes
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=wait_for_the_runner, name="runner", daemon=True).start()

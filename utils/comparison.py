@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from utils.cli import RUNNER_PIPE
 from utils.errors import Terminated, UserError
 from utils.outputs import write_output
 from utils.stats import (
@@ -116,26 +117,28 @@ class Budget:
     num_samples: int | None = None
 
 
-# The entry scripts run_process has running, and whether a SIGTERM has asked them to stop (after
-# which run_process starts none), for stop_on_sigterm.
+# The entry scripts run_process has running, and whether a stop signal has come (after which
+# run_process starts none), for forward_stop_signals.
 RUNNING: set[subprocess.Popen] = set()
 STOPPING = threading.Event()
 
 
-def stop_on_sigterm() -> None:
-    """From now on a SIGTERM to this process alone (`kill PID`) reaches the scripts it runs as a
-    Ctrl-C does: train.py checkpoints and stops, a later call continues the run. SIGINT goes to
-    them, not SIGTERM, so that a SIGTERM to the whole process group, which they get as well, is
-    one stop request to them (a second signal of the same kind stops train.py at once). This
-    process then stops as on Ctrl-C, with exit code 143 (utils/cli.Terminated)."""
-    signal.signal(signal.SIGTERM, _forward_sigterm)
+def forward_stop_signals() -> None:
+    """From now on each SIGINT or SIGTERM this process gets reaches the scripts it runs as one
+    SIGINT: train.py checkpoints and stops, a second one stops it at once, and a later call
+    continues the run. The scripts run in their own session (run_process), so Ctrl-C at the
+    terminal, `kill -INT PID`, `kill PID` and a signal to this process's group all reach them
+    this one way, never twice. This process starts no more scripts, waits for the running ones
+    to stop, and stops as on Ctrl-C: exit code 130, or 143 on SIGTERM (utils/cli.run_cli)."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _forward_stop)
 
 
-def _forward_sigterm(signum: int, frame: Any) -> None:
+def _forward_stop(signum: int, frame: Any) -> None:
     STOPPING.set()
     for proc in list(RUNNING):
         _interrupt(proc)
-    raise Terminated
+    raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
 
 def _interrupt(proc: subprocess.Popen) -> None:
@@ -146,20 +149,35 @@ def _interrupt(proc: subprocess.Popen) -> None:
 
 def run_process(args: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
     """Run one of the repo's entry scripts; returns (wall seconds, peak resident memory in MB).
-    A script stopped by a signal (Ctrl-C, SIGTERM, stop_on_sigterm's SIGINT) raises
-    KeyboardInterrupt once it has ended, so that its checkpoint is whole before this process
-    goes on to stop."""
+    The script runs in a session of its own, so only forward_stop_signals's SIGINT reaches it,
+    and it stops with this process however this one ends (utils/cli.stop_with_runner). A script
+    stopped by a signal raises KeyboardInterrupt once it has ended, so that its checkpoint is
+    whole before this process goes on to stop."""
     if STOPPING.is_set():
         raise KeyboardInterrupt
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, str(REPO / args[0]), *args[1:]], env=env)
+    script_end, our_end = os.pipe()  # our end closes when this process ends, however it ends
+    env = {**(os.environ if env is None else env), RUNNER_PIPE: str(script_end)}
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, str(REPO / args[0]), *args[1:]],
+            env=env,
+            start_new_session=True,
+            pass_fds=(script_end,),
+        )
+    except BaseException:
+        os.close(our_end)
+        raise
+    finally:
+        os.close(script_end)
     RUNNING.add(proc)
-    if STOPPING.is_set():  # the SIGTERM came between the check above and RUNNING.add
+    if STOPPING.is_set():  # a stop signal came between the check above and RUNNING.add
         _interrupt(proc)
     try:
         _, status, usage = _wait_for(proc)
     finally:
         RUNNING.discard(proc)
+        os.close(our_end)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode in (130, 143, -signal.SIGINT, -signal.SIGTERM):
         raise KeyboardInterrupt

@@ -29,5 +29,5 @@ def first_line(error: BaseException) -> str:
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM to a script that turns it into this (utils/comparison.stop_on_sigterm): it stops
-    as on Ctrl-C, with SIGTERM's exit code 143 (utils/cli.run_cli)."""
+    """SIGTERM to a script that turns it into this (utils/comparison.forward_stop_signals): it
+    stops as on Ctrl-C, with SIGTERM's exit code 143 (utils/cli.run_cli)."""
