@@ -64,6 +64,7 @@ from utils.comparison import (
     Budget,
     contrast,
     forward_stop_signals,
+    is_graded,
     summarise_contrasts,
     train_and_grade,
     write_csv,
@@ -274,7 +275,7 @@ def run_grid(optuna, spec: StudySpec, args: argparse.Namespace, out: Path, budge
     env = thread_env(args.threads)
     for a in spec.arms:  # each backbone a run still to train needs, made once
         runs = [run_folder(out, a.name, seed) for seed in spec.seeds]
-        if not all((run / "eval.json").exists() for run in runs):
+        if not all(is_graded(run) for run in runs):
             make_backbone(arm_of(spec, a.name), budget)
 
     def objective(trial) -> float:

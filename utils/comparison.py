@@ -196,18 +196,24 @@ def _wait_for(proc: subprocess.Popen) -> tuple[int, int, Any]:
         raise
 
 
+def is_graded(run: Path) -> bool:
+    """Whether run folder `run` holds its grades (eval.json): it is then kept as it is, never
+    trained or graded again, also without its checkpoints (a run committed without them)."""
+    return (run / "eval.json").exists()
+
+
 def train_and_grade(
     arm: Arm, seed: int, budget: Budget, run: Path, env: dict[str, str] | None = None
 ) -> dict:
     """One run of `arm` with `seed` into `run` (kept if finished), graded by evaluate.py: a row
     of the arm, seed, epochs, cost and every measure evaluate.py gave. The folder records how
     it was made (recipe.json); a folder made otherwise (another arm's settings, budget or seed,
-    from an edited study file) is refused rather than reused. A graded run (eval.json) is kept
-    as it is, also without its checkpoints (a run committed without them, in a fresh clone)."""
+    from an edited study file) is refused rather than reused. A graded run is kept as it is
+    (is_graded)."""
     check_recipe(run, arm, seed, budget)
     model_config, train_config = arm.config_paths()
     cost = run / "cost.json"
-    if not (run / "final_model.pth").exists() and not (run / "eval.json").exists():
+    if not (run / "final_model.pth").exists() and not is_graded(run):
         command = [
             "train.py",
             "--scheme",
@@ -234,7 +240,7 @@ def train_and_grade(
         _, peak_mb = run_process(command, env)
         before = json.loads(cost.read_text())["peak_rss_mb"] if cost.exists() else 0.0
         write_json(cost, {"peak_rss_mb": max(before, peak_mb)})
-    if not (run / "eval.json").exists():
+    if not is_graded(run):
         command = [
             "evaluate.py",
             "--model_config",
