@@ -1,13 +1,16 @@
 """The entry scripts' boundary (utils/cli.py): a bad flag is one line and exit 2, whatever the
 script; Ctrl-C before training starts is one line and exit 130, with nothing half-written."""
 
+import os
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 
 from tests.helpers import REPO, make_mnist_root, run_main, run_script
+from utils import cli
 
 
 @pytest.mark.parametrize(
@@ -122,3 +125,30 @@ def test_ctrl_c_while_the_perceptual_network_trains_is_one_line(tmp_path):
     assert stderr == "error: interrupted (Ctrl-C); no file was left half-written\n"
     assert not weights.exists()
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize(("stops", "sigints"), [(0, 1), (1, 1), (2, 2)])
+def test_a_script_takes_one_sigint_per_stop_from_its_runner_and_one_when_it_ends(stops, sigints):
+    """utils/cli's stop line: each byte the runner writes is one SIGINT; the pipe's end (the
+    runner gone, kill -9 included) is one more only when no stop came before it."""
+    received = []
+    saved = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, b"\0" * stops)
+        os.close(write_end)
+        cli._follow_runner(read_end)
+    finally:
+        signal.signal(signal.SIGINT, saved)
+        os.close(read_end)
+    assert received == [signal.SIGINT] * sigints
+
+
+@pytest.mark.parametrize("value", ["x", "999", "regular file"])
+def test_a_runner_pipe_that_names_no_pipe_is_ignored(tmp_path, monkeypatch, value):
+    """RUNNER_PIPE set by hand (not a number, a closed descriptor, a file's) starts no watcher."""
+    with open(tmp_path / "f", "w") as f:
+        monkeypatch.setenv(cli.RUNNER_PIPE, str(f.fileno()) if value == "regular file" else value)
+        cli.stop_with_runner()
+    assert cli.RUNNER_PIPE not in os.environ
+    assert "runner" not in [t.name for t in threading.enumerate()]

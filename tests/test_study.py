@@ -619,6 +619,10 @@ def test_a_study_killed_interrupted_or_terminated_mid_run_continues_that_run(tmp
         return proc
 
     first = start_and_wait_for_an_epoch()
+    trainer = int((run / ".train.lock").read_text())
+    # in study.py's session (and CPU autogroup, which nice covers), not its process group
+    assert os.getsid(trainer) == os.getsid(first.pid)
+    assert os.getpgid(trainer) not in (os.getpgid(first.pid), first.pid)
     first.kill()
     first.wait()
     with open(run / ".train.lock") as lock:  # released when its train.py has ended

@@ -2,9 +2,9 @@
 errors are one line, and the one place a UserError becomes one line on stderr and exit code 2."""
 
 import argparse
-import contextlib
 import os
 import signal
+import stat
 import sys
 import threading
 from collections.abc import Callable
@@ -53,23 +53,39 @@ def run_cli(main: Callable[[], None]) -> None:
         sys.exit(130)
 
 
-# The environment variable naming the pipe through which a script learns its runner has ended.
+# The environment variable naming the read end of the pipe a script takes its runner's stops
+# from (utils/comparison.run_process).
 RUNNER_PIPE = "RUNNER_PIPE"
 
 
 def stop_with_runner() -> None:
-    """A script that study.py or compare_schemes.py started (utils/comparison.run_process: it
-    runs in a session of its own, RUNNER_PIPE in its environment) gets one SIGINT when that
-    runner ends, kill -9 included, and stops as on Ctrl-C (train.py checkpoints) rather than
-    going on with no one waiting for it. The runner holds the pipe's other end, which the OS
-    closes on any exit; a thread here waits for that."""
-    pipe = os.environ.pop(RUNNER_PIPE, None)
-    if pipe is None:
+    """A script that study.py or compare_schemes.py started (RUNNER_PIPE in its environment)
+    stops when its runner says so or ends: each byte down the pipe is one SIGINT to this
+    process (train.py checkpoints and stops; a second stops it at once), and the pipe closing,
+    which the OS does however the runner ends, kill -9 included, is one SIGINT if none came. A
+    RUNNER_PIPE that names no pipe here is ignored."""
+    value = os.environ.pop(RUNNER_PIPE, None)
+    try:
+        pipe = int(value)
+        if not stat.S_ISFIFO(os.fstat(pipe).st_mode):
+            return
+    except (TypeError, ValueError, OSError):  # unset, not a number, no such file
         return
+    threading.Thread(target=_follow_runner, args=(pipe,), name="runner", daemon=True).start()
 
-    def wait_for_the_runner() -> None:
-        with contextlib.suppress(OSError):
-            os.read(int(pipe), 1)  # returns when the runner's end closes
+
+def _follow_runner(pipe: int) -> None:
+    """Each byte down `pipe` is one stop; the pipe's end (its runner ended) is one if none came."""
+    stops = 0
+    while True:
+        try:
+            chunk = os.read(pipe, 64)
+        except OSError:
+            return
+        if not chunk:
+            break
+        stops += len(chunk)
+        for _ in chunk:
+            os.kill(os.getpid(), signal.SIGINT)
+    if stops == 0:
         os.kill(os.getpid(), signal.SIGINT)
-
-    threading.Thread(target=wait_for_the_runner, name="runner", daemon=True).start()

@@ -117,67 +117,75 @@ class Budget:
     num_samples: int | None = None
 
 
-# The entry scripts run_process has running, and whether a stop signal has come (after which
-# run_process starts none), for forward_stop_signals.
-RUNNING: set[subprocess.Popen] = set()
+# The stop lines of the entry scripts run_process has running (this process's end of each
+# one's pipe), and whether a stop signal has come (after which run_process starts none).
+RUNNING: set[io.FileIO] = set()
 STOPPING = threading.Event()
+# The scripts' own process group, in this process's session: a Ctrl-C at the terminal (which
+# signals the foreground group) reaches them only through this process, while the CPU share
+# that `nice` gives this session's autogroup covers them. Python 3.10 lacks process_group: a
+# session of its own there (and its own autogroup).
+OWN_GROUP = {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}
 
 
 def forward_stop_signals() -> None:
     """From now on each SIGINT or SIGTERM this process gets reaches the scripts it runs as one
-    SIGINT: train.py checkpoints and stops, a second one stops it at once, and a later call
-    continues the run. The scripts run in their own session (run_process), so Ctrl-C at the
-    terminal, `kill -INT PID`, `kill PID` and a signal to this process's group all reach them
-    this one way, never twice. This process starts no more scripts, waits for the running ones
-    to stop, and stops as on Ctrl-C: exit code 130, or 143 on SIGTERM (utils/cli.run_cli)."""
+    stop, a SIGINT (utils/cli.stop_with_runner): train.py checkpoints and stops, a second stop
+    stops it at once, and a later call continues the run. The scripts run in their own process
+    group (run_process), so Ctrl-C at the terminal, `kill -INT PID`, `kill PID` and a signal to
+    this process's group all reach them this one way. This process starts no more scripts,
+    waits for the running ones to stop, and stops as on Ctrl-C: exit code 130, or 143 on
+    SIGTERM (utils/cli.run_cli)."""
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _forward_stop)
 
 
 def _forward_stop(signum: int, frame: Any) -> None:
     STOPPING.set()
-    for proc in list(RUNNING):
-        _interrupt(proc)
+    for line in list(RUNNING):
+        _stop(line)
     raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
 
-def _interrupt(proc: subprocess.Popen) -> None:
-    """SIGINT to `proc` by pid (Popen.send_signal would reap it, racing run_process's wait)."""
-    with contextlib.suppress(ProcessLookupError):  # it has just ended
-        os.kill(proc.pid, signal.SIGINT)
+def _stop(line: io.FileIO) -> None:
+    """One stop down a script's stop line: one byte."""
+    with contextlib.suppress(OSError, ValueError):  # the script has ended; the line is closed
+        line.write(b"\0")
 
 
 def run_process(args: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
     """Run one of the repo's entry scripts; returns (wall seconds, peak resident memory in MB).
-    The script runs in a session of its own, so only forward_stop_signals's SIGINT reaches it,
-    and it stops with this process however this one ends (utils/cli.stop_with_runner). A script
-    stopped by a signal raises KeyboardInterrupt once it has ended, so that its checkpoint is
+    The script runs in its own process group and takes its stops from this process, down the
+    pipe named in its RUNNER_PIPE: one byte a stop, and the pipe closing, when this process
+    ends however it ends (kill -9 included), is one more if none came (utils/cli). A script
+    stopped that way raises KeyboardInterrupt once it has ended, so that its checkpoint is
     whole before this process goes on to stop."""
     if STOPPING.is_set():
         raise KeyboardInterrupt
     started = time.perf_counter()
-    script_end, our_end = os.pipe()  # our end closes when this process ends, however it ends
+    script_end, our_end = os.pipe()
+    line = open(our_end, "wb", buffering=0)  # noqa: SIM115 (closed once the script has ended)
     env = {**(os.environ if env is None else env), RUNNER_PIPE: str(script_end)}
     try:
         proc = subprocess.Popen(
             [sys.executable, str(REPO / args[0]), *args[1:]],
             env=env,
-            start_new_session=True,
             pass_fds=(script_end,),
+            **OWN_GROUP,
         )
     except BaseException:
-        os.close(our_end)
+        line.close()
         raise
     finally:
         os.close(script_end)
-    RUNNING.add(proc)
+    RUNNING.add(line)
     if STOPPING.is_set():  # a stop signal came between the check above and RUNNING.add
-        _interrupt(proc)
+        _stop(line)
     try:
         _, status, usage = _wait_for(proc)
     finally:
-        RUNNING.discard(proc)
-        os.close(our_end)
+        RUNNING.discard(line)
+        line.close()
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode in (130, 143, -signal.SIGINT, -signal.SIGTERM):
         raise KeyboardInterrupt
