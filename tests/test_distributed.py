@@ -318,3 +318,47 @@ def test_sync_batchnorm_is_refused_on_the_cpu_under_torchrun(tmp_path):
         f"{path}: field 'sync_batchnorm' = true needs CUDA devices (PyTorch's SyncBatchNorm runs "
         "on GPUs only); set it to false to train on the CPU"
     )
+
+
+PROBE = """
+import gc, sys
+import torch
+import torch.distributed as dist
+sys.path.insert(0, sys.argv[1])
+from utils.distributed import join
+
+destroy = dist.destroy_process_group
+
+
+def count_then_destroy():
+    ddp = torch.nn.parallel.DistributedDataParallel
+    alive = sum(isinstance(o, ddp) for o in gc.get_objects())
+    print(f"rank {dist.get_rank()}: {alive} DDP modules alive", flush=True)
+    destroy()
+
+
+dist.destroy_process_group = count_then_destroy
+gc.disable()  # no collection by chance: cycles stay until something collects them
+with join(torch.device("cpu")):
+    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2))
+    model(torch.ones(1, 2)).sum().backward()
+    del model
+"""
+
+
+def test_no_ddp_module_outlives_the_process_group(tmp_path):
+    """join frees the run's DDP modules (held in reference cycles) before it destroys the
+    process group, rather than leaving them to the interpreter's exit."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(PROBE)
+    result = subprocess.run(
+        [sys.executable, *torchrun_argv(str(probe), str(REPO))],
+        cwd=tmp_path,
+        env=ONE_THREAD,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = sorted(line for line in result.stdout.splitlines() if "DDP modules alive" in line)
+    assert lines == ["rank 0: 0 DDP modules alive", "rank 1: 0 DDP modules alive"], result.stdout

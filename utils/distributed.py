@@ -10,6 +10,7 @@ one process, `join` gives a one-process Cluster whose methods talk to no one and
 so `python train.py` runs exactly as before.
 """
 
+import gc
 import hashlib
 import os
 import socket
@@ -320,4 +321,9 @@ def join(device: torch.device) -> Iterator[Cluster]:
         control = dist.new_group(backend="gloo") if device.type == "cuda" else None
         yield Cluster(device, rank, world_size, local_world_size, control)
     finally:
+        # The run's DDP modules sit in reference cycles and hold the process group, so they
+        # would be freed at the interpreter's exit, in finalization; that is where rank 0 was
+        # twice seen to abort after a finished run (SIGABRT, "terminate called without an
+        # active exception"), the likely cause. Free them while everything is alive.
+        gc.collect()
         dist.destroy_process_group()
