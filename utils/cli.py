@@ -1,5 +1,6 @@
 """The entry scripts' shared flags and boundary: the --device choice, an argument parser whose
-errors are one line, and the one place a UserError becomes one line on stderr and exit code 2."""
+errors are one line, the one place a UserError becomes one line on stderr and exit code 2, and
+how a script that study.py or compare_schemes.py started takes its stops (stop_with_runner)."""
 
 import argparse
 import os
