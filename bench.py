@@ -60,7 +60,7 @@ from utils.dataset import load_mnist
 from utils.errors import UserError
 from utils.loss import BetaVAELoss
 from utils.memory import keep_freed_memory
-from utils.networks import make_network, pips_backbone_to_make
+from utils.networks import make_network, pips_backbone_to_make, save_untrained_network
 from utils.views import grid
 
 SIMPLE = ("configs/model_simple_config.json", "configs/train_simple_config.json")
@@ -242,6 +242,33 @@ def epoch_flops(
     runs every 50th step; at the first step it would be counted as validation)."""
     if scheme == "composite":
         settings = (*settings, "loss.params.grad_ratio_every=0")
+    with tempfile.TemporaryDirectory() as folder:
+        settings = (*settings, *untrained_backbone(configs[0], scheme, settings, Path(folder)))
+        return count_epoch_flops(configs, scheme, data_root, settings, train_images)
+
+
+def untrained_backbone(
+    model_config: str, scheme: str, settings: tuple[str, ...], folder: Path
+) -> tuple[str, ...]:
+    """The setting that points the arm's PIPS at an untrained backbone of the same layers,
+    saved in `folder`, when the trained file is missing (no setting otherwise). A count needs the
+    layers, not what they learnt, so study.py --report trains no backbone only to count."""
+    pips = load_model_config(model_config, parse_settings(list(settings), scheme)[0]).pips_config
+    missing = pips_backbone_to_make(pips)
+    if missing is None:
+        return ()
+    save_untrained_network("pips", folder / missing.name, pips.weights)
+    return (f"pips_config.weights_path={json.dumps(str(folder / missing.name))}",)
+
+
+def count_epoch_flops(
+    configs: tuple[str, str],
+    scheme: str,
+    data_root: str,
+    settings: tuple[str, ...],
+    train_images: int | None,
+) -> dict[str, float]:
+    """epoch_flops, with every file the arm's steps read in place."""
     train_cfg = load_train_config(configs[1], scheme, parse_settings(list(settings), scheme)[1])
     scale = train_cfg.data.train_bs / COUNT_BATCH
     steps_per_epoch = (

@@ -147,6 +147,17 @@ def grace_period() -> int:
     return seconds
 
 
+def claim_first(engine) -> None:
+    """Every transaction on this SQLite engine takes the database's write lock as it begins.
+    Optuna claims a queued trial by reading that it is waiting, then marking it running, with
+    SELECT ... FOR UPDATE (optuna/optuna#1014), which SQLite ignores: two workers, threads or
+    processes, could claim the same run, and the loser's failure then failed the winner's trial
+    (optuna/optuna#4621). With the lock taken first, the read and the write are one step."""
+    from sqlalchemy import event
+
+    event.listen(engine, "begin", lambda connection: connection.exec_driver_sql("BEGIN IMMEDIATE"))
+
+
 def open_study(optuna, spec_name: str, url: str, sampler, existing: bool = False):
     """The study `spec_name` in storage `url`, made if new (one line if it must exist and does
     not). Each running trial beats every quarter of the grace period; one silent for the whole
@@ -158,7 +169,9 @@ def open_study(optuna, spec_name: str, url: str, sampler, existing: bool = False
     retry = getattr(storages, "RetryHeartbeatStaleTrialCallback", None)
     retry = retry or storages.RetryFailedTrialCallback
     grace = grace_period()
-    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    sqlite = url.startswith("sqlite")
+    # isolation_level None: pysqlite leaves transactions to SQLAlchemy (and so to claim_first).
+    engine = {"connect_args": {"timeout": 60, "isolation_level": None}} if sqlite else {}
     try:
         storage = storages.RDBStorage(
             url,
@@ -167,6 +180,8 @@ def open_study(optuna, spec_name: str, url: str, sampler, existing: bool = False
             grace_period=grace,
             heartbeat_stale_trial_callback=retry(),
         )
+        if sqlite:
+            claim_first(storage.engine)
         found = spec_name in optuna.get_all_study_names(storage) if existing else True
         if found:
             return optuna.create_study(

@@ -231,6 +231,26 @@ def test_report_writes_an_interim_report_from_the_runs_finished_so_far(smoke, tm
     assert not (interim / "runs").exists()  # no run was started
 
 
+def test_report_elsewhere_counts_the_flops_without_the_pips_backbone_file(smoke, tmp_path):
+    """--report where the composite arm's PIPS backbone file is missing (another machine, or
+    checkout) and nothing is counted yet: the count needs the backbone's layers, not its
+    weights, so it comes out as the study's own, and no backbone is trained for it."""
+    root, argv, first = smoke
+    assert first.returncode == 0, first.stderr
+    assert (root / "checkpoints/mnist_pips_cnn.pth").is_file()  # what the smoke's runs used
+    elsewhere, interim = tmp_path / "elsewhere", tmp_path / "interim"
+    elsewhere.mkdir()
+    storage = f"sqlite:///{root / 'out/study.db'}"
+    flags = ["--data_root", argv[2], "--out", str(interim), "--storage", storage, "--report"]
+    result = run_main("study.py", str(SMOKE), *flags, cwd=elsewhere)
+    assert result.returncode == 0, result.stderr
+    assert "training the" not in result.stdout + result.stderr
+    assert not (elsewhere / "checkpoints").exists()
+    counted = json.loads((interim / "flops.json").read_text())
+    assert counted == json.loads((root / "out/flops.json").read_text())
+    assert len(counted) == 2
+
+
 def test_bench_report_and_search_are_one_mode_at_a_time(tmp_path):
     result = run_main("study.py", str(SMOKE), "--out", str(tmp_path / "o"), "--bench", "--report")
     assert result.returncode == 2
@@ -711,6 +731,35 @@ def test_a_bad_storage_or_grace_period_is_one_line(tmp_path, monkeypatch, flags,
     result = run_main("study.py", str(SMOKE), "--out", str(tmp_path / "o"), *flags)
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert result.stderr.startswith(f"error: {says}")
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_each_queued_run_is_claimed_by_one_worker_only(tmp_path, workers):
+    """Workers sharing one SQLite study each take a queued run no other worker has taken.
+    Without claim_first, two of them sometimes took the same one, and Optuna's tell of the
+    second failed ("Cannot tell a COMPLETE trial")."""
+    optuna, runs = study.import_optuna(), 60
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    shared = study.open_study(optuna, "claims", url, optuna.samplers.RandomSampler(seed=0))
+    for number in range(runs):
+        shared.enqueue_trial({}, user_attrs={"run": number})
+    ran = []
+
+    def objective(trial) -> float:
+        if "run" not in trial.user_attrs:  # the queue emptied under us, as in run_grid
+            raise optuna.TrialPruned()
+        ran.append(trial.user_attrs["run"])
+        time.sleep(0.002)  # long enough for the other workers to ask meanwhile
+        return 0.0
+
+    def more() -> bool:
+        waiting = optuna.trial.TrialState.WAITING
+        return bool(shared.get_trials(deepcopy=False, states=(waiting,)))
+
+    study.run_workers(shared, objective, workers, more)
+    assert sorted(ran) == list(range(runs))
+    queued = [t for t in shared.get_trials(deepcopy=False) if "run" in t.user_attrs]
+    assert {t.state for t in queued} == {optuna.trial.TrialState.COMPLETE}
 
 
 def test_a_run_that_fails_is_named_and_the_study_ends_in_one_line(tmp_path):
