@@ -52,15 +52,17 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from model.linear_backend import BACKENDS, choose, onednn_op, onednn_problem
+from model.mnist_cnn import NETWORKS
 from model.vae import VAE
 from training_schemes import adam_with_schedule, check_scheme, train
+from utils.checkpoint import save_checkpoint
 from utils.cli import OneLineParser, run_cli
 from utils.config import load_model_config, load_train_config, parse_settings
 from utils.dataset import load_mnist
 from utils.errors import UserError
 from utils.loss import BetaVAELoss
 from utils.memory import keep_freed_memory
-from utils.networks import make_network, pips_backbone_to_make, save_untrained_network
+from utils.networks import make_network, pips_backbone_to_make
 from utils.views import grid
 
 SIMPLE = ("configs/model_simple_config.json", "configs/train_simple_config.json")
@@ -239,26 +241,31 @@ def epoch_flops(
     of a step by difference; what remains of the first is validation, scaled to the whole test
     split. The linear layers run on ATen here: FlopCounterMode has no formula for oneDNN's op,
     whose products are the same. The composite loss's gradient-ratio diagnostic is left out (it
-    runs every 50th step; at the first step it would be counted as validation)."""
+    runs every 50th step; at the first step it would be counted as validation). The count
+    depends on the operations' shapes alone, so a composite arm whose PIPS backbone file is
+    missing is counted with an untrained backbone of the same layers instead of training one."""
     if scheme == "composite":
         settings = (*settings, "loss.params.grad_ratio_every=0")
     with tempfile.TemporaryDirectory() as folder:
-        settings = (*settings, *untrained_backbone(configs[0], scheme, settings, Path(folder)))
+        settings = (*settings, *stand_in_backbone_settings(configs[0], scheme, settings, folder))
         return count_epoch_flops(configs, scheme, data_root, settings, train_images)
 
 
-def untrained_backbone(
-    model_config: str, scheme: str, settings: tuple[str, ...], folder: Path
+def stand_in_backbone_settings(
+    model_config: str, scheme: str, settings: tuple[str, ...], folder: str
 ) -> tuple[str, ...]:
-    """The setting that points the arm's PIPS at an untrained backbone of the same layers,
-    saved in `folder`, when the trained file is missing (no setting otherwise). A count needs the
-    layers, not what they learnt, so study.py --report trains no backbone only to count."""
+    """When the arm's PIPS backbone file is missing, a setting that points the arm at an
+    untrained backbone of the same layers, written into the temporary `folder` (no setting
+    otherwise). Only epoch_flops's count reads that file: it passes load_network's checks as a
+    trained one would, and the folder goes with the count."""
     pips = load_model_config(model_config, parse_settings(list(settings), scheme)[0]).pips_config
     missing = pips_backbone_to_make(pips)
     if missing is None:
         return ()
-    save_untrained_network("pips", folder / missing.name, pips.weights)
-    return (f"pips_config.weights_path={json.dumps(str(folder / missing.name))}",)
+    stand_in = Path(folder) / missing.name
+    layers = NETWORKS["pips"].build().state_dict()
+    save_checkpoint({"network": "pips", "dataset": pips.weights, "state_dict": layers}, stand_in)
+    return (f"pips_config.weights_path={json.dumps(str(stand_in))}",)
 
 
 def count_epoch_flops(
@@ -268,7 +275,7 @@ def count_epoch_flops(
     settings: tuple[str, ...],
     train_images: int | None,
 ) -> dict[str, float]:
-    """epoch_flops, with every file the arm's steps read in place."""
+    """epoch_flops's count itself, once the settings point at files that exist."""
     train_cfg = load_train_config(configs[1], scheme, parse_settings(list(settings), scheme)[1])
     scale = train_cfg.data.train_bs / COUNT_BATCH
     steps_per_epoch = (

@@ -147,12 +147,13 @@ def grace_period() -> int:
     return seconds
 
 
-def claim_first(engine) -> None:
-    """Every transaction on this SQLite engine takes the database's write lock as it begins.
-    Optuna claims a queued trial by reading that it is waiting, then marking it running, with
-    SELECT ... FOR UPDATE (optuna/optuna#1014), which SQLite ignores: two workers, threads or
-    processes, could claim the same run, and the loser's failure then failed the winner's trial
-    (optuna/optuna#4621). With the lock taken first, the read and the write are one step."""
+def lock_each_transaction(engine) -> None:
+    """Every transaction begun on this SQLite engine from now on takes the database's write lock
+    first (BEGIN IMMEDIATE). Optuna claims a queued trial by reading that it is waiting, then
+    marking it running, under SELECT ... FOR UPDATE (optuna/optuna#1014), which SQLAlchemy
+    leaves out for SQLite: two workers, threads or processes, could claim the same run, and the
+    loser's failure then failed the winner's trial (optuna/optuna#4621). With the lock taken
+    first, the read and the write are one step."""
     from sqlalchemy import event
 
     event.listen(engine, "begin", lambda connection: connection.exec_driver_sql("BEGIN IMMEDIATE"))
@@ -170,18 +171,20 @@ def open_study(optuna, spec_name: str, url: str, sampler, existing: bool = False
     retry = retry or storages.RetryFailedTrialCallback
     grace = grace_period()
     sqlite = url.startswith("sqlite")
-    # isolation_level None: pysqlite leaves transactions to SQLAlchemy (and so to claim_first).
-    engine = {"connect_args": {"timeout": 60, "isolation_level": None}} if sqlite else {}
+    # isolation_level None: pysqlite begins no transaction itself, so lock_each_transaction's
+    # BEGIN is the one each transaction starts with.
+    engine_kwargs = {"connect_args": {"timeout": 60, "isolation_level": None}} if sqlite else {}
     try:
         storage = storages.RDBStorage(
             url,
-            engine_kwargs=engine,
+            engine_kwargs=engine_kwargs,
             heartbeat_interval=max(1, grace // 4),
             grace_period=grace,
             heartbeat_stale_trial_callback=retry(),
         )
-        if sqlite:
-            claim_first(storage.engine)
+        if sqlite:  # after RDBStorage's set-up, which must run without it: its schema
+            # check opens a second connection while a first is in a transaction
+            lock_each_transaction(storage.engine)
         found = spec_name in optuna.get_all_study_names(storage) if existing else True
         if found:
             return optuna.create_study(

@@ -736,7 +736,7 @@ def test_a_bad_storage_or_grace_period_is_one_line(tmp_path, monkeypatch, flags,
 @pytest.mark.parametrize("workers", [2, 4])
 def test_each_queued_run_is_claimed_by_one_worker_only(tmp_path, workers):
     """Workers sharing one SQLite study each take a queued run no other worker has taken.
-    Without claim_first, two of them sometimes took the same one, and Optuna's tell of the
+    Without lock_each_transaction, two of them sometimes took the same one, and Optuna's tell of the
     second failed ("Cannot tell a COMPLETE trial")."""
     optuna, runs = study.import_optuna(), 60
     url = f"sqlite:///{tmp_path / 'study.db'}"

@@ -126,15 +126,6 @@ def make_network(
     return test_accuracy
 
 
-def save_untrained_network(name: str, path: Path, dataset: str) -> None:
-    """Network `name` as built from its seed, untrained, saved to `path` as `dataset`'s: the
-    same layers as the trained file, for what depends on the layers alone (bench.epoch_flops's
-    count), never for a grade or a loss."""
-    torch.manual_seed(NETWORKS[name].seed)
-    state = NETWORKS[name].build().state_dict()
-    save_checkpoint({"network": name, "dataset": dataset, "state_dict": state}, path)
-
-
 def load_network(
     name: str, path: Path, device: torch.device | str = "cpu", dataset: str = "mnist"
 ) -> StagedCNN:
