@@ -75,7 +75,7 @@ from utils.config import (
     with_overrides,
 )
 from utils.dataset import DATA_ROOT_HELP, DATASETS, MNISTSplit, load_mnist
-from utils.distributed import Cluster, join
+from utils.distributed import Cluster, join, leave_finished_rank
 from utils.errors import CheckpointError, UserError
 from utils.memory import keep_freed_memory
 from utils.networks import make_network, pips_backbone_to_make
@@ -263,6 +263,8 @@ def main() -> None:
     keep_freed_memory()
     with join(pick_device(args.device)) as cluster:
         run(args, cluster)
+    if cluster.distributed:
+        leave_finished_rank()
 
 
 def run(args: argparse.Namespace, cluster: Cluster) -> None:
