@@ -65,12 +65,15 @@ def torchrun_argv(*train_argv: str) -> list[str]:
     ]
 
 
-def torchrun(*train_argv: str) -> subprocess.CompletedProcess:
-    """train.py under torchrun in real processes, one thread each, as CI runs it."""
+def torchrun(
+    *train_argv: str, env: dict[str, str] = ONE_THREAD, cwd: Path = REPO
+) -> subprocess.CompletedProcess:
+    """train.py (or the script first in `train_argv`) under torchrun in real processes, one
+    thread each, as CI runs it."""
     return subprocess.run(
         [sys.executable, *torchrun_argv(*train_argv)],
-        cwd=REPO,
-        env=ONE_THREAD,
+        cwd=cwd,
+        env=env,
         capture_output=True,
         text=True,
         timeout=300,
@@ -334,14 +337,7 @@ def test_a_finished_rank_leaves_without_the_interpreters_exit(tmp_path, mnist, t
     env = {**ONE_THREAD, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)])}
     run = tmp_path / "run"
     argv = simple_argv(mnist, train_config, run, "--epochs", "1")
-    result = subprocess.run(
-        [sys.executable, *torchrun_argv(*argv)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = torchrun(*argv, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "finished 1 epochs" in result.stdout
     assert "ran its exit" not in result.stdout + result.stderr
@@ -379,14 +375,7 @@ def test_no_ddp_module_outlives_the_process_group(tmp_path):
     process group, rather than leaving them to the interpreter's exit."""
     probe = tmp_path / "probe.py"
     probe.write_text(PROBE)
-    result = subprocess.run(
-        [sys.executable, *torchrun_argv(str(probe), str(REPO))],
-        cwd=tmp_path,
-        env=ONE_THREAD,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = torchrun(str(probe), str(REPO), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = sorted(line for line in result.stdout.splitlines() if "DDP modules alive" in line)
     assert lines == ["rank 0: 0 DDP modules alive", "rank 1: 0 DDP modules alive"], result.stdout
