@@ -297,9 +297,9 @@ def leave_finished_rank() -> NoReturn:
     """End this torchrun process, its run finished and every file it wrote closed, with exit
     code 0 and without the interpreter's finalization. With the DDP modules freed before the
     process group (join), a rank still aborted now and then after a finished run (SIGABRT,
-    "terminate called without an active exception", no Python frame left): a C++ thread of
-    torch's distributed layer destroyed while joinable, in the exit's static destructors.
-    Nothing of the run needs them; stdout and stderr are flushed here."""
+    "terminate called without an active exception", no Python frame left): most likely a C++
+    thread of torch's distributed layer destroyed while joinable, in the exit's static
+    destructors. Nothing of the run needs them; stdout and stderr are flushed here."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
